@@ -1,0 +1,270 @@
+"""The ASGI edge: parse, authenticate, dispatch, render errors.
+
+Handlers stay thin: they decode the request (`wire`), ask the router for a
+route, hand the work to the engine (`engine`) and write what comes back.
+Every failure is a `ProxyError` by the time it reaches `App.__call__`, which
+is the one place errors become OpenAI envelopes; anything else is a bug of
+ours, logged with its traceback and answered with a plain 500 that says
+nothing about the internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from .catalog import INTENTS
+from .config import Config
+from .engine import Engine
+from .errors import (
+    AuthenticationFailed,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    error_body,
+)
+from .providers import build_providers
+from .providers.base import Provider
+from .wire import decode_chat_request, decode_embedding_request
+
+__all__ = ["App", "Request", "create_app"]
+
+log = logging.getLogger("tlproxy")
+_encode = msgspec.json.Encoder().encode
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# Families of OpenAI endpoints this proxy deliberately does not serve.
+_UNSUPPORTED = (
+    "images", "audio", "fine_tuning", "fine-tunes", "assistants", "threads", "files",
+    "batches", "moderations", "responses", "completions", "vector_stores", "uploads",
+    "realtime", "evals", "containers", "conversations", "videos", "chatkit",
+)
+_SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
+
+
+class Request:
+    """One HTTP request: scope, body reader, and the response's progress."""
+
+    __slots__ = ("headers", "id", "method", "path", "receive", "scope", "send", "started")
+
+    def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        self.id = "req_" + uuid.uuid4().hex
+        self.started = False
+
+    async def body(self, limit: int) -> bytes:
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise _too_large(limit)
+        chunks = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self.send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"x-request-id", self.id.encode()), *headers],
+        })
+
+    async def respond(
+        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        await self.start(status, [(b"content-type", b"application/json"), *(headers or ())])
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class _ClientGone(Exception):
+    """The client disconnected while we were still reading its request."""
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Request body too large: the limit is {limit} bytes.", code="request_too_large"
+    )
+
+
+class App:
+    """The proxy as an ASGI application. Build it with `create_app`."""
+
+    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+        self.config = config
+        self.providers = providers
+        self.engine = Engine(config, providers)
+        self._key_hashes = [
+            bytes.fromhex(k.hash.removeprefix("sha256:")) for k in config.keys
+        ]
+        self.ready = True
+        self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("GET", "/v1/models"): self.list_models,
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+        }
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive, send)
+        try:
+            await self._dispatch(request)
+        except _ClientGone:
+            return
+        except ProxyError as exc:
+            if not request.started:
+                headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+                await request.respond(exc.status, exc.body(), headers)
+        except Exception:
+            log.exception("request %s failed", request.id)
+            if not request.started:
+                await request.respond(500, error_body(
+                    f"The server had an error while processing your request. "
+                    f"Request id: {request.id}", type="server_error"))
+
+    async def _dispatch(self, request: Request) -> None:
+        path = request.path.rstrip("/") or "/"
+        handler = self._routes.get((request.method, path))
+        if handler is not None:
+            if path.startswith("/v1/"):
+                self._authenticate(request)
+            await handler(request)
+            return
+        if request.method == "GET" and path.startswith("/v1/models/"):
+            self._authenticate(request)
+            await self.retrieve_model(request, path.removeprefix("/v1/models/"))
+            return
+        if any(p == path for (_, p) in self._routes):
+            raise ProxyError(
+                f"Method {request.method} is not allowed on {path}.",
+                status=405, type="invalid_request_error", code="method_not_allowed",
+            )
+        family = path.removeprefix("/v1/").split("/", 1)[0]
+        if path.startswith("/v1/") and family in _UNSUPPORTED:
+            raise NotFound(
+                f"The endpoint {request.method} {path} is not supported by this proxy. "
+                f"It serves {_SERVED}.",
+                code="unsupported_endpoint",
+            )
+        raise NotFound(f"Invalid URL ({request.method} {path}). This proxy serves {_SERVED}.",
+                       code="unknown_url")
+
+    def _authenticate(self, request: Request) -> None:
+        if not self._key_hashes:
+            return
+        header = request.headers.get("authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        # Compare against every configured key, always: the time taken must not
+        # depend on which key (if any) matched.
+        matched = False
+        for known in self._key_hashes:
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            raise AuthenticationFailed()
+
+    async def chat_completions(self, request: Request) -> None:
+        body = await request.body(self.config.server.max_body_bytes)
+        chat, raw = decode_chat_request(body)
+        await self.engine.chat(request, chat, raw)
+
+    async def embeddings(self, request: Request) -> None:
+        body = await request.body(self.config.server.max_body_bytes)
+        embedding, raw = decode_embedding_request(body)
+        await self.engine.embed(request, embedding, raw)
+
+    def _model_objects(self) -> list[dict[str, Any]]:
+        created = 1_767_225_600  # 2026-01-01: a stable value for clients that cache
+        objects = [
+            {"id": intent, "object": "model", "created": created, "owned_by": "tlproxy"}
+            for intent in INTENTS
+        ]
+        objects.extend(
+            {"id": m.id, "object": "model", "created": created, "owned_by": m.provider}
+            for m in self.config.models
+        )
+        return objects
+
+    async def list_models(self, request: Request) -> None:
+        body = _encode({"object": "list", "data": self._model_objects()})
+        await request.respond(200, body)
+
+    async def retrieve_model(self, request: Request, model_id: str) -> None:
+        for model in self._model_objects():
+            if model["id"] == model_id:
+                await request.respond(200, _encode(model))
+                return
+        raise NotFound(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model", code="model_not_found",
+        )
+
+    async def healthz(self, request: Request) -> None:
+        await request.respond(200, b'{"status":"ok"}')
+
+    async def readyz(self, request: Request) -> None:
+        problems = [] if self.ready else ["shutting down"]
+        if self.ready:
+            for name, provider in self.providers.items():
+                if not await provider.ping():
+                    problems.append(f"provider {name} is unreachable")
+        if problems:
+            await request.respond(503, _encode({"status": "unavailable", "problems": problems}))
+        else:
+            await request.respond(200, _encode({"status": "ready", "time": int(time.time())}))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app(config: Config, *, providers: dict[str, Provider] | None = None) -> App:
+    """Build the application around one state object; no I/O happens here.
+
+    Upstream clients are created now and opened lazily on first use; close
+    them with `App.aclose` at shutdown. Tests may pass their own `providers`.
+    """
+    return App(config, build_providers(config) if providers is None else providers)

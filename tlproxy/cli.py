@@ -1,0 +1,185 @@
+"""The ``tlproxy`` command: serve, sim."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from .catalog import default_config
+from .config import Config, ConfigError, SimModelProfile, load_config
+
+__all__ = ["main"]
+
+_BANNER = """\
+tlproxy is listening on {url}
+{source}
+
+Try it:
+
+  curl {url}/v1/chat/completions \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="{key}")
+  reply = client.chat.completions.create(
+      model="auto", messages=[{{"role": "user", "content": "Hello!"}}])
+  print(reply.choices[0].message.content)
+"""
+
+
+def _load(path: str | None) -> Config:
+    if path is None:
+        default = Path("tlproxy.toml")
+        if not default.exists():
+            return default_config()
+        path = str(default)
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as exc:
+        raise SystemExit(f"tlproxy: {exc}") from None
+
+
+async def _shutdown_on_signal(event: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            event.set()
+            return
+
+
+async def _serve_main(config: Config, host: str, port: int, bind: list[str] | None,
+                      banner: bool) -> None:
+    from .server import serve
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_shutdown_on_signal, stop)
+        addresses = await nursery.start(functools.partial(
+            serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
+        if banner:
+            url = addresses[0]
+            sims = [n for n, p in config.providers.items() if p.kind == "sim"]
+            source = ("Serving the built-in simulated upstream (no provider keys needed)."
+                      if sims and len(sims) == len(config.providers)
+                      else f"Providers: {', '.join(config.providers)}")
+            key = "unused" if not config.keys else "YOUR_TLPROXY_KEY"
+            print(_BANNER.format(url=url, source=source, key=key), flush=True)
+        await stop.wait()
+        # hypercorn drains in-flight requests, then `serve` returns.
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    workers = args.workers or config.server.workers
+    if args.fd is not None:
+        trio.run(_serve_main, config, host, port, [f"fd://{args.fd}"], False)
+        return 0
+    if workers <= 1:
+        trio.run(_serve_main, config, host, port, None, True)
+        return 0
+    return _run_workers(args, host, port, workers)
+
+
+def _run_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
+    """Several processes accept on one listening socket, each with its own trio loop."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    bound = sock.getsockname()[1]
+    command = [sys.executable, "-m", "tlproxy.cli", "serve", "--fd", str(sock.fileno())]
+    if args.config:
+        command += ["--config", args.config]
+    children = [subprocess.Popen(command, pass_fds=(sock.fileno(),)) for _ in range(workers)]
+    print(f"tlproxy: {workers} workers listening on http://{host}:{bound}", flush=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    sock.close()
+    return max(codes, default=0)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from .server import serve_sim
+    from .sim import SimUpstream
+
+    profile = SimModelProfile(
+        ttft_ms=args.ttft_ms, ttft_p99_ms=args.ttft_p99_ms,
+        inter_token_ms=args.inter_token_ms, tokens=args.tokens, error_rate=args.error_rate,
+    )
+    models = {m.id: profile for m in default_config().models}
+    sim = SimUpstream(models, seed=args.seed, default=profile)
+
+    async def run() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_shutdown_on_signal, stop)
+            addresses = await nursery.start(
+                functools.partial(serve_sim, sim, host=args.host, port=args.port))
+            print(f"tlproxy sim: OpenAI-compatible upstream at {addresses[0]}/v1", flush=True)
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlproxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="TOML config (default: ./tlproxy.toml if present, "
+                       "else the built-in simulated upstream)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks one)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    serve.set_defaults(func=_cmd_serve)
+
+    sim = sub.add_parser("sim", help="run the simulated upstream as a fake OpenAI server")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8090)
+    sim.add_argument("--ttft-ms", type=float, default=0.0)
+    sim.add_argument("--ttft-p99-ms", type=float, default=None,
+                     help="with --ttft-ms as the median, draw TTFT from a lognormal")
+    sim.add_argument("--inter-token-ms", type=float, default=0.0)
+    sim.add_argument("--tokens", type=int, default=24)
+    sim.add_argument("--error-rate", type=float, default=0.0)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=_cmd_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # One line per upstream request at INFO would drown the proxy's own logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

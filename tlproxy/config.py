@@ -1,0 +1,182 @@
+"""Typed configuration, decoded from TOML into msgspec structs.
+
+A config file is optional: with none, `default_config()` serves the
+built-in simulated upstream under a catalog that mirrors the real one, so the
+proxy answers at once with no provider key.
+
+Secrets are never written in the file itself but referenced as
+``${ENV_VAR}``; they are resolved once at load time and masked whenever the
+config is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "ClientKey",
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "Prices",
+    "ProviderConfig",
+    "ServerConfig",
+    "SimModelProfile",
+    "load_config",
+]
+
+Tier = Literal["premium", "economy", "embedding"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "sim"]
+
+
+class ConfigError(ValueError):
+    """The config file is missing, malformed or inconsistent."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Bodies above this are refused with 413 before they are read whole.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Seconds hypercorn waits for in-flight streams on shutdown.
+    graceful_timeout: float = 30.0
+
+
+class SimModelProfile(_Strict):
+    """Latency and shape of one model served by the simulated upstream."""
+
+    ttft_ms: float = 0.0
+    # When set, TTFT is lognormal with median `ttft_ms` and this 99th percentile.
+    ttft_p99_ms: float | None = None
+    inter_token_ms: float = 0.0
+    # Completion length when the request does not cap it.
+    tokens: int = 24
+    error_rate: float = 0.0
+    embedding_dimensions: int = 256
+
+
+class ProviderConfig(_Strict):
+    kind: ProviderKind
+    base_url: str | None = None
+    # A literal key or a ``${ENV_VAR}`` reference (resolved at load time).
+    api_key: str | None = None
+    http2: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+    max_connections: int = 1000
+    # For ``kind = "sim"``: per upstream model id, how it behaves.
+    sim_models: dict[str, SimModelProfile] = {}
+    sim_seed: int = 0
+
+
+class Prices(_Strict):
+    """USD per one million tokens."""
+
+    input: float = 0.0
+    cached_input: float | None = None
+    output: float = 0.0
+
+
+class Capabilities(_Strict):
+    tools: bool = True
+    parallel_tool_calls: bool = True
+    vision: bool = False
+    json_schema: bool = True
+    max_context: int = 128_000
+    max_output: int = 16_384
+
+
+class ModelConfig(_Strict):
+    id: str
+    provider: str
+    tier: Tier
+    upstream_model: str | None = None
+    capabilities: Capabilities = Capabilities()
+    prices: Prices = Prices()
+
+    @property
+    def upstream_id(self) -> str:
+        return self.upstream_model or self.id
+
+
+class ClientKey(_Strict):
+    name: str
+    # ``sha256:<hex>`` of the key; the key itself is never stored.
+    hash: str
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+    # Model names clients may send that are not in the catalog, mapped to an
+    # intent or a catalog id. Names not listed here map to `default_alias`.
+    aliases: dict[str, str] = {}
+    default_alias: str = "auto"
+    keys: list[ClientKey] = []
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        return None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _resolve_env(value: str, path: str, environ: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return environ[name]
+
+    return _ENV_REF.sub(replace, value)
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, validate and resolve a TOML config file."""
+    env = dict(os.environ if environ is None else environ)
+    text = Path(path).read_bytes()
+    try:
+        config = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    providers = {}
+    for name, provider in config.providers.items():
+        if provider.api_key is not None:
+            key = _resolve_env(provider.api_key, f"providers.{name}.api_key", env)
+            provider = msgspec.structs.replace(provider, api_key=key)
+        providers[name] = provider
+    config = msgspec.structs.replace(config, providers=providers)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    seen: set[str] = set()
+    for index, model in enumerate(config.models):
+        if model.provider not in config.providers:
+            raise ConfigError(
+                f"models[{index}].provider: no provider named {model.provider!r}"
+            )
+        if model.id in seen:
+            raise ConfigError(f"models[{index}].id: duplicate model id {model.id!r}")
+        seen.add(model.id)
+    for name, provider in config.providers.items():
+        if provider.kind != "sim" and not provider.base_url:
+            raise ConfigError(f"providers.{name}.base_url: required for kind {provider.kind!r}")

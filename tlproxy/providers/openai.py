@@ -1,0 +1,206 @@
+"""OpenAI-compatible upstreams: OpenAI, Azure-style base URLs, vLLM, Groq, Gemini's
+OpenAI endpoint, and the built-in simulated upstream.
+
+The request goes through nearly untouched: only the fields the proxy owns are
+rewritten (`model` to the upstream's id; `stream_options.include_usage`
+forced on, because every token is priced). Answers come back already in
+OpenAI's shape, so the translation is only error mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import httpx
+import orjson
+
+from ..errors import UpstreamError
+from ..sse import SSEDecoder
+from .base import JSON, Chunk, Provider
+
+__all__ = ["OpenAIProvider", "map_openai_error", "map_transport_error"]
+
+
+def map_openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """An upstream's non-2xx answer, as the error our client should see."""
+    message = f"upstream answered HTTP {status}"
+    code = None
+    kind = None
+    param = None
+    try:
+        error = orjson.loads(body).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            kind = error.get("type") if isinstance(error.get("type"), str) else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+        elif isinstance(error, str):
+            message = error
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    retry_after = headers.get("retry-after")
+    if status == 429:
+        return UpstreamError(message, status=429, code=code or "rate_limit_exceeded",
+                             retry_after=retry_after, upstream_status=status,
+                             type=kind or "rate_limit_error")
+    if status in (401, 403):
+        # The upstream refused *our* credentials: the client did nothing wrong.
+        return UpstreamError("the upstream provider rejected the proxy's credentials",
+                             status=502, upstream_status=status)
+    if 400 <= status < 500 and status != 408:
+        # The request itself is wrong for this model; another candidate would
+        # refuse it too, so it is not retried and keeps OpenAI's status.
+        return UpstreamError(message, status=status if status in (400, 404, 413, 422) else 400,
+                             code=code, retryable=False, upstream_status=status,
+                             type=kind or "invalid_request_error", param=param)
+    if status in (503, 529):
+        return UpstreamError(message, status=503, retry_after=retry_after,
+                             upstream_status=status, type="service_unavailable")
+    return UpstreamError(message, status=502, upstream_status=status)
+
+
+def map_transport_error(exc: httpx.HTTPError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError("the upstream provider timed out", status=504, code="timeout")
+    return UpstreamError(
+        f"could not reach the upstream provider ({type(exc).__name__})", status=502
+    )
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        client: httpx.AsyncClient,
+        owns_client: bool = False,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._owns_client = owns_client
+        self._models_url = base_url.rstrip("/") + "/models"
+        base = base_url.rstrip("/")
+        self._chat_url = base + "/chat/completions"
+        self._embed_url = base + "/embeddings"
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    def _body(self, body: JSON, model: str, *, stream: bool) -> bytes:
+        out = dict(body)
+        out["model"] = model
+        out["stream"] = stream
+        if stream:
+            options = dict(out.get("stream_options") or {})
+            options["include_usage"] = True
+            out["stream_options"] = options
+        else:
+            out.pop("stream_options", None)
+        return orjson.dumps(out)
+
+    async def chat(self, body: JSON, *, model: str) -> JSON:
+        try:
+            response = await self._client.post(
+                self._chat_url, content=self._body(body, model, stream=False),
+                headers=self._headers,
+            )
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from None
+        if response.status_code != 200:
+            raise map_openai_error(response.status_code, response.content, response.headers)
+        return _json_answer(response.content)
+
+    @contextlib.asynccontextmanager
+    async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
+        request = self._client.build_request(
+            "POST", self._chat_url, content=self._body(body, model, stream=True),
+            headers=self._headers,
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from None
+        try:
+            if response.status_code != 200:
+                try:
+                    content = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise map_transport_error(exc) from None
+                raise map_openai_error(response.status_code, content, response.headers)
+            chunks = _chunks(response)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()
+        finally:
+            await response.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.get(self._models_url, headers=self._headers, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return True  # any HTTP answer, even 401, means it is reachable
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def embed(self, body: JSON, *, model: str) -> JSON:
+        out = dict(body)
+        out["model"] = model
+        try:
+            response = await self._client.post(
+                self._embed_url, content=orjson.dumps(out), headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from None
+        if response.status_code != 200:
+            raise map_openai_error(response.status_code, response.content, response.headers)
+        return _json_answer(response.content)
+
+
+def _json_answer(content: bytes) -> JSON:
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the upstream provider sent invalid JSON", status=502) from None
+    if not isinstance(answer, dict):
+        raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
+    return answer
+
+
+async def _chunks(response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+    decoder = SSEDecoder()
+    try:
+        async for data in response.aiter_raw():
+            for event in decoder.feed(data):
+                if event.data == "[DONE]":
+                    return
+                try:
+                    chunk = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(
+                        "the upstream provider sent a malformed stream chunk",
+                        status=502, retryable=False,
+                    ) from None
+                if not isinstance(chunk, dict):
+                    raise UpstreamError("the upstream provider sent a malformed stream chunk",
+                                        status=502, retryable=False)
+                if "error" in chunk:
+                    error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                    raise UpstreamError(
+                        str(error.get("message") or "the upstream provider failed mid-stream"),
+                        status=502, retryable=False,
+                    )
+                yield chunk
+    except httpx.HTTPError as exc:
+        raise map_transport_error(exc) from None
+    raise UpstreamError(
+        "the upstream stream ended before its final event", status=502, retryable=False
+    )
+

@@ -1,0 +1,98 @@
+"""Running the proxy: hypercorn's trio worker, served programmatically.
+
+`serve` is a trio task: ``await nursery.start(serve, config)`` returns the
+bound addresses once the socket listens, so tests bind port 0 and read the
+port back. When the config has simulated providers without a base URL, their
+`SimUpstream` is started first, in the same nursery, on a loopback port of
+its own: the proxy then talks to it over real HTTP, exactly as it would to a
+remote provider.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import create_app
+from .config import Config
+from .sim import SimUpstream
+
+__all__ = ["serve", "serve_sim", "start_sims"]
+
+log = logging.getLogger("tlproxy")
+
+
+def _hypercorn_config(host: str, port: int, *, graceful_timeout: float = 30.0) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = 75.0
+    # Streams can be long; hypercorn must not cut a slow upstream's answer.
+    config.read_timeout = None
+    return config
+
+
+async def serve_sim(
+    sim: SimUpstream,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve a simulated upstream until cancelled; reports its bound addresses."""
+    config = _hypercorn_config(host, port, graceful_timeout=0.0)
+    await hypercorn_serve(sim, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+async def start_sims(nursery: trio.Nursery, config: Config) -> tuple[Config, dict[str, SimUpstream]]:
+    """Start every simulated provider that has no base URL; return the config pointing at them."""
+    sims: dict[str, SimUpstream] = {}
+    providers = dict(config.providers)
+    for name, provider in config.providers.items():
+        if provider.kind == "sim" and not provider.base_url:
+            sim = SimUpstream(provider.sim_models, seed=provider.sim_seed)
+            addresses = await nursery.start(functools.partial(serve_sim, sim))
+            providers[name] = msgspec.structs.replace(provider, base_url=f"{addresses[0]}/v1")
+            sims[name] = sim
+    return msgspec.structs.replace(config, providers=providers), sims
+
+
+async def serve(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    bind: list[str] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the proxy until cancelled; reports its bound addresses (``http://host:port``)."""
+    async with trio.open_nursery() as nursery:
+        config, _ = await start_sims(nursery, config)
+        app = create_app(config)
+        try:
+            hconfig = _hypercorn_config(
+                host or config.server.host,
+                config.server.port if port is None else port,
+                graceful_timeout=config.server.graceful_timeout,
+            )
+            if bind:
+                hconfig.bind = bind
+            await hypercorn_serve(
+                app,  # type: ignore[arg-type]
+                hconfig,
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await app.aclose()
+            nursery.cancel_scope.cancel()
