@@ -9,10 +9,11 @@ own stream to clients.
 
 The guarantee: the events returned depend only on the concatenation of the fed
 bytes, never on how they were split, including a CRLF cut between its CR and
-its LF, or a UTF-8 character cut in half. Memory is bounded: the bytes of one
-event (every line since the last blank line, plus an unterminated line) may not
-exceed ``max_event_size``, or `SSEProtocolError` is raised, and whether it is
-raised does not depend on the split either.
+its LF, or a UTF-8 character cut in half. Memory is bounded: the bytes that one
+event occupies (every line since the last blank line, comments included, plus
+the unterminated tail; line endings not counted) may not exceed
+``max_event_size``, or `SSEProtocolError` is raised; whether it is raised does
+not depend on the split either.
 
 Parsing follows the WHATWG HTML spec, "Server-sent events", section
 "Interpreting an event stream":
@@ -55,6 +56,7 @@ __all__ = [
 
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
+_LF = 0x0A
 
 DONE = b"data: [DONE]\n\n"
 
@@ -63,6 +65,8 @@ class SSEProtocolError(ValueError):
     """The stream broke a limit of the decoder (an event larger than allowed)."""
 
 
+# gc=False: an event holds only str, int and None, so it can never be part of a
+# reference cycle, and the collector need not track one object per streamed token.
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     """One dispatched event.
 
@@ -138,46 +142,40 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Consume the next bytes of the stream and return the events they complete."""
-        if self._closed:
-            raise RuntimeError("feed() called after close()")
-        if not data:
-            # An empty chunk must not consume the pending-LF state below.
-            return []
         if self._at_start:
-            self._pending += data
-            # The BOM itself may be split across chunks: wait until it can be told apart.
-            if len(self._pending) < len(_BOM) and _BOM.startswith(self._pending):
-                return []
-            self._at_start = False
-            data = bytes(self._pending)
-            self._pending.clear()
-            if data.startswith(_BOM):
-                data = data[len(_BOM) :]
-        if self._skip_lf:
+            data = self._start(data)
+        if self._skip_lf and data:
             self._skip_lf = False
-            if data[:1] == b"\n":
+            if data[0] == _LF:
                 data = data[1:]
-        end = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        if end < 0:
-            self._pending += data
-            self._check_pending()
+        if not data:
             return []
-        # Only whole lines are decoded, and line endings are ASCII, so a UTF-8
-        # character can never be cut by a chunk boundary.
-        if self._pending:
-            complete = bytes(self._pending) + data[: end + 1]
-            self._pending.clear()
+        pending = self._pending
+        last = data[-1]
+        if last in b"\r\n":
+            # The usual case: the chunk ends exactly at a line end, often an event's.
+            self._skip_lf = last == _CR
+            if pending:
+                data = bytes(pending) + data
+                pending.clear()
         else:
-            complete = data[: end + 1]
-        if end + 1 < len(data):
-            self._pending += data[end + 1 :]
-        else:
-            # Only a CR that ends the chunk can be the first half of a split CRLF.
-            self._skip_lf = data[end] == _CR
-        # bytes.splitlines breaks on exactly CRLF, LF and CR, as the spec wants
-        # (str.splitlines would also break on U+2028 and friends).
-        events = self._lines(complete.splitlines())
-        self._check_pending()
+            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if end < 0:
+                pending += data
+                if self._block_size + len(pending) > self._max:
+                    raise self._too_big()
+                return []
+            rest = data[end + 1 :]
+            data = bytes(pending) + data[: end + 1] if pending else data[: end + 1]
+            pending.clear()
+            pending += rest
+        # Only whole lines are decoded, and line ends are ASCII, so a UTF-8
+        # character is never decoded in two halves. bytes.splitlines breaks on
+        # exactly CRLF, LF and CR, as the spec wants (str.splitlines would also
+        # break on U+2028 and friends).
+        events = self._lines(data.splitlines())
+        if pending and self._block_size + len(pending) > self._max:
+            raise self._too_big()
         return events
 
     def close(self) -> list[ServerSentEvent]:
@@ -187,11 +185,23 @@ class SSEDecoder:
         ``[]``; check `has_partial` to learn whether anything was thrown away.
         """
         self._closed = True
+        # Routes the next feed() through _start, which refuses it; keeps the
+        # hot path down to one flag.
+        self._at_start = True
         return []
 
-    def _check_pending(self) -> None:
-        if self._block_size + len(self._pending) > self._max:
-            raise self._too_big()
+    def _start(self, data: bytes) -> bytes:
+        if self._closed:
+            raise RuntimeError("feed() called after close()")
+        pending = self._pending
+        pending += data
+        # The BOM itself may be split across chunks: wait until it can be told apart.
+        if len(pending) < len(_BOM) and _BOM.startswith(pending):
+            return b""
+        self._at_start = False
+        data = bytes(pending)
+        pending.clear()
+        return data[len(_BOM) :] if data.startswith(_BOM) else data
 
     def _too_big(self) -> SSEProtocolError:
         return SSEProtocolError(
@@ -199,8 +209,13 @@ class SSEDecoder:
         )
 
     def _lines(self, lines: list[bytes]) -> list[ServerSentEvent]:
+        # State lives in locals for the loop: attribute access is the main cost
+        # of the many-small-events case.
         events: list[ServerSentEvent] = []
         data = self._data
+        event = self._event
+        retry = self._retry_here
+        last_id = self._last_id
         size = self._block_size
         limit = self._max
         for line in lines:
@@ -208,37 +223,42 @@ class SSEDecoder:
                 if data:
                     events.append(
                         ServerSentEvent(
-                            b"\n".join(data).decode("utf-8", "replace"),
-                            self._event.decode("utf-8", "replace") if self._event else None,
-                            self._last_id,
-                            self._retry_here,
+                            (b"\n".join(data) if len(data) > 1 else data[0]).decode(
+                                "utf-8", "replace"
+                            ),
+                            event.decode("utf-8", "replace") if event else None,
+                            last_id,
+                            retry,
                         )
                     )
-                    data = self._data = []
-                self._event = b""
-                self._retry_here = None
+                    data = []
+                event = b""
+                retry = None
                 size = 0
                 continue
             size += len(line)
             if size > limit:
                 raise self._too_big()
             # The hot path: nearly every line of an LLM stream is "data: {...}".
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            if line.startswith(b"data: "):
+                data.append(line[6:])
                 continue
             name, _, value = line.partition(b":")
-            if value[:1] == b" ":
+            if value.startswith(b" "):
                 value = value[1:]
             if name == b"data":
                 data.append(value)
             elif name == b"event":
-                self._event = value
+                event = value
             elif name == b"id":
                 if b"\x00" not in value:
-                    self._last_id = value.decode("utf-8", "replace")
+                    self._last_id = last_id = value.decode("utf-8", "replace")
             elif name == b"retry" and value.isdigit():  # bytes.isdigit is ASCII-only
-                self._retry = self._retry_here = int(value)
+                self._retry = retry = int(value)
             # Anything else, comments (empty name) included, is ignored by the spec.
+        self._data = data
+        self._event = event
+        self._retry_here = retry
         self._block_size = size
         return events
 
