@@ -63,18 +63,18 @@ async def _serve_main(config: Config, host: str, port: int, bind: list[str] | No
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_shutdown_on_signal, stop)
-        addresses = await nursery.start(functools.partial(
+        running = await nursery.start(functools.partial(
             serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
         if banner:
-            url = addresses[0]
+            url = running.url
             sims = [n for n, p in config.providers.items() if p.kind == "sim"]
             source = ("Serving the built-in simulated upstream (no provider keys needed)."
                       if sims and len(sims) == len(config.providers)
                       else f"Providers: {', '.join(config.providers)}")
             key = "unused" if not config.keys else "YOUR_TLPROXY_KEY"
             print(_BANNER.format(url=url, source=source, key=key), flush=True)
+        # On a signal hypercorn drains in-flight requests, then `serve` returns.
         await stop.wait()
-        # hypercorn drains in-flight requests, then `serve` returns.
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

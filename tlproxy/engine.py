@@ -16,7 +16,9 @@ an OpenAI error event and no ``[DONE]``: a cut stream never looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -103,10 +105,8 @@ class Engine:
             await self._stream(request, chat, body, route, provider)
             return
         answer = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
+        async with _cancelled_on_disconnect(request):
             answer = await provider.chat(body, model=route.model.upstream_id)
-            nursery.cancel_scope.cancel()
         if answer is None:
             return  # the client went away; the upstream call was cancelled
         _repair_completion(answer)
@@ -121,8 +121,7 @@ class Engine:
         provider: Provider,
     ) -> None:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
+        async with _cancelled_on_disconnect(request):
             async with provider.stream_chat(body, model=route.model.upstream_id) as chunks:
                 # Errors before the first chunk are still ordinary HTTP errors.
                 first = await anext(chunks, None)
@@ -137,7 +136,6 @@ class Engine:
                     await _send(request, encode_data(exc.body()), more=False)
                 else:
                     await _send(request, DONE, more=False)
-            nursery.cancel_scope.cancel()
 
     async def _emit(self, request: Request, chunk: Chunk, include_usage: bool) -> None:
         if not _repair_chunk(chunk, include_usage):
@@ -155,6 +153,32 @@ class Engine:
 
 async def _send(request: Request, data: bytes, *, more: bool = True) -> None:
     await request.send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+@contextlib.asynccontextmanager
+async def _cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Run the body while listening for the client to leave; if it does, cancel the body.
+
+    The body's own exception leaves as itself, not wrapped in a group, so the
+    edge renders it like any other error.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
+            yield
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], Exception):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> None:

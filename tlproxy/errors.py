@@ -156,7 +156,8 @@ def param_from_validation_error(exc: msgspec.ValidationError) -> tuple[str, str 
     match = _PATH.search(text)
     if match is None:
         return text, None
-    path = match.group("path") or None
+    # msgspec writes a dict value's unknown key as `[...]`; the field is what helps.
+    path = match.group("path").replace("[...]", "") or None
     message = text[: match.start()]
     if path:
         message = f"{message} at '{path}'"

@@ -19,13 +19,26 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from .app import create_app
+from .app import App, create_app
 from .config import Config
 from .sim import SimUpstream
 
-__all__ = ["serve", "serve_sim", "start_sims"]
+__all__ = ["Running", "serve", "serve_sim", "start_sims"]
 
 log = logging.getLogger("tlproxy")
+
+
+class Running(msgspec.Struct, frozen=True):
+    """What `serve` reports once it listens."""
+
+    addresses: list[str]
+    app: App
+    # The simulated upstreams started for this server, by provider name.
+    sims: dict[str, SimUpstream]
+
+    @property
+    def url(self) -> str:
+        return self.addresses[0]
 
 
 def _hypercorn_config(host: str, port: int, *, graceful_timeout: float = 30.0) -> HypercornConfig:
@@ -72,11 +85,15 @@ async def serve(
     port: int | None = None,
     bind: list[str] | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the proxy until cancelled; reports its bound addresses (``http://host:port``)."""
+    """Serve the proxy until cancelled or `shutdown_trigger` returns.
+
+    Reports a `Running` (bound addresses such as ``http://127.0.0.1:8080``, the
+    app, the simulated upstreams) once the socket listens.
+    """
     async with trio.open_nursery() as nursery:
-        config, _ = await start_sims(nursery, config)
+        config, sims = await start_sims(nursery, config)
         app = create_app(config)
         try:
             hconfig = _hypercorn_config(
@@ -86,13 +103,14 @@ async def serve(
             )
             if bind:
                 hconfig.bind = bind
-            await hypercorn_serve(
-                app,  # type: ignore[arg-type]
-                hconfig,
-                shutdown_trigger=shutdown_trigger,
-                task_status=task_status,
-            )
+            # hypercorn returns once the trigger fired and in-flight requests
+            # drained (up to the graceful timeout); only then do the sims stop.
+            async with trio.open_nursery() as front:
+                addresses = await front.start(functools.partial(
+                    hypercorn_serve, app, hconfig, shutdown_trigger=shutdown_trigger))
+                task_status.started(Running(addresses=addresses, app=app, sims=sims))
         finally:
             with trio.CancelScope(shield=True):
                 await app.aclose()
             nursery.cancel_scope.cancel()
+

@@ -176,30 +176,42 @@ def _json_answer(content: bytes) -> JSON:
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[Chunk, None]:
     decoder = SSEDecoder()
+    done = False
     try:
-        async for data in response.aiter_raw():
-            for event in decoder.feed(data):
-                if event.data == "[DONE]":
-                    return
-                try:
-                    chunk = orjson.loads(event.data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        "the upstream provider sent a malformed stream chunk",
-                        status=502, retryable=False,
-                    ) from None
-                if not isinstance(chunk, dict):
-                    raise UpstreamError("the upstream provider sent a malformed stream chunk",
-                                        status=502, retryable=False)
-                if "error" in chunk:
-                    error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                    raise UpstreamError(
-                        str(error.get("message") or "the upstream provider failed mid-stream"),
-                        status=502, retryable=False,
-                    )
-                yield chunk
+        # Read to the end even after [DONE] (it is the last bytes anyway):
+        # leaving httpx's nested async generators half-consumed makes trio
+        # finalize them at GC time instead of now.
+        async with contextlib.aclosing(response.aiter_raw()) as raw:
+            async for data in raw:
+                if done:
+                    continue
+                for event in decoder.feed(data):
+                    if event.data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = orjson.loads(event.data)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError(
+                            "the upstream provider sent a malformed stream chunk",
+                            status=502, retryable=False,
+                        ) from None
+                    if not isinstance(chunk, dict):
+                        raise UpstreamError("the upstream provider sent a malformed stream chunk",
+                                            status=502, retryable=False)
+                    if "error" in chunk:
+                        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                        raise UpstreamError(
+                            str(error.get("message") or "the upstream provider failed mid-stream"),
+                            status=502, retryable=False,
+                        )
+                    yield chunk
     except httpx.HTTPError as exc:
+        if done:
+            return
         raise map_transport_error(exc) from None
+    if done:
+        return
     raise UpstreamError(
         "the upstream stream ended before its final event", status=502, retryable=False
     )

@@ -1,0 +1,119 @@
+"""Request decoding: strict where the proxy reads, lenient where it passes on."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tlproxy.errors import InvalidRequest, ProxyError, param_from_validation_error
+from tlproxy.wire import decode_chat_request, decode_embedding_request
+
+USER = {"role": "user", "content": "hi"}
+
+
+def chat(**fields: object) -> bytes:
+    return json.dumps({"model": "auto", "messages": [USER], **fields}).encode()
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"stream": True, "stream_options": {"include_usage": True}},
+    {"tools": [{"type": "function", "function": {"name": "f", "strict": True,
+                "parameters": {"type": "object", "additionalProperties": False}}}],
+     "tool_choice": "required", "parallel_tool_calls": False},
+    {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"functions": [{"name": "f"}], "function_call": {"name": "f"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+    {"response_format": {"type": "json_object"}},
+    {"stop": "\n"}, {"stop": ["a", "b"]}, {"seed": 1}, {"metadata": {"k": "v"}},
+    {"unknown_future_field": {"nested": [1, None]}},
+    {"messages": [{"role": "assistant", "content": None, "refusal": None, "annotations": [],
+                   "tool_calls": [{"id": "c", "type": "function",
+                                   "function": {"name": "f", "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": "c", "content": [{"type": "text",
+                                                                      "text": "ok"}]}]},
+    {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]},
+])
+def test_accepts_real_request_shapes(fields: dict[str, object]) -> None:
+    request, raw = decode_chat_request(chat(**fields))
+    for key, value in fields.items():
+        assert raw[key] == value
+    assert request.model == "auto"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (b'{"model": "auto", "messages": [{"role": "user"}]}', "messages[0].content"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": 1}]}', "messages[0].content"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+     "messages[0].content[0].text"),
+    (b'{"model": "", "messages": [{"role": "user", "content": "x"}]}', "model"),
+    (b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}',
+     "tools[0].type"),
+    (b'{"model": "a", "messages": [{"role": "user", "content": "x"}], '
+     b'"tools": [{"type": "function"}]}', "tools[0].function"),
+    (b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "tool_choice": "maybe"}',
+     "tool_choice"),
+    (b'{"model": "a", "messages": [{"role": "user", "content": "x"}], '
+     b'"response_format": {"type": "yaml"}}', "response_format.type"),
+    (b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "metadata": {"k": 1}}',
+     "metadata"),
+])
+def test_mistakes_name_their_path(body: bytes, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        decode_chat_request(body)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+class Inner(msgspec.Struct):
+    role: str
+
+
+class Outer(msgspec.Struct):
+    messages: list[Inner]
+
+
+def test_param_from_validation_error_reads_msgspec_paths() -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(b'{"messages": [{"role": "a"}, {"role": 2}]}', type=Outer)
+    message, param = param_from_validation_error(caught.value)
+    assert param == "messages[1].role"
+    assert "Expected `str`, got `int`" in message
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)
+KEYS = st.sampled_from(["model", "messages", "stream", "tools", "n", "role", "content",
+                        "stream_options", "tool_choice", "response_format", "input"])
+REQUESTISH = st.dictionaries(KEYS, JSON, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(JSON, REQUESTISH))
+def test_arbitrary_json_is_accepted_or_refused_with_400(value: object) -> None:
+    body = json.dumps(value).encode()
+    for decode in (decode_chat_request, decode_embedding_request):
+        try:
+            decode(body)
+        except ProxyError as exc:
+            assert exc.status == 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_never_escape_as_anything_but_400(body: bytes) -> None:
+    try:
+        decode_chat_request(body)
+    except ProxyError as exc:
+        assert exc.status == 400
