@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from .catalog import INTENTS
-from .config import Config
+from .config import ClientKey, Config
 from .engine import Engine
 from .errors import (
     AuthenticationFailed,
@@ -54,7 +54,9 @@ _SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
 class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
-    __slots__ = ("headers", "id", "method", "path", "receive", "scope", "send", "started")
+    __slots__ = (
+        "headers", "id", "key", "method", "path", "receive", "scope", "send", "started",
+    )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -65,6 +67,11 @@ class Request:
         self.headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         self.id = "req_" + uuid.uuid4().hex
         self.started = False
+        # The client key that authenticated this request, when keys are configured.
+        self.key: ClientKey | None = None
+
+    def text_headers(self) -> dict[str, str]:
+        return {k: v.decode("latin-1") for k, v in self.headers.items()}
 
     async def body(self, limit: int) -> bytes:
         length = self.headers.get("content-length")
@@ -116,8 +123,8 @@ class App:
         self.config = config
         self.providers = providers
         self.engine = Engine(config, providers)
-        self._key_hashes = [
-            bytes.fromhex(k.hash.removeprefix("sha256:")) for k in config.keys
+        self._keys = [
+            (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
@@ -182,7 +189,7 @@ class App:
                        code="unknown_url")
 
     def _authenticate(self, request: Request) -> None:
-        if not self._key_hashes:
+        if not self._keys:
             return
         header = request.headers.get("authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
@@ -194,11 +201,13 @@ class App:
         digest = hashlib.sha256(token.strip().encode()).digest()
         # Compare against every configured key, always: the time taken must not
         # depend on which key (if any) matched.
-        matched = False
-        for known in self._key_hashes:
-            matched |= hmac.compare_digest(digest, known)
-        if not matched:
+        matched: ClientKey | None = None
+        for known, key in self._keys:
+            if hmac.compare_digest(digest, known):
+                matched = key
+        if matched is None:
             raise AuthenticationFailed()
+        request.key = matched
 
     async def chat_completions(self, request: Request) -> None:
         body = await request.body(self.config.server.max_body_bytes)

@@ -79,12 +79,23 @@ class ProviderConfig(_Strict):
     sim_seed: int = 0
 
 
+class LongContextPrices(_Strict):
+    """Prices that apply instead when the prompt is longer than `above_input_tokens`."""
+
+    above_input_tokens: int
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
 class Prices(_Strict):
     """USD per one million tokens."""
 
     input: float = 0.0
+    # None: the provider has no cache discount; cached tokens cost `input`.
     cached_input: float | None = None
     output: float = 0.0
+    long_context: LongContextPrices | None = None
 
 
 class Capabilities(_Strict):
@@ -109,10 +120,46 @@ class ModelConfig(_Strict):
         return self.upstream_model or self.id
 
 
+class Condition(_Strict):
+    """What a rule requires; every condition given must hold (unset ones are ignored)."""
+
+    first_turn: bool | None = None
+    tools: bool | None = None
+    system_only: bool | None = None
+    images: bool | None = None
+    json_schema: bool | None = None
+    # Any of these tasks, from prompt cues, `response_format`, a task hint in
+    # `metadata.task` or the `x-tlproxy-task` header.
+    task: list[str] | None = None
+    # Any of these tasks, from the semantic classifier (a slow signal).
+    semantic_task: list[str] | None = None
+    min_prompt_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+
+
+class Rule(_Strict):
+    name: str
+    tier: Literal["premium", "economy"]
+    when: Condition = Condition()
+
+
+class Policy(_Strict):
+    """Ordered rules, first match wins; `default_tier` when none matches."""
+
+    rules: list[Rule] | None = None  # None: the built-in default rules
+    default_tier: Literal["premium", "economy"] = "economy"
+    # How models inside a tier are ranked: "balanced", "latency" or "cost".
+    strategy: Literal["balanced", "latency", "cost"] = "balanced"
+
+
 class ClientKey(_Strict):
     name: str
     # ``sha256:<hex>`` of the key; the key itself is never stored.
     hash: str
+    # A named policy from `policies` to use instead of the default one.
+    policy: str | None = None
+    # Tiers this key may use; an explicit intent above them is capped.
+    allowed_tiers: list[Literal["premium", "economy"]] | None = None
 
 
 class Config(_Strict):
@@ -124,6 +171,8 @@ class Config(_Strict):
     aliases: dict[str, str] = {}
     default_alias: str = "auto"
     keys: list[ClientKey] = []
+    policy: Policy = Policy()
+    policies: dict[str, Policy] = {}
 
     def model(self, model_id: str) -> ModelConfig | None:
         for model in self.models:
@@ -180,3 +229,15 @@ def validate(config: Config) -> None:
     for name, provider in config.providers.items():
         if provider.kind != "sim" and not provider.base_url:
             raise ConfigError(f"providers.{name}.base_url: required for kind {provider.kind!r}")
+    targets = {"premium", "economy", "auto"} | seen
+    for alias, target in config.aliases.items():
+        if target not in targets:
+            raise ConfigError(f"aliases.{alias}: {target!r} is neither an intent nor a model id")
+    if config.default_alias not in targets:
+        raise ConfigError(f"default_alias: {config.default_alias!r} is neither an intent nor a "
+                          "model id")
+    for index, key in enumerate(config.keys):
+        if key.policy is not None and key.policy not in config.policies:
+            raise ConfigError(f"keys[{index}].policy: no policy named {key.policy!r}")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", key.hash):
+            raise ConfigError(f"keys[{index}].hash: expected 'sha256:' and 64 hex digits")

@@ -24,17 +24,18 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from .catalog import resolve_name
 from .config import Config, ModelConfig
-from .errors import InvalidRequest, UpstreamError
+from .errors import UpstreamError
 from .providers.base import Chunk, Provider
+from .router import Plan, Router
 from .sse import DONE, encode_data
+from .stats import StatsBook
 from .wire import ChatRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Engine", "Route"]
+__all__ = ["Engine", "Route", "has_token"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -65,77 +66,107 @@ class Engine:
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
         self.config = config
         self.providers = providers
-
-    # -- routing ---------------------------------------------------------
-
-    def route_chat(self, request: ChatRequest) -> Route:
-        resolution = resolve_name(self.config, request.model)
-        if resolution.pinned is not None:
-            if resolution.pinned.tier == "embedding":
-                raise InvalidRequest(
-                    f"The model '{request.model}' is an embedding model and cannot be used "
-                    "for chat completions.", param="model", code="model_not_supported")
-            return Route(resolution.pinned, resolution.pinned.tier, resolution.via)
-        intent = resolution.intent or "auto"
-        tier = "premium" if intent == "auto" else intent
-        for model in self.config.models:
-            if model.tier == tier:
-                return Route(model, tier, f"intent:{intent}")
-        raise UpstreamError(f"no model is configured for the {tier} tier", status=503)
-
-    def route_embedding(self, request: EmbeddingRequest) -> Route:
-        model = self.config.model(request.model)
-        if model is not None and model.tier != "embedding":
-            raise InvalidRequest(
-                f"The model '{request.model}' is not an embedding model.",
-                param="model", code="model_not_supported")
-        if model is not None:
-            return Route(model, "embedding", "pinned")
-        for candidate in self.config.models:
-            if candidate.tier == "embedding":
-                return Route(candidate, "embedding", "default-embedding")
-        raise UpstreamError("no embedding model is configured", status=503)
+        self.stats = StatsBook()
+        self.router = Router(config, self.stats)
+        # Candidates tried, one after another, when one fails before answering.
+        self.max_attempts = 3
 
     # -- chat ------------------------------------------------------------
 
     async def chat(self, request: Request, chat: ChatRequest, body: dict[str, Any]) -> None:
-        route = self.route_chat(chat)
-        provider = self.providers[route.model.provider]
+        plan = self.router.plan_chat(
+            body, headers=request.text_headers(), key=request.key, now=trio.current_time())
         if chat.stream:
-            await self._stream(request, chat, body, route, provider)
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            await self._stream(request, body, plan, include_usage)
             return
-        answer = None
+        result: tuple[Route, dict[str, Any]] | None = None
         async with _cancelled_on_disconnect(request):
-            answer = await provider.chat(body, model=route.model.upstream_id)
-        if answer is None:
+            result = await self._complete(body, plan)
+        if result is None:
             return  # the client went away; the upstream call was cancelled
+        route, answer = result
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
 
+    def _routes(self, plan: Plan) -> list[Route]:
+        return [Route(model, plan.tier, plan.rule)
+                for model in plan.candidates[: self.max_attempts]]
+
+    async def _complete(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:
+        last: UpstreamError | None = None
+        for route in self._routes(plan):
+            stats = self.stats[route.model.id]
+            started = trio.current_time()
+            try:
+                answer = await self.providers[route.model.provider].chat(
+                    body, model=route.model.upstream_id)
+            except UpstreamError as exc:
+                stats.record_failure(trio.current_time())
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            stats.record_ttft(trio.current_time() - started)
+            stats.record_success()
+            return route, answer
+        assert last is not None
+        raise last
+
     async def _stream(
-        self,
-        request: Request,
-        chat: ChatRequest,
-        body: dict[str, Any],
-        route: Route,
-        provider: Provider,
+        self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool
     ) -> None:
-        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        async with _cancelled_on_disconnect(request):
-            async with provider.stream_chat(body, model=route.model.upstream_id) as chunks:
-                # Errors before the first chunk are still ordinary HTTP errors.
-                first = await anext(chunks, None)
-                await request.start(200, [*_SSE_HEADERS, *route.headers()])
-                try:
-                    if first is not None:
-                        await self._emit(request, first, include_usage)
-                    async for chunk in chunks:
-                        await self._emit(request, chunk, include_usage)
-                except UpstreamError as exc:
-                    log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
-                    await _send(request, encode_data(exc.body()), more=False)
-                else:
-                    await _send(request, DONE, more=False)
+        async with _cancelled_on_disconnect(request), contextlib.AsyncExitStack() as stack:
+            route, chunks, early = await self._open_stream(stack, body, plan)
+            stats = self.stats[route.model.id]
+            await request.start(200, [*_SSE_HEADERS, *route.headers()])
+            try:
+                for chunk in early:
+                    await self._emit(request, chunk, include_usage)
+                async for chunk in chunks:
+                    await self._emit(request, chunk, include_usage)
+            except UpstreamError as exc:
+                stats.record_failure(trio.current_time())
+                log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
+                await _send(request, encode_data(exc.body()), more=False)
+            else:
+                stats.record_success()
+                await _send(request, DONE, more=False)
+
+    async def _open_stream(
+        self, stack: contextlib.AsyncExitStack, body: dict[str, Any], plan: Plan
+    ) -> tuple[Route, AsyncIterator[Chunk], list[Chunk]]:
+        """Open the first candidate that produces a token; fall back on early failures.
+
+        Nothing is sent to the client here, so a candidate that fails before
+        its first token is replaced without the client seeing anything.
+        """
+        last: UpstreamError | None = None
+        for route in self._routes(plan):
+            stats = self.stats[route.model.id]
+            started = trio.current_time()
+            attempt = contextlib.AsyncExitStack()
+            try:
+                chunks = await attempt.enter_async_context(
+                    self.providers[route.model.provider].stream_chat(
+                        body, model=route.model.upstream_id))
+                early: list[Chunk] = []
+                async for chunk in chunks:
+                    early.append(chunk)
+                    if has_token(chunk):
+                        break
+            except UpstreamError as exc:
+                await attempt.aclose()
+                stats.record_failure(trio.current_time())
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            stats.record_ttft(trio.current_time() - started)
+            stack.push_async_exit(attempt)
+            return route, chunks, early
+        assert last is not None
+        raise last
 
     async def _emit(self, request: Request, chunk: Chunk, include_usage: bool) -> None:
         if not _repair_chunk(chunk, include_usage):
@@ -144,11 +175,43 @@ class Engine:
 
     # -- embeddings ------------------------------------------------------
 
-    async def embed(self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]) -> None:
-        route = self.route_embedding(embedding)
-        provider = self.providers[route.model.provider]
-        answer = await provider.embed(body, model=route.model.upstream_id)
+    async def embed(
+        self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]
+    ) -> None:
+        plan = self.router.plan_embedding(embedding.model)
+        route, answer = await self._embed(body, plan)
         await request.respond(200, _encode(answer), route.headers())
+
+    async def _embed(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:
+        last: UpstreamError | None = None
+        for route in self._routes(plan):
+            try:
+                answer = await self.providers[route.model.provider].embed(
+                    body, model=route.model.upstream_id)
+            except UpstreamError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            return route, answer
+        assert last is not None
+        raise last
+
+
+def has_token(chunk: Chunk) -> bool:
+    """Whether a chunk carries a first token: content, refusal or a tool-call delta.
+
+    A role-only chunk (``{"role": "assistant", "content": ""}``) does not count,
+    nor does the usage chunk. A finish without any token counts, so an empty
+    answer is not waited on forever.
+    """
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+            return True
+        if delta.get("function_call") or choice.get("finish_reason"):
+            return True
+    return False
 
 
 async def _send(request: Request, data: bytes, *, more: bool = True) -> None:

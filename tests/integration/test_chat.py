@@ -211,7 +211,7 @@ async def test_unread_fields_pass_through_untouched(proxy: Running, raw: httpx.A
     assert seen is not None
     for key in ("seed", "user", "metadata", "stop", "logit_bias", "prediction", "x_vendor"):
         assert seen[key] == body[key]
-    assert seen["model"] == "claude-haiku-4-5"
+    assert seen["model"] == response.headers["x-tlproxy-model"]
 
 
 async def test_upstream_is_always_asked_for_usage(proxy: Running, raw: httpx.AsyncClient) -> None:
