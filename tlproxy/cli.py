@@ -143,6 +143,51 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from .explain import describe_config
+
+    try:
+        config = load_config(args.file)
+    except (ConfigError, OSError) as exc:
+        print(f"tlproxy: {exc}", file=sys.stderr)
+        return 1
+    print(describe_config(config))
+    print(f"\n{args.file}: OK")
+    return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .errors import ProxyError
+    from .explain import describe_plan
+    from .router import Router
+    from .stats import StatsBook
+    from .wire import decode_chat_request
+
+    config = _load(args.config)
+    try:
+        _, body = decode_chat_request(Path(args.request).read_bytes())
+        key = None
+        if args.key is not None:
+            key = next((k for k in config.keys if k.name == args.key), None)
+            if key is None:
+                print(f"tlproxy: no client key named {args.key!r}", file=sys.stderr)
+                return 1
+        headers = dict(h.split(":", 1) for h in args.header or ())
+        headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        plan = Router(config, StatsBook()).plan_chat(body, headers=headers, key=key)
+    except ProxyError as exc:
+        print(f"tlproxy: the request would be refused: {orjson.loads(exc.body())}",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tlproxy: {exc}", file=sys.stderr)
+        return 1
+    print(describe_plan(plan))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlproxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
+
+    config = sub.add_parser("config", help="work with config files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config and print the catalog, "
+                                  "secrets masked")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_config_check)
+
+    route = sub.add_parser("route", help="explain where a request would go, calling nothing")
+    route.add_argument("--explain", dest="request", required=True, metavar="REQUEST.json",
+                       help="a chat completions request body")
+    route.add_argument("--key", help="the client key's name, for its policy")
+    route.add_argument("--config", help="config file (default as for serve)")
+    route.add_argument("--header", action="append", metavar="NAME:VALUE",
+                       help="a request header, e.g. x-tlproxy-task:summarize")
+    route.set_defaults(func=_cmd_route)
 
     sim = sub.add_parser("sim", help="run the simulated upstream as a fake OpenAI server")
     sim.add_argument("--host", default="127.0.0.1")
