@@ -1,0 +1,1043 @@
+"""The Anthropic adapter: request and answer translation, streams, errors, and its I/O.
+
+Answers and streams come from the examples in Anthropic's documentation (see
+tests/data/anthropic/README.md); every OpenAI-shaped output is also checked
+against OpenAI's published schemas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.openai_schema import validate as validate_schema
+from tlproxy.errors import InvalidRequest, UpstreamError
+from tlproxy.providers.anthropic import (
+    AnthropicProvider,
+    AnthropicStreamTranslator,
+    from_anthropic_response,
+    map_anthropic_error,
+    to_anthropic_request,
+)
+from tlproxy.sse import SSEDecoder
+
+DATA = Path(__file__).parent.parent / "data" / "anthropic"
+USER = {"role": "user", "content": "Hi"}
+ROLE = {"role": "assistant", "content": "", "refusal": None}
+NO_DETAILS = {
+    "reasoning_tokens": 0,
+    "audio_tokens": 0,
+    "accepted_prediction_tokens": 0,
+    "rejected_prediction_tokens": 0,
+}
+
+
+def validate(schema: str, instance: dict[str, Any]) -> None:
+    """OpenAI's schema, except for ``system_fingerprint: null``.
+
+    The published spec types the fingerprint as a string, yet OpenAI sends null
+    for models without one and the SDKs type it ``Optional[str]``; this
+    adapter has no fingerprint to give, so it says null.
+    """
+    assert instance.get("system_fingerprint") is None
+    validate_schema(schema, {k: v for k, v in instance.items() if k != "system_fingerprint"})
+
+
+def fixture(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+def events(name: str) -> list[tuple[str | None, dict[str, Any]]]:
+    decoder = SSEDecoder()
+    return [(e.event, json.loads(e.data)) for e in decoder.feed((DATA / name).read_bytes())]
+
+
+def translate(name: str, **kwargs: Any) -> list[dict[str, Any]]:
+    translator = AnthropicStreamTranslator(model="claude-x", created=7, **kwargs)
+    chunks = [c for event, data in events(name) for c in translator.feed(event, data)]
+    assert translator.finished
+    return chunks
+
+
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": NO_DETAILS,
+    }
+
+
+def text(value: str) -> dict[str, str]:
+    return {"type": "text", "text": value}
+
+
+# ---------------------------------------------------------------- requests
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}}
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": WEATHER, "strict": True}}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+}
+
+REQUESTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "plain",
+        {"messages": [USER]},
+        {
+            "model": "claude-x",
+            "max_tokens": 4096,
+            "messages": [{"role": "user", "content": [text("Hi")]}],
+        },
+    ),
+    (
+        "system_and_developer_joined",
+        {
+            "messages": [
+                {"role": "system", "content": "A"},
+                {"role": "developer", "content": [text("B")]},
+                USER,
+            ]
+        },
+        {"system": "A\n\nB", "messages": [{"role": "user", "content": [text("Hi")]}]},
+    ),
+    (
+        "system_only_warm_up_becomes_the_turn",
+        {"messages": [{"role": "system", "content": "Be brief."}]},
+        {"messages": [{"role": "user", "content": [text("Be brief.")]}]},
+    ),
+    (
+        "images_data_and_url",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        text("What is this?"),
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,iVBORw0K"},
+                        },
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"},
+                        },
+                    ],
+                }
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        text("What is this?"),
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/png",
+                                "data": "iVBORw0K",
+                            },
+                        },
+                        {
+                            "type": "image",
+                            "source": {"type": "url", "url": "https://example.com/cat.jpg"},
+                        },
+                    ],
+                }
+            ]
+        },
+    ),
+    (
+        "tool_round_trip_merges_results_into_one_user_turn",
+        {
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [CALL, {**CALL, "id": "call.2"}],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call.2", "content": [text("rain")]},
+                {"role": "user", "content": "thanks"},
+            ],
+            "tools": [TOOL],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [text("Hi")]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "call_1",
+                            "name": "weather",
+                            "input": {"city": "Oslo"},
+                        },
+                        {
+                            "type": "tool_use",
+                            "id": "call_2",
+                            "name": "weather",
+                            "input": {"city": "Oslo"},
+                        },
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                        {"type": "tool_result", "tool_use_id": "call_2", "content": "rain"},
+                        text("thanks"),
+                    ],
+                },
+            ],
+            "tools": [{"name": "weather", "input_schema": WEATHER}],
+        },
+    ),
+    (
+        "consecutive_user_turns_merge",
+        {
+            "messages": [
+                USER,
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": ""},
+            ]
+        },
+        {"messages": [{"role": "user", "content": [text("Hi"), text("again")]}]},
+    ),
+    (
+        "legacy_functions",
+        {
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "weather", "arguments": ""},
+                },
+                {"role": "function", "name": "weather", "content": "sunny"},
+            ],
+            "functions": [{"name": "weather", "description": "Weather", "parameters": WEATHER}],
+            "function_call": {"name": "weather"},
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [text("Hi")]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": "toolu_legacy_1", "name": "weather", "input": {}}
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_legacy_1", "content": "sunny"}
+                    ],
+                },
+            ],
+            "tools": [{"name": "weather", "description": "Weather", "input_schema": WEATHER}],
+            "tool_choice": {"type": "tool", "name": "weather"},
+        },
+    ),
+    (
+        "tool_choice_auto",
+        {"messages": [USER], "tools": [TOOL], "tool_choice": "auto"},
+        {"tool_choice": {"type": "auto"}},
+    ),
+    (
+        "tool_choice_none",
+        {"messages": [USER], "tools": [TOOL], "tool_choice": "none"},
+        {"tool_choice": {"type": "none"}},
+    ),
+    (
+        "tool_choice_required",
+        {"messages": [USER], "tools": [TOOL], "tool_choice": "required"},
+        {"tool_choice": {"type": "any"}},
+    ),
+    (
+        "tool_choice_named_without_parallel_calls",
+        {
+            "messages": [USER],
+            "tools": [TOOL],
+            "parallel_tool_calls": False,
+            "tool_choice": {"type": "function", "function": {"name": "weather"}},
+        },
+        {"tool_choice": {"type": "tool", "name": "weather", "disable_parallel_tool_use": True}},
+    ),
+    (
+        "no_parallel_calls_alone",
+        {"messages": [USER], "tools": [TOOL], "parallel_tool_calls": False},
+        {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+    ),
+    ("tool_choice_without_tools_is_dropped", {"messages": [USER], "tool_choice": "required"}, {}),
+    (
+        "sampling_and_limits",
+        {
+            "messages": [USER],
+            "stop": "END",
+            "max_tokens": 10,
+            "max_completion_tokens": 20,
+            "temperature": 1.5,
+            "top_p": 0.5,
+            "user": "u-1",
+            "seed": 3,
+            "presence_penalty": 1,
+        },
+        {
+            "stop_sequences": ["END"],
+            "max_tokens": 20,
+            "temperature": 1.0,
+            "metadata": {"user_id": "u-1"},
+        },
+    ),
+    (
+        "stop_list_and_top_p",
+        {"messages": [USER], "stop": ["a", "b"], "top_p": 0.5},
+        {"stop_sequences": ["a", "b"], "top_p": 0.5},
+    ),
+    (
+        "json_schema_uses_output_config",
+        {
+            "messages": [USER],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "w", "strict": True, "schema": WEATHER},
+            },
+        },
+        {"output_config": {"format": {"type": "json_schema", "schema": WEATHER}}},
+    ),
+    (
+        "stream",
+        {"messages": [USER], "stream": True, "stream_options": {"include_usage": True}},
+        {"stream": True},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"), [r[1:] for r in REQUESTS], ids=[r[0] for r in REQUESTS]
+)
+def test_request_translation(body: dict[str, Any], expected: dict[str, Any]) -> None:
+    out = to_anthropic_request(body, model="claude-x", stream=bool(body.get("stream")))
+    assert {k: out.get(k) for k in expected} == expected
+    assert out["model"] == "claude-x"
+    assert "stream_options" not in out and "seed" not in out and "presence_penalty" not in out
+    if "tool_choice" not in expected:
+        assert "tool_choice" not in out
+
+
+def test_json_object_becomes_a_system_instruction() -> None:
+    out = to_anthropic_request(
+        {
+            "messages": [{"role": "system", "content": "S"}, USER],
+            "response_format": {"type": "json_object"},
+        },
+        model="m",
+        stream=False,
+    )
+    assert out["system"].startswith("S\n\n") and "JSON object" in out["system"]
+    assert "output_config" not in out
+
+
+def test_default_max_tokens_is_configurable() -> None:
+    out = to_anthropic_request({"messages": [USER]}, model="m", stream=False, default_max_tokens=99)
+    assert out["max_tokens"] == 99
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("n", {"messages": [USER], "n": 2}, "n"),
+    ("logprobs", {"messages": [USER], "logprobs": True}, "logprobs"),
+    ("top_logprobs", {"messages": [USER], "top_logprobs": 2}, "top_logprobs"),
+    ("no_messages", {"messages": []}, "messages"),
+    ("bad_role", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    (
+        "bad_arguments",
+        {
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "tool_calls": [{**CALL, "function": {"name": "weather", "arguments": "{oops"}}],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    (
+        "array_arguments",
+        {
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "tool_calls": [{**CALL, "function": {"name": "weather", "arguments": "[1]"}}],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    (
+        "audio",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}
+                    ],
+                }
+            ]
+        },
+        "messages[0].content[0].type",
+    ),
+    (
+        "svg_image",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz4="},
+                        }
+                    ],
+                }
+            ]
+        },
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "custom_tool",
+        {"messages": [USER], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
+        "tools[0].type",
+    ),
+    (
+        "function_without_call",
+        {"messages": [USER, {"role": "function", "name": "f", "content": "x"}]},
+        "messages[1].role",
+    ),
+    ("max_tokens", {"messages": [USER], "max_tokens": 0}, "max_tokens"),
+    (
+        "schema",
+        {"messages": [USER], "response_format": {"type": "json_schema", "json_schema": {}}},
+        "response_format.json_schema.schema",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), [r[1:] for r in INVALID], ids=[r[0] for r in INVALID])
+def test_untranslatable_requests_are_invalid(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        to_anthropic_request(body, model="m", stream=False)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+def test_n_message_is_explicit() -> None:
+    with pytest.raises(InvalidRequest, match=r"n > 1 is not supported by this model's provider"):
+        to_anthropic_request({"messages": [USER], "n": 3}, model="m", stream=False)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_text_answer_from_the_api_reference() -> None:
+    out = from_anthropic_response(fixture("message_text.json"), model="claude-x", created=7)
+    validate("CreateChatCompletionResponse", out)
+    assert out == {
+        "id": "chatcmpl-013Zva2CMHLNnXjNJJKqJ2EF",
+        "object": "chat.completion",
+        "created": 7,
+        "model": "claude-x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hi! My name is Claude.",
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        # input 2095 + cache read 2051 + cache write 2051
+        "usage": usage(6197, 503, cached=2051),
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
+def test_tool_use_answer_from_the_tool_use_guide() -> None:
+    out = from_anthropic_response(fixture("message_tool_use.json"), model="claude-x", created=7)
+    validate("CreateChatCompletionResponse", out)
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert (
+        choice["message"]["content"] == "I'll check the current weather in San Francisco for you."
+    )
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "toolu_01A09q90qw90lq917835lq9",
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "arguments": '{"location":"San Francisco, CA","unit":"celsius"}',
+            },
+        }
+    ]
+    assert out["usage"] == usage(0, 0)  # the guide's example carries no usage
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("pause_turn", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("model_context_window_exceeded", "length"),
+    ],
+)
+def test_stop_reasons(stop_reason: str, finish: str) -> None:
+    resp = {"id": "msg_1", "content": [], "stop_reason": stop_reason, "usage": {}}
+    assert (
+        from_anthropic_response(resp, model="m", created=0)["choices"][0]["finish_reason"] == finish
+    )
+
+
+def test_only_tool_calls_gives_null_content() -> None:
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    resp = {
+        "id": "msg_1",
+        "content": [{"type": "thinking", "thinking": "hm"}, tool],
+        "stop_reason": "tool_use",
+    }
+    message = from_anthropic_response(resp, model="m", created=0)["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+def test_an_answer_that_is_not_a_message_is_a_502() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        from_anthropic_response({"type": "error"}, model="m", created=0)
+    assert caught.value.status == 502
+
+
+# ---------------------------------------------------------------- streams
+
+
+def assert_stream_shape(chunks: list[dict[str, Any]], *, include_usage: bool = True) -> None:
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+        assert (chunk["id"], chunk["created"], chunk["model"]) == (chunks[0]["id"], 7, "claude-x")
+        assert ("usage" in chunk) is include_usage
+    assert chunks[0]["choices"][0]["delta"] == ROLE
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert [f for f in finishes if f is not None] == [finishes[-1]]
+    if include_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] is not None
+        assert all(c["usage"] is None for c in chunks[:-1])
+
+
+def deltas(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+
+
+def test_basic_stream_from_the_docs() -> None:
+    chunks = translate("stream_basic.sse")
+    assert_stream_shape(chunks)
+    assert chunks[0]["id"] == "chatcmpl-1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"
+    assert deltas(chunks) == [ROLE, {"content": "Hello"}, {"content": "!"}, {}]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"] == usage(25, 15)
+
+
+def test_tool_use_stream_from_the_docs() -> None:
+    chunks = translate("stream_tool_use.sse")
+    assert_stream_shape(chunks)
+    words = [
+        "Okay",
+        ",",
+        " let",
+        "'s",
+        " check",
+        " the",
+        " weather",
+        " for",
+        " San",
+        " Francisco",
+        ",",
+        " CA",
+        ":",
+    ]
+    fragments = [
+        '{"location":',
+        ' "San',
+        " Francisc",
+        "o,",
+        ' CA"',
+        ", ",
+        '"unit": "fah',
+        'renheit"}',
+    ]
+    first = {
+        "index": 0,
+        "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert deltas(chunks) == [
+        ROLE,
+        *({"content": w} for w in words),
+        {"tool_calls": [first]},
+        *({"tool_calls": [{"index": 0, "function": {"arguments": f}}]} for f in fragments),
+        {},
+    ]
+    assert json.loads("".join(fragments)) == {"location": "San Francisco, CA", "unit": "fahrenheit"}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["usage"] == usage(472, 89)
+
+
+def test_thinking_is_not_forwarded() -> None:
+    chunks = translate("stream_thinking.sse", include_usage=False)
+    assert_stream_shape(chunks, include_usage=False)
+    assert deltas(chunks) == [ROLE, {"content": "27 * 453 = 12,231"}, {}]
+
+
+def test_tool_calls_are_numbered_among_tool_calls_only() -> None:
+    translator = AnthropicStreamTranslator(model="claude-x", created=7)
+    script = [
+        {
+            "type": "message_start",
+            "message": {"id": "msg_x", "usage": {"input_tokens": 3, "cache_read_input_tokens": 4}},
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 0},
+        *(
+            {
+                "type": "content_block_start",
+                "index": i,
+                "content_block": {"type": "tool_use", "id": f"toolu_{i}", "name": "f", "input": {}},
+            }
+            for i in (1, 2)
+        ),
+        {
+            "type": "content_block_delta",
+            "index": 2,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_stop", "index": 2},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    ]
+    chunks = [c for data in script for c in translator.feed(data["type"], data)]
+    assert_stream_shape(chunks)
+    calls = [d["tool_calls"][0] for d in deltas(chunks) if "tool_calls" in d]
+    assert [(c["index"], c.get("id"), c["function"]["arguments"]) for c in calls] == [
+        (0, "toolu_1", ""),
+        (1, "toolu_2", ""),
+        (1, None, "{}"),
+        (0, None, "{}"),
+    ]
+    assert chunks[-1]["usage"] == usage(7, 9, cached=4)
+
+
+def test_ping_and_unknown_events_say_nothing() -> None:
+    translator = AnthropicStreamTranslator(model="m", created=0)
+    assert translator.feed("ping", {"type": "ping"}) == []
+    assert translator.feed("future_event", {"type": "future_event"}) == []
+    assert not translator.finished
+
+
+def test_error_event_raises_a_retryable_upstream_error() -> None:
+    translator = AnthropicStreamTranslator(model="m", created=0)
+    [(event, data)] = events("stream_error.sse")
+    with pytest.raises(UpstreamError) as caught:
+        translator.feed(event, data)
+    assert (caught.value.status, caught.value.retryable, caught.value.message) == (
+        503,
+        True,
+        "Overloaded",
+    )
+
+
+@pytest.mark.parametrize(("kind", "status"), [("rate_limit_error", 429), ("api_error", 502)])
+def test_error_event_statuses(kind: str, status: int) -> None:
+    translator = AnthropicStreamTranslator(model="m", created=0)
+    with pytest.raises(UpstreamError) as caught:
+        translator.feed("error", {"type": "error", "error": {"type": kind, "message": "x"}})
+    assert caught.value.status == status and caught.value.retryable
+
+
+# ---------------------------------------------------------------- errors
+
+ERRORS: list[tuple[int, bytes, dict[str, str], int, bool, str]] = [
+    (
+        400,
+        json.dumps(
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "max_tokens: too big"},
+            }
+        ).encode(),
+        {},
+        400,
+        False,
+        "invalid_request_error",
+    ),
+    (
+        401,
+        b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}',
+        {},
+        502,
+        True,
+        "upstream_error",
+    ),
+    (
+        403,
+        b'{"type":"error","error":{"type":"permission_error","message":"no"}}',
+        {},
+        502,
+        True,
+        "upstream_error",
+    ),
+    (404, (DATA / "error_not_found.json").read_bytes(), {}, 502, True, "upstream_error"),
+    (
+        413,
+        b'{"type":"error","error":{"type":"request_too_large","message":"too large"}}',
+        {},
+        413,
+        False,
+        "invalid_request_error",
+    ),
+    (
+        429,
+        b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}',
+        {"retry-after": "17"},
+        429,
+        True,
+        "rate_limit_error",
+    ),
+    (
+        500,
+        b'{"type":"error","error":{"type":"api_error","message":"oops"}}',
+        {},
+        503,
+        True,
+        "api_error",
+    ),
+    (529, (DATA / "error_overloaded.json").read_bytes(), {}, 503, True, "overloaded_error"),
+    (502, b"<html>bad gateway</html>", {}, 503, True, "service_unavailable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected", "retryable", "kind"),
+    ERRORS,
+    ids=[str(e[0]) for e in ERRORS],
+)
+def test_error_mapping(
+    status: int, body: bytes, headers: dict[str, str], expected: int, retryable: bool, kind: str
+) -> None:
+    error = map_anthropic_error(status, body, headers)
+    assert (error.status, error.retryable, error.type, error.upstream_status) == (
+        expected,
+        retryable,
+        kind,
+        status,
+    )
+    assert error.retry_after == headers.get("retry-after")
+    if status in (401, 403):
+        assert "rejected the proxy's credentials" in error.message
+
+
+def test_error_messages_are_redacted() -> None:
+    body = json.dumps(
+        {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": "sk-ant-api03-x1y2z3w4"},
+        }
+    ).encode()
+    error = map_anthropic_error(400, body, {})
+    assert "sk-ant" not in error.message and "[redacted]" in error.message
+
+
+# ---------------------------------------------------------------- property
+
+TEXT = st.text(max_size=12)
+PARTS = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, TEXT),
+        st.builds(
+            lambda u: {"type": "image_url", "image_url": {"url": u}},
+            st.sampled_from(
+                ["https://x/y.png", "data:image/png;base64,AA==", "ftp://x", "data:,x"]
+            ),
+        ),
+        st.builds(lambda t: {"type": t}, st.sampled_from(["input_audio", "file", "video"])),
+    ),
+    max_size=3,
+)
+CONTENT = st.one_of(st.none(), TEXT, PARTS)
+CALLS = st.lists(
+    st.builds(
+        lambda i, a: {"id": i, "type": "function", "function": {"name": "f", "arguments": a}},
+        st.sampled_from(["call_1", "call 2", ""]),
+        st.sampled_from(["{}", '{"a":1}', "", "{", "[]"]),
+    ),
+    max_size=2,
+)
+MESSAGE = st.one_of(
+    st.builds(
+        lambda r, c: {"role": r, "content": c},
+        st.sampled_from(["system", "developer", "user", "assistant"]),
+        CONTENT,
+    ),
+    st.builds(lambda c, k: {"role": "assistant", "content": c, "tool_calls": k}, CONTENT, CALLS),
+    st.builds(
+        lambda i, c: {"role": "tool", "tool_call_id": i, "content": c},
+        st.sampled_from(["call_1", "", "zzz"]),
+        CONTENT,
+    ),
+    st.builds(lambda c: {"role": "function", "name": "f", "content": c}, CONTENT),
+    st.builds(
+        lambda a: {"role": "assistant", "function_call": {"name": "f", "arguments": a}},
+        st.sampled_from(["{}", "nope"]),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(MESSAGE, max_size=6), n=st.sampled_from([None, 1, 2]))
+def test_any_message_list_translates_or_is_an_invalid_request(messages: list[Any], n: Any) -> None:
+    try:
+        out = to_anthropic_request({"messages": messages, "n": n}, model="m", stream=False)
+    except InvalidRequest:
+        return
+    roles = [m["role"] for m in out["messages"]]
+    assert roles and all(a != b for a, b in itertools.pairwise(roles))
+    assert all(m["content"] for m in out["messages"])
+
+
+# ---------------------------------------------------------------- I/O
+
+Handler = Callable[[httpx.Request], Any]
+
+
+def provider(handler: Handler, **kwargs: Any) -> AnthropicProvider:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return AnthropicProvider(
+        "anthropic", base_url="https://api.test", api_key="sk-ant-test-key", client=client, **kwargs
+    )
+
+
+class Split(httpx.AsyncByteStream):
+    """Serves a body in small pieces, so events arrive cut across reads."""
+
+    def __init__(self, body: bytes, size: int = 37) -> None:
+        self._pieces = [body[i : i + size] for i in range(0, len(body), size)]
+
+    async def __aiter__(self):  # type: ignore[override]
+        for piece in self._pieces:
+            yield piece
+
+
+def sse(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(
+        status, headers={"content-type": "text/event-stream", **(headers or {})}, stream=Split(body)
+    )
+
+
+async def collect(p: AnthropicProvider, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async with p.stream_chat(body, model="claude-up") as chunks:
+        return [chunk async for chunk in chunks]
+
+
+async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return sse((DATA / "stream_tool_use.sse").read_bytes())
+
+    chunks = await collect(provider(handler), {"model": "premium", "messages": [USER]})
+    [request] = seen
+    assert str(request.url) == "https://api.test/v1/messages"
+    assert request.headers["x-api-key"] == "sk-ant-test-key"
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    body = json.loads(request.content)
+    assert (body["model"], body["stream"], body["max_tokens"]) == ("claude-up", True, 4096)
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["usage"]["completion_tokens"] == 89
+    assert {c["model"] for c in chunks} == {"claude-up"}
+
+
+async def test_stream_cut_before_message_stop_is_an_error() -> None:
+    cut = (DATA / "stream_basic.sse").read_bytes().split(b"event: message_delta")[0]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return sse(cut)
+
+    received: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamError) as caught:
+        async with provider(handler).stream_chat({"messages": [USER]}, model="claude-up") as chunks:
+            async for chunk in chunks:
+                received.append(chunk)
+    assert caught.value.message == "upstream stream ended before its final event"
+    assert (caught.value.status, caught.value.retryable) == (502, False)
+    assert deltas(received)[1:] == [{"content": "Hello"}, {"content": "!"}]
+
+
+async def test_rate_limited_stream_keeps_retry_after() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = (
+            b'{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests"}}'
+        )
+        return httpx.Response(429, headers={"retry-after": "12"}, stream=Split(body))
+
+    with pytest.raises(UpstreamError) as caught:
+        await collect(provider(handler), {"messages": [USER]})
+    assert (caught.value.status, caught.value.headers, caught.value.retryable) == (
+        429,
+        {"retry-after": "12"},
+        True,
+    )
+
+
+async def test_overloaded_529_is_a_retryable_503() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(529, content=(DATA / "error_overloaded.json").read_bytes())
+
+    with pytest.raises(UpstreamError) as caught:
+        await collect(provider(handler), {"messages": [USER]})
+    assert (caught.value.status, caught.value.retryable, caught.value.message) == (
+        503,
+        True,
+        "Overloaded",
+    )
+    with pytest.raises(UpstreamError):
+        await provider(handler).chat({"messages": [USER]}, model="claude-up")
+
+
+async def test_timeout_is_a_retryable_504() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with pytest.raises(UpstreamError) as caught:
+        await collect(provider(handler), {"messages": [USER]})
+    assert (caught.value.status, caught.value.retryable) == (504, True)
+
+
+async def test_connection_failure_is_a_retryable_502() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(UpstreamError) as caught:
+        await provider(handler).chat({"messages": [USER]}, model="claude-up")
+    assert (caught.value.status, caught.value.retryable) == (502, True)
+
+
+async def test_chat_translates_the_answer() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        assert "stream" not in json.loads(request.content)
+        return httpx.Response(200, content=(DATA / "message_tool_use.json").read_bytes())
+
+    p = provider(handler)
+    p_v1 = AnthropicProvider(
+        "a",
+        base_url="https://api.test/v1/",
+        api_key=None,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
+    for candidate in (p, p_v1):
+        answer = await candidate.chat({"messages": [USER]}, model="claude-up")
+        assert answer["model"] == "claude-up"
+        assert (
+            answer["choices"][0]["message"]["tool_calls"][0]["id"]
+            == "toolu_01A09q90qw90lq917835lq9"
+        )
+
+
+async def test_invalid_json_answer_is_a_502() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"<html>")
+
+    with pytest.raises(UpstreamError) as caught:
+        await provider(handler).chat({"messages": [USER]}, model="claude-up")
+    assert caught.value.status == 502
+
+
+async def test_no_embeddings() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request expected")
+
+    with pytest.raises(InvalidRequest):
+        await provider(handler).embed({"input": "x"}, model="claude-up")
+
+
+async def test_error_event_mid_stream_ends_it_with_the_mapped_error() -> None:
+    start = (DATA / "stream_basic.sse").read_bytes().split(b"event: content_block_stop")[0]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return sse(start + (DATA / "stream_error.sse").read_bytes())
+
+    received: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamError) as caught:
+        async with provider(handler).stream_chat({"messages": [USER]}, model="claude-up") as chunks:
+            async for chunk in chunks:
+                received.append(chunk)
+    assert (caught.value.status, caught.value.retryable) == (503, True)
+    assert len(received) == 3  # role, "Hello", "!"
+
+
+def test_sampling_can_be_left_out() -> None:
+    body = {"messages": [USER], "temperature": 0.2, "top_p": 0.9}
+    out = to_anthropic_request(body, model="m", stream=False, sampling=False)
+    assert "temperature" not in out and "top_p" not in out
+
+
+async def test_a_model_that_refuses_temperature_is_retried_once_and_remembered() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        if "temperature" in body:
+            error = {
+                "type": "invalid_request_error",
+                "message": "`temperature` is deprecated for this model.",
+            }
+            return httpx.Response(400, json={"type": "error", "error": error})
+        return httpx.Response(200, content=(DATA / "message_text.json").read_bytes())
+
+    p = provider(handler)
+    for _ in range(2):
+        answer = await p.chat({"messages": [USER], "temperature": 0.7}, model="claude-opus-4-7")
+        assert answer["choices"][0]["message"]["content"] == "Hi! My name is Claude."
+    assert ["temperature" in body for body in sent] == [True, False, False]
