@@ -20,6 +20,9 @@ import msgspec
 
 __all__ = [
     "ClientKey",
+    "LedgerConfig",
+    "LimitsConfig",
+    "ShadowConfig",
     "Config",
     "ConfigError",
     "ModelConfig",
@@ -160,6 +163,47 @@ class ClientKey(_Strict):
     policy: str | None = None
     # Tiers this key may use; an explicit intent above them is capped.
     allowed_tiers: list[Literal["premium", "economy"]] | None = None
+    # Limits; None means unlimited.
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: Literal["day", "month"] = "month"
+    # Shadow traffic for this key (overrides the rule's or the global one).
+    shadow: "ShadowConfig | None" = None
+
+
+class ShadowConfig(_Strict):
+    """Mirror a sample of traffic to another tier or model, in the background."""
+
+    sample_rate: float = 0.0
+    # A tier ("premium" / "economy") or a catalog model id.
+    target: str = "economy"
+    max_concurrency: int = 8
+    # Only requests decided by these rules (None: any rule).
+    rules: list[str] | None = None
+
+
+class LedgerConfig(_Strict):
+    enabled: bool = True
+    # SQLite file (WAL mode); relative paths are relative to the working directory.
+    path: str = "tlproxy-ledger.db"
+    # Or a PostgreSQL URL (postgresql://...), when several instances share one ledger.
+    postgres_url: str | None = None
+    batch_size: int = 256
+    flush_interval: float = 0.5
+    queue_size: int = 10_000
+
+
+class LimitsConfig(_Strict):
+    # Shared state across workers and instances; None keeps limits in memory.
+    redis_url: str | None = None
+    # When Redis is unreachable: "open" serves (and counts it), "closed" answers 503.
+    on_redis_failure: Literal["open", "closed"] = "open"
+    redis_timeout: float = 0.25
+    max_messages: int = 2048
+    max_tools: int = 128
+    max_streams_per_worker: int = 10_000
+    max_streams_per_key: int | None = None
 
 
 class Config(_Strict):
@@ -173,6 +217,11 @@ class Config(_Strict):
     keys: list[ClientKey] = []
     policy: Policy = Policy()
     policies: dict[str, Policy] = {}
+    ledger: LedgerConfig = LedgerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    shadow: ShadowConfig | None = None
+    # Keys allowed on admin endpoints (``/v1/tlproxy/*``), as ``sha256:<hex>``.
+    admin_keys: list[str] = []
 
     def model(self, model_id: str) -> ModelConfig | None:
         for model in self.models:
