@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .catalog import INTENTS
 from .config import ClientKey, Config
-from .engine import Engine
+from .engine import Engine, Route
+from .metrics import AccessLog, Metrics
 from .errors import (
     AuthenticationFailed,
     NotFound,
@@ -55,7 +57,8 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "headers", "id", "key", "method", "path", "receive", "scope", "send", "started",
+        "arrived", "error", "headers", "id", "key", "method", "path", "receive", "route",
+        "scope", "send", "started", "status", "ttft",
     )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -69,6 +72,12 @@ class Request:
         self.started = False
         # The client key that authenticated this request, when keys are configured.
         self.key: ClientKey | None = None
+        # Filled in as the request goes, for metrics and the access log.
+        self.arrived = time.monotonic()
+        self.status = 0
+        self.route: Route | None = None
+        self.ttft: float | None = None
+        self.error: str | None = None
 
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}
@@ -93,6 +102,7 @@ class Request:
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
+        self.status = status
         await self.send({
             "type": "http.response.start",
             "status": status,
@@ -122,7 +132,9 @@ class App:
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
         self.config = config
         self.providers = providers
-        self.engine = Engine(config, providers)
+        self.metrics = Metrics()
+        self.access = AccessLog()
+        self.engine = Engine(config, providers, self.metrics)
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
@@ -133,6 +145,7 @@ class App:
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
+            ("GET", "/metrics"): self.metrics_endpoint,
         }
 
     async def aclose(self) -> None:
@@ -149,17 +162,51 @@ class App:
         try:
             await self._dispatch(request)
         except _ClientGone:
-            return
+            request.error = "client_gone"
         except ProxyError as exc:
+            request.error = exc.code or exc.type
             if not request.started:
                 headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
                 await request.respond(exc.status, exc.body(), headers)
         except Exception:
             log.exception("request %s failed", request.id)
+            request.error = "internal"
             if not request.started:
                 await request.respond(500, error_body(
                     f"The server had an error while processing your request. "
                     f"Request id: {request.id}", type="server_error"))
+        finally:
+            self._observe(request)
+
+    def _observe(self, request: Request) -> None:
+        if request.path in ("/metrics", "/healthz", "/readyz"):
+            return
+        route = request.route
+        endpoint = request.path.removeprefix("/v1/")
+        tier = route.tier if route else ""
+        duration = time.monotonic() - request.arrived
+        self.metrics.requests.labels(
+            endpoint, tier, route.model.id if route else "",
+            route.model.provider if route else "", route.rule if route else "",
+            str(request.status or 499),
+        ).inc()
+        self.metrics.duration.labels(endpoint, tier).observe(duration)
+        if request.ttft is not None and route is not None:
+            self.metrics.ttft.labels(tier, route.model.id).observe(request.ttft)
+        self.access.emit({
+            "request_id": request.id,
+            "method": request.method,
+            "path": request.path,
+            "status": request.status or 499,
+            "key": request.key.name if request.key else None,
+            "tier": tier or None,
+            "model": route.model.id if route else None,
+            "provider": route.model.provider if route else None,
+            "rule": route.rule if route else None,
+            "ttft_ms": round(request.ttft * 1000, 1) if request.ttft is not None else None,
+            "duration_ms": round(duration * 1000, 1),
+            "error": request.error,
+        })
 
     async def _dispatch(self, request: Request) -> None:
         path = request.path.rstrip("/") or "/"
@@ -244,6 +291,10 @@ class App:
             f"The model '{model_id}' does not exist or you do not have access to it.",
             param="model", code="model_not_found",
         )
+
+    async def metrics_endpoint(self, request: Request) -> None:
+        await request.start(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+        await request.send({"type": "http.response.body", "body": self.metrics.render()})
 
     async def healthz(self, request: Request) -> None:
         await request.respond(200, b'{"status":"ok"}')

@@ -16,6 +16,7 @@ import trio
 
 from .catalog import default_config
 from .config import Config, ConfigError, SimModelProfile, load_config
+from .metrics import JSONFormatter
 
 __all__ = ["main"]
 
@@ -232,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if os.environ.get("TLPROXY_LOG_FORMAT", "json") == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"), handlers=[handler])
     # One line per upstream request at INFO would drown the proxy's own logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

@@ -250,7 +250,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     try:
         config = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(_with_line(path, text, str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     providers = {}
@@ -259,9 +259,35 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             key = _resolve_env(provider.api_key, f"providers.{name}.api_key", env)
             provider = msgspec.structs.replace(provider, api_key=key)
         providers[name] = provider
-    config = msgspec.structs.replace(config, providers=providers)
+    limits, ledger = config.limits, config.ledger
+    if limits.redis_url:
+        limits = msgspec.structs.replace(
+            limits, redis_url=_resolve_env(limits.redis_url, "limits.redis_url", env))
+    if ledger.postgres_url:
+        ledger = msgspec.structs.replace(
+            ledger, postgres_url=_resolve_env(ledger.postgres_url, "ledger.postgres_url", env))
+    config = msgspec.structs.replace(config, providers=providers, limits=limits, ledger=ledger)
     validate(config)
     return config
+
+
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+
+
+def _with_line(path: str | os.PathLike[str], text: bytes, message: str) -> str:
+    """Name the path and line of a validation error, as people read TOML by line."""
+    from .toml_locate import line_of
+
+    match = _AT.search(message)
+    where = match.group("path") if match else ""
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        where = f"{where}.{unknown.group('field')}" if where else unknown.group("field")
+    line = line_of(text.decode("utf-8", "replace"), where) if where else None
+    head = message[: match.start()] if match else message
+    location = f"{path}:{line}" if line else str(path)
+    return f"{location}: {where or '(top level)'}: {head}"
 
 
 def validate(config: Config) -> None:
@@ -286,6 +312,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"default_alias: {config.default_alias!r} is neither an intent nor a "
                           "model id")
     for index, key in enumerate(config.keys):
+        if key.allowed_tiers is not None and not key.allowed_tiers:
+            raise ConfigError(f"keys[{index}].allowed_tiers: empty; leave it out to allow all")
         if key.policy is not None and key.policy not in config.policies:
             raise ConfigError(f"keys[{index}].policy: no policy named {key.policy!r}")
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", key.hash):

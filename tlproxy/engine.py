@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import msgspec
 import trio
 
 from .config import Config, ModelConfig
+from .metrics import Metrics
 from .errors import UpstreamError
 from .providers.base import Chunk, Provider
 from .router import Plan, Router
@@ -63,9 +65,12 @@ class Route(msgspec.Struct, frozen=True):
 
 
 class Engine:
-    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+    def __init__(
+        self, config: Config, providers: dict[str, Provider], metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.providers = providers
+        self.metrics = metrics or Metrics()
         self.stats = StatsBook()
         self.router = Router(config, self.stats)
         # Candidates tried, one after another, when one fails before answering.
@@ -86,6 +91,7 @@ class Engine:
         if result is None:
             return  # the client went away; the upstream call was cancelled
         route, answer = result
+        request.route = route
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
 
@@ -103,6 +109,7 @@ class Engine:
                     body, model=route.model.upstream_id)
             except UpstreamError as exc:
                 stats.record_failure(trio.current_time())
+                self._upstream_error(route, exc)
                 if not exc.retryable:
                     raise
                 last = exc
@@ -118,15 +125,21 @@ class Engine:
     ) -> None:
         async with _cancelled_on_disconnect(request), contextlib.AsyncExitStack() as stack:
             route, chunks, early = await self._open_stream(stack, body, plan)
+            request.route = route
             stats = self.stats[route.model.id]
             await request.start(200, [*_SSE_HEADERS, *route.headers()])
+            self.metrics.open_streams.inc()
+            stack.callback(self.metrics.open_streams.dec)
             try:
                 for chunk in early:
                     await self._emit(request, chunk, include_usage)
+                request.ttft = time.monotonic() - request.arrived
                 async for chunk in chunks:
                     await self._emit(request, chunk, include_usage)
             except UpstreamError as exc:
                 stats.record_failure(trio.current_time())
+                self._upstream_error(route, exc)
+                request.error = "upstream_failed_mid_stream"
                 log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
                 await _send(request, encode_data(exc.body()), more=False)
             else:
@@ -158,6 +171,7 @@ class Engine:
             except UpstreamError as exc:
                 await attempt.aclose()
                 stats.record_failure(trio.current_time())
+                self._upstream_error(route, exc)
                 if not exc.retryable:
                     raise
                 last = exc
@@ -167,6 +181,9 @@ class Engine:
             return route, chunks, early
         assert last is not None
         raise last
+
+    def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
+        self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
 
     async def _emit(self, request: Request, chunk: Chunk, include_usage: bool) -> None:
         if not _repair_chunk(chunk, include_usage):
@@ -180,6 +197,7 @@ class Engine:
     ) -> None:
         plan = self.router.plan_embedding(embedding.model)
         route, answer = await self._embed(body, plan)
+        request.route = route
         await request.respond(200, _encode(answer), route.headers())
 
     async def _embed(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:

@@ -1,0 +1,94 @@
+"""Prometheus metrics and the structured access log.
+
+Each app owns its own `CollectorRegistry` (no module-level registry), so
+several apps in one process (tests) never share counters. Label values are
+routing facts (tier, model, provider, rule, status), never a key or a body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["AccessLog", "JSONFormatter", "Metrics"]
+
+# TTFT and durations of LLM calls span milliseconds to minutes.
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tlproxy_requests", "Requests answered, by routing outcome and HTTP status.",
+            ["endpoint", "tier", "model", "provider", "rule", "status"], registry=r)
+        self.ttft = Histogram(
+            "tlproxy_ttft_seconds", "Time to first token of streamed answers, as sent.",
+            ["tier", "model"], buckets=_TTFT_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "tlproxy_request_duration_seconds", "Time from request to the last byte.",
+            ["endpoint", "tier"], buckets=_DURATION_BUCKETS, registry=r)
+        self.race = Counter(
+            "tlproxy_race_attempts",
+            "Upstream attempts by outcome (won, lost, outside-tier, failed, deadline, "
+            "cancelled) and how they started (initial, hedge, fallback).",
+            ["outcome", "start"], registry=r)
+        self.upstream_errors = Counter(
+            "tlproxy_upstream_errors", "Upstream failures, by provider and client status.",
+            ["provider", "status"], registry=r)
+        self.rate_limited = Counter(
+            "tlproxy_rate_limited", "Requests refused by a key's limit.", ["reason"], registry=r)
+        self.open_streams = Gauge(
+            "tlproxy_open_streams", "Streams being sent to clients now.", registry=r)
+        self.ledger_queue = Gauge(
+            "tlproxy_ledger_queue_depth", "Ledger rows waiting to be written.", registry=r)
+
+    def watch_ledger(self, depth: Callable[[], float]) -> None:
+        self.ledger_queue.set_function(depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; fields from `extra={"fields": {...}}` are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(data, default=str).decode()
+
+
+class AccessLog:
+    """One line per request with its id and routing decision; no body, no key."""
+
+    def __init__(self, *, debug: bool = False) -> None:
+        self.log = logging.getLogger("tlproxy.access")
+        self.debug = debug
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        if self.log.isEnabledFor(logging.INFO):
+            fields["ts"] = round(time.time(), 3)
+            self.log.info("request", extra={"fields": fields})
