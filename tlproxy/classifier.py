@@ -22,54 +22,15 @@ import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
-import msgspec
 import trio
+
+from .config import ClassifierConfig
 
 __all__ = ["ClassifierConfig", "TaskClassifier", "cosine"]
 
 log = logging.getLogger("tlproxy")
 
 Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
-
-
-class ClassifierConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    enabled: bool = False
-    # A catalog embedding model used to embed prompts and examples.
-    model: str = "text-embedding-3-small"
-    # Below this cosine similarity to every example, the task is "unknown".
-    min_similarity: float = 0.3
-    timeout: float = 0.5
-    cache_size: int = 4096
-    examples: dict[str, list[str]] = msgspec.field(default_factory=lambda: _default_examples())
-
-
-def _default_examples() -> dict[str, list[str]]:
-    return {
-        "summarization": [
-            "Summarize this article in three sentences",
-            "Give me the key points of the following meeting notes",
-            "What are the main takeaways from this document",
-            "Write a short recap of the text below",
-        ],
-        "extraction": [
-            "Extract every date and amount from this invoice",
-            "List all the company names mentioned in the following text",
-            "Pull out the email addresses from this page",
-            "Classify this support ticket into billing, bug or feature request",
-        ],
-        "code": [
-            "Write a Python function that parses a CSV file",
-            "Fix the bug in this JavaScript code",
-            "Refactor this class to use dependency injection",
-            "Why does this SQL query return duplicate rows",
-        ],
-        "chat": [
-            "Hi, how are you today",
-            "Can you help me plan a trip to Lisbon",
-            "What do you think about this idea for a birthday gift",
-            "Tell me a joke about cats",
-        ],
-    }
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

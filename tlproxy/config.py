@@ -19,6 +19,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "ClassifierConfig",
     "ClientKey",
     "LedgerConfig",
     "LimitsConfig",
@@ -117,6 +118,9 @@ class ModelConfig(_Strict):
     upstream_model: str | None = None
     capabilities: Capabilities = Capabilities()
     prices: Prices = Prices()
+    # Seconds to wait for a first token before trying another model; None
+    # derives it from live statistics (3x the recent p99, at least 1 s).
+    first_token_timeout: float | None = None
 
     @property
     def upstream_id(self) -> str:
@@ -153,6 +157,20 @@ class Policy(_Strict):
     default_tier: Literal["premium", "economy"] = "economy"
     # How models inside a tier are ranked: "balanced", "latency" or "cost".
     strategy: Literal["balanced", "latency", "cost"] = "balanced"
+    # The race (tlproxy/race.py). Speculation: call the best model of every
+    # tier still possible while slow signals are pending, at most `fanout` at once.
+    speculate: bool = True
+    fanout: int = 2
+    # Attempts per request, speculation, hedges and fallbacks included.
+    max_attempts: int = 4
+    # Hedging: start the next model of the tier when the running one has no
+    # first token after the `hedge_quantile` of its recent TTFTs (at least
+    # `hedge_floor_ms`; `hedge_initial_ms` while it has no measurements).
+    hedge_tiers: list[Literal["premium", "economy"]] = msgspec.field(
+        default_factory=lambda: ["premium", "economy"])
+    hedge_quantile: float = 0.9
+    hedge_floor_ms: float = 100.0
+    hedge_initial_ms: float = 1000.0
 
 
 class ClientKey(_Strict):
@@ -181,6 +199,48 @@ class ShadowConfig(_Strict):
     max_concurrency: int = 8
     # Only requests decided by these rules (None: any rule).
     rules: list[str] | None = None
+
+
+class ClassifierConfig(_Strict):
+    """The semantic task classifier, a slow signal (see tlproxy/classifier.py)."""
+
+    enabled: bool = False
+    # A catalog embedding model used to embed prompts and examples.
+    model: str = "text-embedding-3-small"
+    # Below this cosine similarity to every example, the task is "unknown".
+    min_similarity: float = 0.3
+    timeout: float = 0.5
+    cache_size: int = 4096
+    examples: dict[str, list[str]] = msgspec.field(default_factory=lambda: _default_examples())
+
+
+def _default_examples() -> dict[str, list[str]]:
+    return {
+        "summarization": [
+            "Summarize this article in three sentences",
+            "Give me the key points of the following meeting notes",
+            "What are the main takeaways from this document",
+            "Write a short recap of the text below",
+        ],
+        "extraction": [
+            "Extract every date and amount from this invoice",
+            "List all the company names mentioned in the following text",
+            "Pull out the email addresses from this page",
+            "Classify this support ticket into billing, bug or feature request",
+        ],
+        "code": [
+            "Write a Python function that parses a CSV file",
+            "Fix the bug in this JavaScript code",
+            "Refactor this class to use dependency injection",
+            "Why does this SQL query return duplicate rows",
+        ],
+        "chat": [
+            "Hi, how are you today",
+            "Can you help me plan a trip to Lisbon",
+            "What do you think about this idea for a birthday gift",
+            "Tell me a joke about cats",
+        ],
+    }
 
 
 class LedgerConfig(_Strict):
@@ -217,6 +277,7 @@ class Config(_Strict):
     keys: list[ClientKey] = []
     policy: Policy = Policy()
     policies: dict[str, Policy] = {}
+    classifier: ClassifierConfig = ClassifierConfig()
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
     shadow: ShadowConfig | None = None

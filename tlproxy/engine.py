@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
-from .config import Config, ModelConfig
+from .classifier import TaskClassifier, decode_embedding
+from .config import Config, ModelConfig, Policy
 from .metrics import Metrics
-from .errors import UpstreamError
+from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
+from .errors import ProxyError, UpstreamError
 from .providers.base import Chunk, Provider
 from .router import Plan, Router
 from .sse import DONE, encode_data
@@ -72,9 +75,14 @@ class Engine:
         self.providers = providers
         self.metrics = metrics or Metrics()
         self.stats = StatsBook()
-        self.router = Router(config, self.stats)
-        # Candidates tried, one after another, when one fails before answering.
-        self.max_attempts = 3
+        self.classifier = (
+            TaskClassifier(config.classifier, self._embed_texts)
+            if config.classifier.enabled else None
+        )
+        self.router = Router(config, self.stats, semantic=self.classifier is not None)
+        # Gates a request must pass before it is answered (a key's rate limit
+        # and budget): awaited inside the decision, so they overlap the race.
+        self.admit: Callable[[Request, Plan], Awaitable[None]] | None = None
 
     # -- chat ------------------------------------------------------------
 
@@ -87,100 +95,141 @@ class Engine:
             return
         result: tuple[Route, dict[str, Any]] | None = None
         async with _cancelled_on_disconnect(request):
-            result = await self._complete(body, plan)
+            async with self._race(request, body, plan, stream=False) as (route, winner):
+                result = route, winner.first_chunks[-1]
         if result is None:
-            return  # the client went away; the upstream call was cancelled
+            return  # the client went away; the upstream calls were cancelled
         route, answer = result
         request.route = route
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
 
-    def _routes(self, plan: Plan) -> list[Route]:
-        return [Route(model, plan.tier, plan.rule)
-                for model in plan.candidates[: self.max_attempts]]
-
-    async def _complete(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:
-        last: UpstreamError | None = None
-        for route in self._routes(plan):
-            stats = self.stats[route.model.id]
-            started = trio.current_time()
-            try:
-                answer = await self.providers[route.model.provider].chat(
-                    body, model=route.model.upstream_id)
-            except UpstreamError as exc:
-                stats.record_failure(trio.current_time())
-                self._upstream_error(route, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            stats.record_ttft(trio.current_time() - started)
-            stats.record_success()
-            return route, answer
-        assert last is not None
-        raise last
-
     async def _stream(
         self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool
     ) -> None:
-        async with _cancelled_on_disconnect(request), contextlib.AsyncExitStack() as stack:
-            route, chunks, early = await self._open_stream(stack, body, plan)
+        async with (
+            _cancelled_on_disconnect(request),
+            self._race(request, body, plan, stream=True) as (route, winner),
+        ):
             request.route = route
-            stats = self.stats[route.model.id]
             await request.start(200, [*_SSE_HEADERS, *route.headers()])
             self.metrics.open_streams.inc()
-            stack.callback(self.metrics.open_streams.dec)
             try:
-                for chunk in early:
+                for chunk in winner.first_chunks:
                     await self._emit(request, chunk, include_usage)
                 request.ttft = time.monotonic() - request.arrived
-                async for chunk in chunks:
+                async for chunk in winner.chunks:
                     await self._emit(request, chunk, include_usage)
             except UpstreamError as exc:
-                stats.record_failure(trio.current_time())
                 self._upstream_error(route, exc)
                 request.error = "upstream_failed_mid_stream"
                 log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
                 await _send(request, encode_data(exc.body()), more=False)
             else:
-                stats.record_success()
                 await _send(request, DONE, more=False)
+            finally:
+                self.metrics.open_streams.dec()
 
-    async def _open_stream(
-        self, stack: contextlib.AsyncExitStack, body: dict[str, Any], plan: Plan
-    ) -> tuple[Route, AsyncIterator[Chunk], list[Chunk]]:
-        """Open the first candidate that produces a token; fall back on early failures.
+    @contextlib.asynccontextmanager
+    async def _race(
+        self, request: Request, body: dict[str, Any], plan: Plan, *, stream: bool
+    ) -> AsyncIterator[tuple[Route, Winner]]:
+        """Run the race for this plan; enter once the decision is final and a model won."""
+        models = {m.id: m for tier in plan.by_tier.values() for m in tier}
+        policy = self.router.policy_for(request.key)
+        final = {"tier": plan.tier, "rule": plan.rule}
+        speculate = policy.speculate and len(plan.possible_tiers) > 1
 
-        Nothing is sent to the client here, so a candidate that fails before
-        its first token is replaced without the client seeing anything.
-        """
-        last: UpstreamError | None = None
-        for route in self._routes(plan):
-            stats = self.stats[route.model.id]
-            started = trio.current_time()
-            attempt = contextlib.AsyncExitStack()
-            try:
-                chunks = await attempt.enter_async_context(
-                    self.providers[route.model.provider].stream_chat(
-                        body, model=route.model.upstream_id))
-                early: list[Chunk] = []
-                async for chunk in chunks:
-                    early.append(chunk)
-                    if has_token(chunk):
-                        break
-            except UpstreamError as exc:
-                await attempt.aclose()
-                stats.record_failure(trio.current_time())
-                self._upstream_error(route, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            stats.record_ttft(trio.current_time() - started)
-            stack.push_async_exit(attempt)
-            return route, chunks, early
-        assert last is not None
-        raise last
+        async def decide() -> str:
+            semantic: list[str | None] = [None]
+            async with trio.open_nursery() as nursery:
+                if self.admit is not None:
+                    nursery.start_soon(self.admit, request, plan)
+                if plan.policy is not None and self.classifier is not None:
+                    nursery.start_soon(self._classify, body, semantic)
+            final["tier"], final["rule"] = self.router.finish(plan, semantic[0])
+            return final["tier"]
+
+        slow = plan.policy is not None or self.admit is not None
+        if slow and not speculate:
+            # Decide first, then race only inside the decided tier.
+            await decide()
+            slow = False
+        candidates = {
+            tier: [self._candidate(m, tier, policy, stream=stream) for m in ranked]
+            for tier, ranked in plan.by_tier.items()
+            if speculate or tier == final["tier"]
+        }
+
+        @contextlib.asynccontextmanager
+        async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
+            model = models[candidate.key]
+            provider = self.providers[model.provider]
+            if stream:
+                async with provider.stream_chat(body, model=model.upstream_id) as chunks:
+                    yield chunks
+            else:
+                yield _single(await provider.chat(body, model=model.upstream_id))
+
+        try:
+            async with race(
+                candidates=candidates,
+                decide=decide if slow else final["tier"],
+                open_stream=open_stream,
+                is_first_token=has_token if stream else _always,
+                fanout=policy.fanout,
+                max_attempts=policy.max_attempts,
+                hedge=True,
+                on_record=self._on_record,
+            ) as winner:
+                model = models[winner.candidate.key]
+                yield Route(model, final["tier"], final["rule"]), winner
+        except RaceFailed as failed:
+            error = failed.first_error()
+            raise error if isinstance(error, ProxyError) else UpstreamError(str(error)) from None
+
+    def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
+                   stream: bool) -> Candidate:
+        stats = self.stats[model.id]
+        delay = math.inf
+        # A JSON answer takes its whole generation time, which TTFT
+        # statistics do not predict: JSON requests are not hedged.
+        if stream and tier in policy.hedge_tiers:
+            quantile = stats.quantile(policy.hedge_quantile)
+            delay = (policy.hedge_initial_ms / 1000 if quantile is None
+                     else max(policy.hedge_floor_ms / 1000, quantile))
+        deadline = model.first_token_timeout
+        if deadline is None and stream and stats.samples >= 20:
+            p99 = stats.quantile(0.99)
+            deadline = max(1.0, 3 * p99) if p99 is not None else None
+        return Candidate(key=model.id, tier=tier, hedge_delay=delay,
+                         first_token_deadline=deadline)
+
+    def _on_record(self, record: AttemptRecord) -> None:
+        stats = self.stats[record.candidate.key]
+        start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
+        self.metrics.race.labels(record.outcome, start).inc()
+        if record.first_token_at is not None:
+            stats.record_ttft(record.first_token_at - record.started_at)
+        if record.outcome in ("failed", "deadline"):
+            stats.record_failure(trio.current_time())
+            error = record.error
+            if isinstance(error, UpstreamError):
+                provider = self.config.model(record.candidate.key)
+                self.metrics.upstream_errors.labels(
+                    provider.provider if provider else "", str(error.status)).inc()
+        elif record.first_token_at is not None:
+            stats.record_success()
+
+    async def _classify(self, body: dict[str, Any], out: list[str | None]) -> None:
+        assert self.classifier is not None
+        out[0] = await self.classifier.classify(last_user_text(body))
+
+    async def _embed_texts(self, texts: list[str]) -> list[list[float]]:
+        plan = self.router.plan_embedding(self.config.classifier.model)
+        _, answer = await self._embed(
+            {"model": plan.requested, "input": texts, "encoding_format": "float"}, plan)
+        return [decode_embedding(d["embedding"]) for d in answer["data"]]
 
     def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
         self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
@@ -202,7 +251,8 @@ class Engine:
 
     async def _embed(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:
         last: UpstreamError | None = None
-        for route in self._routes(plan):
+        for model in plan.candidates:
+            route = Route(model, plan.tier, plan.rule)
             try:
                 answer = await self.providers[route.model.provider].embed(
                     body, model=route.model.upstream_id)
@@ -214,6 +264,42 @@ class Engine:
             return route, answer
         assert last is not None
         raise last
+
+
+class _single:  # noqa: N801 - reads as a function at the call site
+    """A JSON answer as a one-item stream, so JSON requests run the same race.
+
+    A class, not an async generator: nothing to finalize if the race drops it.
+    """
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self._answer: dict[str, Any] | None = answer
+
+    def __aiter__(self) -> _single:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        await trio.lowlevel.checkpoint()
+        if self._answer is None:
+            raise StopAsyncIteration
+        answer, self._answer = self._answer, None
+        return answer
+
+
+def _always(_chunk: Chunk) -> bool:
+    return True
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text") or "") for p in content
+                                if isinstance(p, dict))
+    return ""
 
 
 def has_token(chunk: Chunk) -> bool:

@@ -45,6 +45,17 @@ class Plan(msgspec.Struct, kw_only=True):
     possible_tiers: list[str]
     candidates: list[ModelConfig]
     excluded: list[tuple[str, str]]
+    # Ranked candidates of every tier still possible before slow signals.
+    by_tier: dict[str, list[ModelConfig]] = {}
+    # Set when the tier may still change once slow signals are in (see `Router.finish`).
+    policy: Policy | None = None
+    allowed: list[str] | None = None
+
+
+def _capped(tier: str, rule: str, allowed: set[str] | None) -> tuple[str, str]:
+    if allowed is not None and tier not in allowed:
+        return sorted(allowed)[0], f"{rule} (capped by key)"
+    return tier, rule
 
 
 def blended_price(model: ModelConfig) -> float:
@@ -52,9 +63,12 @@ def blended_price(model: ModelConfig) -> float:
 
 
 class Router:
-    def __init__(self, config: Config, stats: StatsBook) -> None:
+    def __init__(self, config: Config, stats: StatsBook, *, semantic: bool = False) -> None:
         self.config = config
         self.stats = stats
+        # Whether the semantic classifier runs; when it does not, its signal is
+        # known (as "no task") from the start and never keeps a tier open.
+        self.semantic = semantic
 
     def policy_for(self, key: ClientKey | None) -> Policy:
         if key is not None and key.policy is not None:
@@ -72,6 +86,7 @@ class Router:
         requested = str(body.get("model") or "")
         resolution = resolve_name(self.config, requested)
         signals = extract_signals(body, headers)
+        signals.semantic_known = not self.semantic
         allowed = set(key.allowed_tiers) if key and key.allowed_tiers else None
         if resolution.pinned is not None:
             model = resolution.pinned
@@ -86,7 +101,8 @@ class Router:
                     code="model_not_allowed")
             return Plan(requested=requested, via=resolution.via, tier=model.tier,
                         rule=resolution.via, signals=signals, trace=[],
-                        possible_tiers=[model.tier], candidates=[model], excluded=[])
+                        possible_tiers=[model.tier], candidates=[model], excluded=[],
+                        by_tier={model.tier: [model]})
         policy = self.policy_for(key)
         if resolution.intent in ("premium", "economy"):
             tier = resolution.intent
@@ -95,14 +111,34 @@ class Router:
         else:
             decision = decide(policy, signals)
             tiers = set(possible_tiers(policy, signals))
-        tier, rule = decision.tier, decision.rule
-        if allowed is not None and tier not in allowed:
-            tier, rule = sorted(allowed)[0], f"{rule} (capped by key)"
+        tier, rule = _capped(decision.tier, decision.rule, allowed)
+        if allowed is not None:
             tiers = {t for t in tiers if t in allowed} | {tier}
         candidates, excluded = self.candidates(tier, body, signals, policy, now)
+        by_tier = {tier: candidates}
+        for other in tiers - {tier}:
+            try:
+                by_tier[other] = self.candidates(other, body, signals, policy, now)[0]
+            except UpstreamError:
+                by_tier[other] = []
+        open_policy = policy if len(tiers) > 1 else None
         return Plan(requested=requested, via=resolution.via, tier=tier, rule=rule,
                     signals=signals, trace=decision.trace, possible_tiers=sorted(tiers),
-                    candidates=candidates, excluded=excluded)
+                    candidates=candidates, excluded=excluded, by_tier=by_tier,
+                    policy=open_policy, allowed=sorted(allowed) if allowed else None)
+
+    def finish(self, plan: Plan, semantic_task: str | None) -> tuple[str, str]:
+        """The final (tier, rule) once the slow signals are in.
+
+        Always one of `plan.possible_tiers` (the policy guarantees it).
+        """
+        if plan.policy is None or plan.signals is None:
+            return plan.tier, plan.rule
+        signals = msgspec.structs.replace(
+            plan.signals, semantic_task=semantic_task, semantic_known=True)
+        decision = decide(plan.policy, signals)
+        allowed = set(plan.allowed) if plan.allowed else None
+        return _capped(decision.tier, decision.rule, allowed)
 
     def plan_embedding(self, requested: str) -> Plan:
         model = self.config.model(requested)

@@ -70,6 +70,10 @@ class ModelStats:
 
     # -- reading ---------------------------------------------------------
 
+    @property
+    def samples(self) -> int:
+        return len(self._samples)
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile of recent TTFTs (nearest rank), or None with no samples."""
         if not self._samples:
