@@ -189,6 +189,16 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from bench.ttft import main as bench_main
+    except ImportError as exc:
+        print(f"tlproxy bench needs the bench extra (pip install 'tlproxy[bench]'): {exc}",
+              file=sys.stderr)
+        return 2
+    return bench_main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlproxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a request header, e.g. x-tlproxy-task:summarize")
     route.set_defaults(func=_cmd_route)
 
+    bench = sub.add_parser("bench", help="measure TTFT of OpenAI-compatible endpoints "
+                           "(python -m bench.ttft; needs the 'bench' extra)", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
+
     sim = sub.add_parser("sim", help="run the simulated upstream as a fake OpenAI server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8090)
@@ -241,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"), handlers=[handler])
     # One line per upstream request at INFO would drown the proxy's own logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Every option belongs to the benchmark tool, --help included.
+        return _cmd_bench(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
