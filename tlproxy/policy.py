@@ -52,6 +52,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # Before first-turn: most summarization and extraction calls are single-turn.
     Rule(name="summarize-extract", when=Condition(task=["summarization", "extraction"]),
          tier="economy"),
+    # The classifier's view of the same tasks, for prompts without cues; it
+    # never matches while the classifier is off (`[classifier] enabled`).
+    Rule(name="semantic-summarize-extract",
+         when=Condition(semantic_task=["summarization", "extraction"]), tier="economy"),
     Rule(name="structured-output", when=Condition(json_schema=True), tier="economy"),
     # The first answer of a conversation sets the user's impression of it.
     Rule(name="first-turn", when=Condition(first_turn=True), tier="premium"),
