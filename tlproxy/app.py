@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .catalog import INTENTS
 from .config import ClientKey, Config
 from .engine import Engine, Route
+from .keys import KeyStore
 from .metrics import AccessLog, Metrics
 from .errors import (
     AuthenticationFailed,
@@ -138,6 +139,7 @@ class App:
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
+        self.key_store = KeyStore(config.keys_db) if config.keys_db else None
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -236,7 +238,7 @@ class App:
                        code="unknown_url")
 
     def _authenticate(self, request: Request) -> None:
-        if not self._keys:
+        if not self._keys and self.key_store is None:
             return
         header = request.headers.get("authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
@@ -245,7 +247,13 @@ class App:
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        token = token.strip()
+        if self.key_store is not None and token.startswith("tlp-"):
+            stored = self.key_store.check(token)
+            if stored is not None:
+                request.key = stored
+                return
+        digest = hashlib.sha256(token.encode()).digest()
         # Compare against every configured key, always: the time taken must not
         # depend on which key (if any) matched.
         matched: ClientKey | None = None

@@ -8,15 +8,20 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from .catalog import default_config
 from .config import Config, ConfigError, SimModelProfile, load_config
 from .metrics import JSONFormatter
+
+if TYPE_CHECKING:
+    from .keys import KeyStore
 
 __all__ = ["main"]
 
@@ -199,6 +204,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.args)
 
 
+def _key_store(args: argparse.Namespace) -> KeyStore:
+    from .keys import KeyStore
+
+    path = args.db or _load(args.config).keys_db
+    if not path:
+        raise SystemExit("tlproxy: no key store: pass --db FILE or set keys_db in the config")
+    return KeyStore(path)
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    if args.keys_command == "create":
+        tiers = args.allowed_tiers.split(",") if args.allowed_tiers else None
+        try:
+            token = store.create(args.name, rpm=args.rpm, tpm=args.tpm,
+                                 budget_usd=args.budget_usd, budget_period=args.period,
+                                 policy=args.policy, allowed_tiers=tiers)
+        except sqlite3.IntegrityError:
+            print(f"tlproxy: a key named {args.name!r} exists already", file=sys.stderr)
+            return 1
+        print(token)
+        print(f"Key {args.name!r} created. It is shown once: store it now.", file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        if not store.revoke(args.name):
+            print(f"tlproxy: no live key named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"Key {args.name!r} revoked; servers refuse it within a second.", file=sys.stderr)
+        return 0
+    for row in store.list():
+        state = "revoked" if row["revoked_at"] else "active"
+        print(f"{row['name']}\ttlp-{row['id']}-...\t{state}\trpm={row['rpm']} "
+              f"tpm={row['tpm']} budget={row['budget_usd']}/{row['budget_period']} "
+              f"policy={row['policy'] or 'default'} tiers={row['allowed_tiers'] or 'all'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlproxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
                                   "secrets masked")
     check.add_argument("file")
     check.set_defaults(func=_cmd_config_check)
+
+    keys = sub.add_parser("keys", help="client API keys: create, revoke, list")
+    keys.add_argument("--db", help="the key store (default: keys_db from the config)")
+    keys.add_argument("--config", help="config file (default as for serve)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it once")
+    create.add_argument("name")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    create.add_argument("--budget-usd", type=float, help="spend allowed per period")
+    create.add_argument("--period", choices=["day", "month"], default="month")
+    create.add_argument("--policy", help="a named policy from the config")
+    create.add_argument("--allowed-tiers", help="comma-separated, e.g. economy")
+    revoke = keys_sub.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("name")
+    keys_sub.add_parser("list", help="list keys (never the secrets)")
+    keys.set_defaults(func=_cmd_keys)
 
     route = sub.add_parser("route", help="explain where a request would go, calling nothing")
     route.add_argument("--explain", dest="request", required=True, metavar="REQUEST.json",

@@ -283,6 +283,8 @@ class Config(_Strict):
     shadow: ShadowConfig | None = None
     # Keys allowed on admin endpoints (``/v1/tlproxy/*``), as ``sha256:<hex>``.
     admin_keys: list[str] = []
+    # SQLite file of keys made with `tlproxy keys create`; None: config keys only.
+    keys_db: str | None = None
 
     def model(self, model_id: str) -> ModelConfig | None:
         for model in self.models:

@@ -1,0 +1,51 @@
+"""Keys made with `tlproxy keys create` work at once and stop working once revoked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import trio
+
+from tests.integration.conftest import fast_config, start_proxy
+
+
+def keys_cli(db: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "tlproxy.cli", "keys", "--db", str(db), *args],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout.strip()
+
+
+async def test_created_key_works_and_revoked_key_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    db = tmp_path / "keys.db"
+    token = await trio.to_thread.run_sync(keys_cli, db, "create", "svc", "--rpm", "100")
+    assert token.startswith("tlp-")
+    running = await start_proxy(nursery, fast_config(keys_db=str(db)))
+    hello = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=token,
+                                  max_retries=0) as client:
+        answer = await client.chat.completions.create(model="auto", messages=hello)
+        assert answer.choices[0].message.content
+        listing = await trio.to_thread.run_sync(keys_cli, db, "list")
+        assert "svc" in listing and token.split("-", 2)[2] not in listing
+        await trio.to_thread.run_sync(keys_cli, db, "revoke", "svc")
+        revoked_at = trio.current_time()
+        with trio.fail_after(5):
+            while True:
+                try:
+                    await client.chat.completions.create(model="auto", messages=hello)
+                except openai.AuthenticationError as exc:
+                    assert token not in exc.response.text
+                    break
+                await trio.sleep(0.1)
+        # The servers re-read the store every second.
+        assert trio.current_time() - revoked_at < 2.5
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="tlp-00000000-nope",
+                                  max_retries=0) as stranger:
+        with pytest.raises(openai.AuthenticationError):
+            await stranger.models.list()
