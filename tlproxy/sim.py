@@ -10,9 +10,12 @@ optionally lognormal from a median and a p99, inter-token delay, token count,
 error rate) drawn from a seeded generator.
 
 The planner (`plan_answer`) is protocol-neutral; `SimUpstream` renders its
-plans in OpenAI's wire format. A request can script a failure with a marker
-in its last user message, so the proxy's error paths can be driven through
-the real server:
+plans in OpenAI's wire format here, and in Anthropic's and Gemini's in
+`tlproxy.sim_anthropic` and `tlproxy.sim_gemini` (which convert their
+requests into the OpenAI-shaped dict the planner reads), chosen by path. A
+request can script a failure with a marker in its last user message, so the
+proxy's error paths can be driven through the real server, whatever the
+protocol:
 
 * ``[sim:status=429]`` (or any status): answer with that HTTP error;
 * ``[sim:cut=N]``: stream N content chunks, then drop the stream without its end;
@@ -21,14 +24,18 @@ the real server:
 
 from __future__ import annotations
 
+import abc
 import base64
+import contextlib
 import hashlib
+import hmac
 import json
 import math
 import random
 import re
 import struct
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -37,7 +44,18 @@ import trio
 from .config import SimModelProfile
 from .sse import DONE, encode_data
 
-__all__ = ["Answer", "ChoicePlan", "SimStats", "SimUpstream", "example_from_schema", "plan_answer"]
+__all__ = [
+    "Answer",
+    "ChoicePlan",
+    "OpenAIWire",
+    "PlannerTurn",
+    "SimRequest",
+    "SimStats",
+    "SimUpstream",
+    "Wire",
+    "example_from_schema",
+    "plan_answer",
+]
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -74,8 +92,24 @@ class SimStats:
         self.streams_started = 0
         self.streams_completed = 0
         self.cancelled = 0
+        # The last request as received: its decoded body (in its own
+        # protocol), path and headers (names lower-cased).
         self.last_body: dict[str, Any] | None = None
+        self.last_path: str | None = None
+        self.last_query: str = ""
+        self.last_headers: dict[str, str] = {}
         self.cancelled_event = trio.Event()
+
+
+class SimRequest(msgspec.Struct, frozen=True):
+    """One HTTP request to the sim, read whole, with its ASGI channels."""
+
+    path: str
+    query: str
+    headers: dict[str, str]
+    raw: bytes
+    receive: Any
+    send: Any
 
 
 def example_from_schema(schema: Any, depth: int = 0) -> Any:
@@ -228,8 +262,165 @@ def embedding_vector(text: str, dimensions: int) -> list[float]:
     return [v / norm for v in values]
 
 
+Headers = list[tuple[bytes, bytes]]
+_SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+class Wire(abc.ABC):
+    """One protocol's rendering of planned answers; `SimUpstream.respond` drives it.
+
+    A stream is rendered as three lists of framed events: ``head``, sent at
+    once; ``steps``, one per token (what ``[sim:cut=N]`` counts), paced by the
+    model's latency profile; ``tail``, the end of a complete answer.
+    """
+
+    # The statuses a profile's `error_rate` draws from.
+    transient: tuple[int, ...] = (429, 500, 503)
+
+    @classmethod
+    @abc.abstractmethod
+    def error(cls, status: int, message: str | None = None) -> tuple[Any, Headers]:
+        """The body (JSON-able) and extra headers of an HTTP error."""
+
+    @abc.abstractmethod
+    def message(self, answer: Answer) -> Any:
+        """The whole answer as one JSON body."""
+
+    @abc.abstractmethod
+    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """The answer as (head, steps, tail) framed events."""
+
+
+class OpenAIWire(Wire):
+    """OpenAI's Chat Completions format."""
+
+    def __init__(self, *, model: str, ident: str, created: int, include_usage: bool) -> None:
+        self.model = model
+        self.base: dict[str, Any] = {
+            "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+            "service_tier": "default", "system_fingerprint": "fp_sim"}
+        self.include_usage = include_usage
+        if include_usage:
+            self.base["usage"] = None
+
+    @classmethod
+    def error(cls, status: int, message: str | None = None) -> tuple[Any, Headers]:
+        if status == 401:
+            body = _error(message or "Incorrect API key provided.", "invalid_request_error")
+            body["error"]["code"] = "invalid_api_key"
+            return body, []
+        if message is not None:
+            return _error(message, "invalid_request_error" if status < 500 else "server_error"), []
+        headers = [(b"retry-after", b"1")] if status == 429 else []
+        message = "Rate limit reached" if status == 429 else "The server had an error"
+        return _error(message, "server_error"), headers
+
+    def message(self, answer: Answer) -> Any:
+        choices = []
+        for index, plan in enumerate(answer.choices):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None,
+                "refusal": None,
+                "annotations": [],
+            }
+            if plan.tool_calls:
+                message["tool_calls"] = [
+                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                    for i, n, a in plan.tool_calls
+                ]
+            choices.append(
+                {"index": index, "message": message, "logprobs": None,
+                 "finish_reason": plan.finish_reason}
+            )
+        base = {k: v for k, v in self.base.items() if k != "usage"}
+        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(answer)}
+
+    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        def chunk(choices: list[dict[str, Any]]) -> bytes:
+            return encode_data(_encode({**self.base, "choices": choices}))
+
+        def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+        role = {"role": "assistant", "content": "", "refusal": None}
+        head = [chunk([choice(i, role) for i in range(len(answer.choices))])]
+        per_choice = [_deltas(plan) for plan in answer.choices]
+        steps = [
+            chunk([choice(index, deltas[step])
+                   for index, deltas in enumerate(per_choice) if step < len(deltas)])
+            for step in range(max(map(len, per_choice), default=0))
+        ]
+        tail = [chunk([choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)])]
+        if self.include_usage:
+            tail.append(encode_data(_encode({**self.base, "choices": [], "usage": _usage(answer)})))
+        tail.append(DONE)
+        return head, steps, tail
+
+
+class PlannerTurn:
+    """One native turn converted for the planner, in order: text, tool calls, tool results.
+
+    Text before a tool result is flushed as a user message, so the messages
+    keep the native order; `close` appends the turn's last message.
+    """
+
+    def __init__(self, out: list[dict[str, Any]], role: str) -> None:
+        self.out = out
+        self.role = role  # "user" or "assistant"
+        self.texts: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def call(self, call_id: str, name: Any, arguments: Any) -> None:
+        self.calls.append({"id": call_id, "type": "function",
+                           "function": {"name": name, "arguments": _encode(arguments).decode()}})
+
+    def result(self, call_id: str, content: str) -> None:
+        self._flush()
+        self.out.append({"role": "tool", "tool_call_id": call_id, "content": content})
+
+    def close(self) -> None:
+        if self.role == "assistant":
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": " ".join(self.texts) or None}
+            if self.calls:
+                message["tool_calls"] = self.calls
+            self.out.append(message)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.texts:
+            self.out.append({"role": "user", "content": " ".join(self.texts)})
+            self.texts = []
+
+
+def decode_object(raw: bytes) -> dict[str, Any] | None:
+    """A request body that is a JSON object, or None."""
+    try:
+        body = _decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def ident(raw: bytes) -> str:
+    """A deterministic id suffix for an answer to this request."""
+    return hashlib.sha256(raw).hexdigest()[:24]
+
+
 class SimUpstream:
-    """An ASGI app that answers like OpenAI's API, with simulated latency."""
+    """An ASGI app that answers like OpenAI's, Anthropic's and Gemini's APIs, with latency.
+
+    The protocol is chosen by path: ``.../chat/completions`` and
+    ``.../embeddings`` speak OpenAI, ``.../v1/messages`` Anthropic
+    (`tlproxy.sim_anthropic`), ``.../models/{model}:{method}`` Gemini
+    (`tlproxy.sim_gemini`). With an `api_key`, requests must present it the way
+    their protocol does, or get that protocol's authentication error.
+    """
 
     def __init__(
         self,
@@ -237,10 +428,12 @@ class SimUpstream:
         *,
         seed: int = 0,
         default: SimModelProfile | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.profiles = dict(profiles or {})
         self.default = default or SimModelProfile()
         self.stats = SimStats()
+        self.api_key = api_key
         self._rng = random.Random(seed)
 
     def profile(self, model: str) -> SimModelProfile:
@@ -252,6 +445,13 @@ class SimUpstream:
             return median
         sigma = math.log(profile.ttft_p99_ms / profile.ttft_ms) / 2.3263
         return median * math.exp(self._rng.gauss(0.0, sigma))
+
+    def key_ok(self, presented: str | None, *, required: bool = True) -> bool:
+        """Whether a request's key is acceptable: any key when none is configured."""
+        if self.api_key is None:
+            return presented is not None or not required
+        return presented is not None and hmac.compare_digest(
+            presented.encode(), self.api_key.encode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -271,9 +471,26 @@ class SimUpstream:
             if not message.get("more_body"):
                 break
         path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.stats.requests += 1
-        if path.endswith("/chat/completions"):
-            await self._chat(body, receive, send)
+        self.stats.last_path = path
+        self.stats.last_query = scope.get("query_string", b"").decode("latin-1")
+        self.stats.last_headers = headers
+        request = SimRequest(path=path, query=self.stats.last_query, headers=headers, raw=body,
+                             receive=receive, send=send)
+        # Imported here: the protocol modules build on this one.
+        from . import sim_anthropic, sim_gemini
+
+        if path.endswith("/v1/messages") or (
+            path.endswith("/models") and "anthropic-version" in headers
+        ):
+            await sim_anthropic.serve(self, request)
+        elif sim_gemini.handles(path, headers):
+            await sim_gemini.serve(self, request)
+        elif not self.key_ok(_bearer(headers), required=False):
+            await send_json(send, 401, *OpenAIWire.error(401))
+        elif path.endswith("/chat/completions"):
+            await self._chat(request)
         elif path.endswith("/embeddings"):
             await self._embeddings(body, send)
         elif path.endswith("/models"):
@@ -281,72 +498,57 @@ class SimUpstream:
                 {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "sim"}
                 for m in self.profiles
             ]
-            await _json(send, 200, {"object": "list", "data": data})
+            await send_json(send, 200, {"object": "list", "data": data})
         else:
-            await _json(send, 404, _error(f"Unknown path {path}", "invalid_request_error"))
+            await send_json(send, 404, _error(f"Unknown path {path}", "invalid_request_error"))
 
-    async def _chat(self, raw: bytes, receive: Any, send: Any) -> None:
-        try:
-            body = _decode(raw)
-        except msgspec.DecodeError:
-            await _json(send, 400, _error("invalid JSON", "invalid_request_error"))
+    async def _chat(self, request: SimRequest) -> None:
+        body = decode_object(request.raw)
+        if body is None:
+            await send_json(request.send, 400, _error("invalid JSON", "invalid_request_error"))
             return
         self.stats.last_body = body
-        profile = self.profile(body.get("model", ""))
+        model = body.get("model", "sim")
+        wire = OpenAIWire(
+            model=model, ident="chatcmpl-" + ident(request.raw), created=int(time.time()),
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+        await self.respond(request, wire, body, model, stream=bool(body.get("stream")))
+
+    async def respond(
+        self, request: SimRequest, wire: Wire, body: dict[str, Any], model: str, *, stream: bool
+    ) -> None:
+        """Plan the answer to `body` (OpenAI-shaped) and send it in `wire`'s format.
+
+        Scripted and random failures, TTFT and inter-token delays, cuts and
+        stalls apply whatever the protocol; a client that leaves cancels the
+        answer and is counted in `SimStats.cancelled`.
+        """
+        profile = self.profile(model)
         answer = plan_answer(body, profile)
         status = answer.fail_status
         if status is None and profile.error_rate and self._rng.random() < profile.error_rate:
-            status = self._rng.choice((429, 500, 503))
+            status = self._rng.choice(wire.transient)
         if status is not None:
-            headers = [(b"retry-after", b"1")] if status == 429 else []
-            message = "Rate limit reached" if status == 429 else "The server had an error"
-            await _json(send, status, _error(message, "server_error"), headers)
+            await send_json(request.send, status, *wire.error(status))
             return
-        ident = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:24]
-        created = int(time.time())
-        model = body.get("model", "sim")
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if stream:
             self.stats.streams_started += 1
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-                await self._stream(send, answer, profile, ident, created, model, include_usage)
-                nursery.cancel_scope.cancel()
+            head, steps, tail = wire.stream(answer)
+            async with self._watching(request.receive):
+                await self._paced(request.send, answer, profile, head, steps, tail)
             return
         delay = self.ttft(profile) + profile.inter_token_ms / 1000 * answer.completion_tokens
-        if answer.stall:
-            delay = 3600.0
+        async with self._watching(request.receive):
+            await trio.sleep(3600.0 if answer.stall else delay)
+        await send_json(request.send, 200, wire.message(answer))
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, receive: Any) -> AsyncIterator[None]:
+        """Run the body until done or until the client disconnects."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-            await trio.sleep(delay)
+            yield
             nursery.cancel_scope.cancel()
-        choices = []
-        for index, plan in enumerate(answer.choices):
-            message: dict[str, Any] = {
-                "role": "assistant",
-                "content": "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None,
-                "refusal": None,
-                "annotations": [],
-            }
-            if plan.tool_calls:
-                message["tool_calls"] = [
-                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
-                    for i, n, a in plan.tool_calls
-                ]
-            choices.append(
-                {"index": index, "message": message, "logprobs": None,
-                 "finish_reason": plan.finish_reason}
-            )
-        await _json(send, 200, {
-            "id": ident,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "usage": _usage(answer),
-            "service_tier": "default",
-            "system_fingerprint": "fp_sim",
-        })
 
     async def _watch_disconnect(self, receive: Any, scope: trio.CancelScope) -> None:
         while True:
@@ -357,68 +559,41 @@ class SimUpstream:
                 scope.cancel()
                 return
 
-    async def _stream(
+    async def _paced(
         self,
         send: Any,
         answer: Answer,
         profile: SimModelProfile,
-        ident: str,
-        created: int,
-        model: str,
-        include_usage: bool,
+        head: list[bytes],
+        steps: list[bytes],
+        tail: list[bytes],
     ) -> None:
-        base = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                "model": model, "service_tier": "default", "system_fingerprint": "fp_sim"}
-        if include_usage:
-            base["usage"] = None
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
 
-        def chunk(choices: list[dict[str, Any]]) -> bytes:
-            return encode_data(_encode({**base, "choices": choices}))
+        async def emit(data: bytes, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
 
-        def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache")],
-        })
-
-        async def emit(data: bytes) -> None:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-
-        role = {"role": "assistant", "content": "", "refusal": None}
-        await emit(chunk([choice(i, role) for i in range(len(answer.choices))]))
+        for data in head:
+            await emit(data)
         await trio.sleep(3600.0 if answer.stall else self.ttft(profile))
         itl = profile.inter_token_ms / 1000
-        sent = 0
-        per_choice = [_deltas(plan) for plan in answer.choices]
-        for step in range(max(map(len, per_choice))):
-            parts = [
-                choice(index, deltas[step])
-                for index, deltas in enumerate(per_choice)
-                if step < len(deltas)
-            ]
-            if step and itl:
+        for sent, data in enumerate(steps):
+            if sent and itl:
                 await trio.sleep(itl)
             if answer.cut_after is not None and sent >= answer.cut_after:
-                # Drop the connection mid-stream: no finish, no [DONE].
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                # Drop the connection mid-stream: no finish, no end event.
+                await emit(b"", more=False)
                 return
-            await emit(chunk(parts))
-            sent += 1
-        await emit(chunk([choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)]))
-        if include_usage:
-            await emit(encode_data(_encode({**base, "choices": [], "usage": _usage(answer)})))
-        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await emit(data)
+        for data in tail[:-1]:
+            await emit(data)
+        await emit(tail[-1] if tail else b"", more=False)
         self.stats.streams_completed += 1
 
     async def _embeddings(self, raw: bytes, send: Any) -> None:
-        try:
-            body = _decode(raw)
-        except msgspec.DecodeError:
-            await _json(send, 400, _error("invalid JSON", "invalid_request_error"))
+        body = decode_object(raw)
+        if body is None:
+            await send_json(send, 400, _error("invalid JSON", "invalid_request_error"))
             return
         self.stats.last_body = body
         model = body.get("model", "")
@@ -439,7 +614,7 @@ class SimUpstream:
             if body.get("encoding_format") == "base64":
                 value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": value})
-        await _json(send, 200, {"object": "list", "data": data, "model": model,
+        await send_json(send, 200, {"object": "list", "data": data, "model": model,
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
@@ -459,13 +634,17 @@ def _deltas(plan: ChoicePlan) -> list[dict[str, Any]]:
     return deltas
 
 
+def _bearer(headers: dict[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _error(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-async def _json(
-    send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def send_json(send: Any, status: int, payload: Any, headers: Headers | None = None) -> None:
+    """Send a whole JSON response."""
     await send({
         "type": "http.response.start",
         "status": status,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
-
-from ..config import Config, ProviderConfig
+from ..config import Config
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider

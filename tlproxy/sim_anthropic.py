@@ -1,0 +1,265 @@
+"""The simulated upstream speaking Anthropic's Messages API (``POST /v1/messages``).
+
+A request is checked as Anthropic checks it (``x-api-key``, ``anthropic-version``,
+``model``, ``max_tokens``, ``messages``, tool results that answer the previous
+turn's tool uses), converted into the OpenAI-shaped dict the protocol-neutral
+planner reads (`to_plan_request`), and the plan is rendered as a Message or as
+the typed event stream: ``message_start``, ``ping``, per content block
+``content_block_start`` / ``content_block_delta`` (``text_delta`` or
+``input_json_delta``) / ``content_block_stop``, ``message_delta`` (stop reason
+and ``usage.output_tokens``), ``message_stop``. Errors are
+``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from . import sim as core
+from .sse import encode_event
+
+__all__ = ["AnthropicWire", "WireError", "serve", "to_plan_request"]
+
+_encode = msgspec.json.Encoder().encode
+
+# HTTP status -> (error type, default message), from Anthropic's errors page.
+_ERRORS = {
+    400: ("invalid_request_error", "Invalid request"),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use the specified "
+          "resource."),
+    404: ("not_found_error", "The requested resource could not be found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate "
+          "limit."),
+    500: ("api_error", "Internal server error"),
+    529: ("overloaded_error", "Overloaded"),
+}
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class WireError(ValueError):
+    """A request the real API would refuse with 400 ``invalid_request_error``."""
+
+
+def to_plan_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The minimal OpenAI-shaped request `plan_answer` reads, from a Messages request.
+
+    ``system`` becomes a system message; text blocks become message text;
+    ``tool_use`` blocks assistant ``tool_calls``; ``tool_result`` blocks
+    ``tool`` messages (in block order); tools, ``tool_choice``, ``max_tokens``,
+    ``stop_sequences`` and ``output_config.format`` (JSON schema) map to their
+    OpenAI fields. Raises `WireError` for what Anthropic would refuse.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise WireError("model: Field required")
+    limit = body.get("max_tokens")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise WireError("max_tokens: Field required (a positive integer)")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise WireError("messages: at least one message is required")
+    messages: list[dict[str, Any]] = []
+    system = _text(body.get("system"))
+    if system:
+        messages.append({"role": "system", "content": system})
+    previous_uses: set[str] = set()
+    for i, message in enumerate(raw):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise WireError(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list):
+            raise WireError(f"messages.{i}.content: Input should be a string or a list")
+        uses = _convert_turn(role, blocks, i, previous_uses, messages)
+        previous_uses = uses
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": limit, "n": 1}
+    tools = [
+        {"type": "function",
+         "function": {"name": t.get("name"), "parameters": t.get("input_schema") or {}}}
+        for t in body.get("tools") or () if isinstance(t, dict)
+    ]
+    if tools:
+        out["tools"] = tools
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        out["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.get("name")}} if kind == "tool"
+            else {"any": "required"}.get(kind, kind)
+        )
+        if choice.get("disable_parallel_tool_use"):
+            out["parallel_tool_calls"] = False
+    if body.get("stop_sequences"):
+        out["stop"] = list(body["stop_sequences"])
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        out["response_format"] = {
+            "type": "json_schema", "json_schema": {"name": "output", "schema": fmt.get("schema")}}
+    return out
+
+
+def _convert_turn(
+    role: str, blocks: list[Any], i: int, previous_uses: set[str], out: list[dict[str, Any]]
+) -> set[str]:
+    """Append one turn's messages to `out`; returns the ids of its tool uses."""
+    turn = core.PlannerTurn(out, role)
+    for j, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            turn.texts.append(str(block.get("text", "")))
+        elif kind == "tool_use" and role == "assistant":
+            turn.call(str(block.get("id")), block.get("name"), block.get("input") or {})
+        elif kind == "tool_result" and role == "user":
+            if block.get("tool_use_id") not in previous_uses:
+                raise WireError(
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` "
+                    "blocks. Each `tool_result` block must have a corresponding `tool_use` "
+                    "block in the previous message.")
+            turn.result(block["tool_use_id"], _text(block.get("content")))
+        elif kind not in ("image", "document", "thinking", "redacted_thinking"):
+            raise WireError(f"messages.{i}.content.{j}.type: unexpected block type {kind!r}")
+    turn.close()
+    return {call["id"] for call in turn.calls}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(b.get("text", "")) for b in content
+            if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+class AnthropicWire(core.Wire):
+    """Anthropic's Messages format (one choice: Anthropic has no ``n``)."""
+
+    transient = (429, 500, 529)
+
+    def __init__(self, *, model: str, message_id: str) -> None:
+        self.model = model
+        self.message_id = message_id
+
+    @classmethod
+    def error(cls, status: int, message: str | None = None) -> tuple[Any, core.Headers]:
+        kind, default = _ERRORS.get(status, ("api_error", "Internal server error"))
+        headers = [(b"retry-after", b"1")] if status == 429 else []
+        body = {"type": "error", "error": {"type": kind, "message": message or default},
+                "request_id": "req_sim"}
+        return body, headers
+
+    def _usage(self, answer: core.Answer) -> dict[str, Any]:
+        return {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                "service_tier": "standard"}
+
+    def _envelope(self, answer: core.Answer, content: list[Any], stop_reason: str | None) -> Any:
+        return {"id": self.message_id, "type": "message", "role": "assistant",
+                "model": self.model, "content": content, "stop_reason": stop_reason,
+                "stop_sequence": None, "usage": self._usage(answer)}
+
+    def message(self, answer: core.Answer) -> Any:
+        plan = answer.choices[0]
+        content: list[dict[str, Any]] = []
+        if plan.tokens or not plan.tool_calls:
+            content.append({"type": "text", "text": "".join(plan.tokens)})
+        for call_id, name, arguments in plan.tool_calls:
+            content.append({"type": "tool_use", "id": _tool_id(call_id), "name": name,
+                            "input": msgspec.json.decode(arguments)})
+        return self._envelope(answer, content, _STOP_REASONS[plan.finish_reason])
+
+    def stream(self, answer: core.Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        plan = answer.choices[0]
+        start = self._envelope(answer, [], None)
+        start["usage"] = {**start["usage"], "output_tokens": 1}
+        head = [_event("message_start", {"message": start}), _event("ping", {})]
+        steps: list[bytes] = []
+        blocks = 0  # content blocks opened so far
+
+        def open_block(block: dict[str, Any]) -> bytes:
+            nonlocal blocks
+            close = _event("content_block_stop", {"index": blocks - 1}) if blocks else b""
+            blocks += 1
+            return close + _event("content_block_start", {"index": blocks - 1,
+                                                          "content_block": block})
+
+        for position, token in enumerate(plan.tokens):
+            opened = open_block({"type": "text", "text": ""}) if position == 0 else b""
+            steps.append(opened + _delta(blocks - 1, {"type": "text_delta", "text": token}))
+        for call_id, name, arguments in plan.tool_calls:
+            block = {"type": "tool_use", "id": _tool_id(call_id), "name": name, "input": {}}
+            empty = {"type": "input_json_delta", "partial_json": ""}
+            steps.append(open_block(block) + _delta(blocks - 1, empty))
+            steps.extend(
+                _delta(blocks - 1, {"type": "input_json_delta", "partial_json": piece})
+                for piece in _pieces(arguments, 8))
+        tail = [] if blocks else [open_block({"type": "text", "text": ""})]
+        tail += [
+            _event("content_block_stop", {"index": blocks - 1}),
+            _event("message_delta", {
+                "delta": {"stop_reason": _STOP_REASONS[plan.finish_reason], "stop_sequence": None},
+                "usage": {"output_tokens": answer.completion_tokens}}),
+            _event("message_stop", {}),
+        ]
+        return head, steps, tail
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _tool_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return encode_event(_encode({"type": kind, **data}).decode(), event=kind)
+
+
+def _delta(index: int, delta: dict[str, Any]) -> bytes:
+    return _event("content_block_delta", {"index": index, "delta": delta})
+
+
+def _models(sim: core.SimUpstream) -> dict[str, Any]:
+    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in sim.profiles]
+    return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
+
+
+async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
+    """Answer one Anthropic request (``POST .../v1/messages`` or ``GET .../v1/models``)."""
+    send = request.send
+    if "x-api-key" not in request.headers:
+        await core.send_json(send, 401, *AnthropicWire.error(401, "x-api-key header is required"))
+        return
+    if not sim.key_ok(request.headers["x-api-key"]):
+        await core.send_json(send, 401, *AnthropicWire.error(401))
+        return
+    if "anthropic-version" not in request.headers:
+        await core.send_json(send, 400, *AnthropicWire.error(
+            400, "anthropic-version: header is required"))
+        return
+    if request.path.endswith("/models"):
+        await core.send_json(send, 200, _models(sim))
+        return
+    body = core.decode_object(request.raw)
+    if body is None:
+        error = AnthropicWire.error(400, "The request body is not valid JSON.")
+        await core.send_json(send, 400, *error)
+        return
+    sim.stats.last_body = body
+    try:
+        plan_request = to_plan_request(body)
+    except WireError as exc:
+        await core.send_json(send, 400, *AnthropicWire.error(400, str(exc)))
+        return
+    wire = AnthropicWire(model=plan_request["model"], message_id="msg_" + core.ident(request.raw))
+    await sim.respond(request, wire, plan_request, plan_request["model"],
+                      stream=body.get("stream") is True)
