@@ -55,6 +55,16 @@ def _load(path: str | None) -> Config:
         raise SystemExit(f"tlproxy: {exc}") from None
 
 
+def _banner(config: Config, url: str, workers: int) -> str:
+    sims = [n for n, p in config.providers.items() if p.kind == "sim"]
+    source = ("Serving the built-in simulated upstream (no provider keys needed)."
+              if sims and len(sims) == len(config.providers)
+              else f"Providers: {', '.join(config.providers)}")
+    source += f" Workers: {workers}."
+    key = "YOUR_TLPROXY_KEY" if config.keys or config.keys_db else "unused"
+    return _BANNER.format(url=url, source=source, key=key)
+
+
 async def _shutdown_on_signal(event: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
@@ -72,13 +82,7 @@ async def _serve_main(config: Config, host: str, port: int, bind: list[str] | No
         running = await nursery.start(functools.partial(
             serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
         if banner:
-            url = running.url
-            sims = [n for n, p in config.providers.items() if p.kind == "sim"]
-            source = ("Serving the built-in simulated upstream (no provider keys needed)."
-                      if sims and len(sims) == len(config.providers)
-                      else f"Providers: {', '.join(config.providers)}")
-            key = "unused" if not config.keys else "YOUR_TLPROXY_KEY"
-            print(_BANNER.format(url=url, source=source, key=key), flush=True)
+            print(_banner(config, running.url, 1), flush=True)
         # On a signal hypercorn drains in-flight requests, then `serve` returns.
         await stop.wait()
 
@@ -87,17 +91,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    workers = args.workers or config.server.workers
+    workers = args.workers if args.workers is not None else config.server.workers
+    workers = workers or os.cpu_count() or 1
     if args.fd is not None:
         trio.run(_serve_main, config, host, port, [f"fd://{args.fd}"], False)
         return 0
     if workers <= 1:
         trio.run(_serve_main, config, host, port, None, True)
         return 0
-    return _run_workers(args, host, port, workers)
+    return _run_workers(args, config, host, port, workers)
 
 
-def _run_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
+def _run_workers(
+    args: argparse.Namespace, config: Config, host: str, port: int, workers: int
+) -> int:
     """Several processes accept on one listening socket, each with its own trio loop."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -110,7 +117,12 @@ def _run_workers(args: argparse.Namespace, host: str, port: int, workers: int) -
     if args.config:
         command += ["--config", args.config]
     children = [subprocess.Popen(command, pass_fds=(sock.fileno(),)) for _ in range(workers)]
-    print(f"tlproxy: {workers} workers listening on http://{host}:{bound}", flush=True)
+    # The workers hold the socket now. Were the parent to keep its copy, the
+    # kernel would go on queueing connections after the workers stopped
+    # accepting on SIGTERM, and those clients would hang instead of being refused.
+    sock.close()
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+    print(_banner(config, url, workers), flush=True)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -120,7 +132,6 @@ def _run_workers(args: argparse.Namespace, host: str, port: int, workers: int) -
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
-    sock.close()
     return max(codes, default=0)
 
 
@@ -250,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "else the built-in simulated upstream)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks one)")
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=int,
+                       help="worker processes (default: one per CPU core)")
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 

@@ -49,7 +49,8 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    # Processes sharing the listening socket; 0 means one per CPU core.
+    workers: int = 0
     # Bodies above this are refused with 413 before they are read whole.
     max_body_bytes: int = 8 * 1024 * 1024
     # Seconds hypercorn waits for in-flight streams on shutdown.

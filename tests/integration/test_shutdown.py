@@ -1,0 +1,89 @@
+"""SIGTERM drains: open streams finish with [DONE], new connections are refused, exit 0."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.integration.server_process import ServerProcess
+
+CONFIG = """
+[server]
+graceful_timeout = 20.0
+
+[ledger]
+enabled = false
+
+[providers.sim]
+kind = "sim"
+[providers.sim.sim_models.slow]
+ttft_ms = 50.0
+inter_token_ms = 50.0
+tokens = 30
+
+[[models]]
+id = "slow"
+provider = "sim"
+tier = "economy"
+
+[[models]]
+id = "slow-premium"
+upstream_model = "slow"
+provider = "sim"
+tier = "premium"
+"""
+
+
+async def _stream(http: httpx.AsyncClient, results: list[bytes], started: trio.Event,
+                  count: list[int], total: int) -> None:
+    body = {"model": "economy", "stream": True,
+            "messages": [{"role": "user", "content": "a long answer please"}]}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        data = b""
+        counted = False
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if not counted and b"content" in data:
+                counted = True
+                count[0] += 1
+                if count[0] == total:
+                    started.set()
+        results.append(data)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_drains_open_streams(tmp_path: Path, workers: int) -> None:
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=workers)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        results: list[bytes] = []
+        started = trio.Event()
+        count = [0]
+        total = 50
+        limits = httpx.Limits(max_connections=total)
+        async with (httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http,
+                    trio.open_nursery() as nursery):
+            for _ in range(total):
+                nursery.start_soon(_stream, http, results, started, count, total)
+            with trio.fail_after(20):
+                await started.wait()
+            # Every stream is mid-way (about 1.5 s long) when the signal lands.
+            server.terminate()
+            sent = time.monotonic()
+            await trio.sleep(0.3)
+            with pytest.raises(httpx.ConnectError):
+                async with httpx.AsyncClient(base_url=server.url) as late:
+                    await late.get("/healthz")
+        assert len(results) == total
+        assert all(r.rstrip().endswith(b"data: [DONE]") for r in results)
+        code = await trio.to_thread.run_sync(server.wait, 20.0)
+        assert code == 0
+        assert time.monotonic() - sent < 20.0
+    finally:
+        server.kill()
