@@ -212,8 +212,11 @@ class Engine:
         if record.first_token_at is not None:
             stats.record_ttft(record.first_token_at - record.started_at)
         if record.outcome in ("failed", "deadline"):
-            stats.record_failure(trio.current_time())
             error = record.error
+            if isinstance(error, UpstreamError) and error.status == 429:
+                stats.record_throttled()
+            else:
+                stats.record_failure(trio.current_time())
             if isinstance(error, UpstreamError):
                 provider = self.config.model(record.candidate.key)
                 self.metrics.upstream_errors.labels(

@@ -59,6 +59,13 @@ class ModelStats:
         self._opened_at = None
         self._probing = False
 
+    def record_throttled(self) -> None:
+        """A 429: counts in the error rate, but a rate limit is not ill health, so
+        it neither opens the breaker nor breaks a run of successes."""
+        self.attempts += 1
+        self.failures += 1
+        self.error_rate += self.alpha * (1 - self.error_rate)
+
     def record_failure(self, now: float) -> None:
         self.attempts += 1
         self.failures += 1

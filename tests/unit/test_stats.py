@@ -39,3 +39,11 @@ def test_error_rate_moves_towards_outcomes() -> None:
     assert stats.error_rate == 0.5
     stats.record_success()
     assert stats.error_rate == 0.25
+
+
+def test_rate_limits_do_not_open_the_breaker() -> None:
+    stats = ModelStats(failure_threshold=2)
+    for _ in range(10):
+        stats.record_throttled()
+    assert stats.state(0.0) == "closed"
+    assert stats.error_rate > 0.5
