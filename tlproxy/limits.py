@@ -1,0 +1,600 @@
+"""Per-key rate limits (requests and tokens per minute) and budgets (USD per day or month).
+
+The algorithm
+-------------
+Each rate limit is a bucket that drains continuously (GCRA, a leaky bucket as
+a meter): with ``rpm = N`` the level falls by N per 60 s; a request fits when
+``level + cost <= N`` and then adds its cost (1 request, or the estimated
+tokens). Two numbers per bucket: the level and when it was last drained.
+A fixed 60 s window would let 2N through across a boundary, a sliding log
+costs O(N) memory per key, a sliding-window counter is approximate. The
+bucket is O(1), smooth, and gives OpenAI's headers directly: remaining is
+``floor(N - level)``, reset (time back to the initial state) ``level / rate``,
+retry-after the time for the level to fall by what is missing. The level is
+kept in requests or tokens, not as a "theoretical arrival time": adding
+intervals to a timestamp near 1.8e9 s rounds each time, small integers add
+exactly, so a burst at one instant admits exactly N.
+
+Tokens are reserved from an estimate and corrected by `settle` (actual -
+estimated), which may leave a debt above capacity that delays the next
+requests until it drains; an estimate above tpm reserves tpm (admitted when
+the bucket is empty, not never). Budgets sum spend per UTC day or month under
+a key named after the period; a key is refused once that reaches
+``budget_usd``. Spend is known only after a response, so requests in flight
+when the line is crossed may overshoot it by their own cost.
+
+The guarantee
+-------------
+`RedisLimiter` runs each admission as one Lua script (one round trip, atomic
+on the server): all checks, then all increments only if every check passed,
+so a refused request consumes nothing. Proxy processes sharing one Redis
+share a key's limit exactly: with rpm = N, N of a burst are allowed and the
+rest get 429, however the requests are spread. The script reads the time
+from Redis (``TIME``) so skewed clocks share one timeline (``clock="caller"``
+uses `now`; tests compare that with `MemoryLimiter` step by step). A key's
+counters are named ``{tlproxy:<key>}:...``: the hash tag keeps them in one
+cluster slot, as a multi-key script requires, on Redis and Redis Cluster alike.
+
+Failure behaviour
+-----------------
+Every Redis call is bounded by ``trio.move_on_after(timeout)``. A dead or
+stalled Redis then means: ``on_failure="open"`` admits unchecked
+(``Verdict.degraded``, counted), ``"closed"`` raises a 503 `ProxyError` (code
+``limits_unavailable``). `settle` never raises: it runs after the response,
+and a lost correction skews the limits for a minute at most.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from urllib.parse import quote, unquote, urlsplit
+
+import msgspec
+import trio
+
+from .config import ClientKey
+from .errors import ProxyError
+
+if TYPE_CHECKING:
+    # Imported by RedisLimiter only: a proxy with limits in memory skips its 0.5 s import.
+    import coredis
+    from coredis.commands import Script
+
+__all__ = [
+    "KeyLimits", "Limiter", "LimiterStatistics", "MemoryLimiter", "RedisLimiter", "Verdict",
+    "budget_window", "openai_duration", "redis_client",
+]
+
+log = logging.getLogger("tlproxy.limits")
+
+Reason = Literal["requests", "tokens", "budget"]
+Period = Literal["day", "month"]
+
+WINDOW = 60.0  # seconds: the "per minute" of rpm and tpm
+# Tolerance on a fit check, in requests or tokens: a level drained by float
+# arithmetic may miss an integer by a few ulps, which must not refuse a request.
+_EPS = 1e-6
+# A spend key outlives its period by this much, to be inspected afterwards.
+_SPEND_GRACE = 86_400
+
+
+class KeyLimits(msgspec.Struct, frozen=True):
+    """The limits of one client key; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: Period = "month"
+
+    def __post_init__(self) -> None:
+        if (self.rpm is not None and self.rpm < 1) or (self.tpm is not None and self.tpm < 1):
+            raise ValueError("rpm and tpm must be at least 1 (or None for no limit)")
+
+    @classmethod
+    def from_client_key(cls, key: ClientKey) -> KeyLimits:
+        return cls(rpm=key.rpm, tpm=key.tpm, budget_usd=key.budget_usd,
+                   budget_period=key.budget_period)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm is None and self.tpm is None and self.budget_usd is None
+
+    def reserve(self, estimated_tokens: int) -> int:
+        """Tokens an admission reserves: the estimate, capped at one minute's worth."""
+        return min(max(estimated_tokens, 0), self.tpm or 0)
+
+
+class Verdict(msgspec.Struct):
+    """The answer to one admission.
+
+    `headers` go on the response whatever the verdict (OpenAI's
+    ``x-ratelimit-*`` for each limit the key has; ``retry-after`` and
+    ``retry-after-ms`` when refused). `retry_after` is in seconds. `degraded`
+    means the limits could not be checked and the request was let through.
+    """
+
+    allowed: bool
+    reason: Reason | None = None
+    retry_after: float | None = None
+    headers: dict[str, str] = {}
+    degraded: bool = False
+
+    def error(self) -> ProxyError:
+        """The 429 to answer a refused request with, shaped as OpenAI's."""
+        wait = openai_duration(self.retry_after or 0.0)
+        if self.reason == "budget":
+            return ProxyError(
+                f"You exceeded this API key's budget for the period; it resets in {wait}.",
+                status=429, type="insufficient_quota", code="insufficient_quota",
+                headers=self.headers)
+        unit = "tokens" if self.reason == "tokens" else "requests"
+        limit = self.headers.get(f"x-ratelimit-limit-{unit}", "?")
+        return ProxyError(
+            f"Rate limit reached for {unit} per min ({'TPM' if unit == 'tokens' else 'RPM'}) "
+            f"on this API key: Limit {limit}. Please try again in {wait}.",
+            status=429, type=unit, code="rate_limit_exceeded", headers=self.headers)
+
+
+class LimiterStatistics(msgspec.Struct):
+    """Counts since start. `degraded`: let through unchecked; `unavailable`: answered 503."""
+
+    admitted: int = 0
+    degraded: int = 0
+    refused_requests: int = 0
+    refused_tokens: int = 0
+    refused_budget: int = 0
+    unavailable: int = 0
+    redis_failures: int = 0
+
+
+class Limiter(Protocol):
+    """What the app needs from a limiter; `MemoryLimiter` and `RedisLimiter` provide it."""
+
+    async def admit(
+        self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
+    ) -> Verdict:
+        """Check and count one request (one round trip). `now` is Unix time (seconds)."""
+
+    async def settle(
+        self, key: str, limits: KeyLimits, *, tokens: int, estimated_tokens: int,
+        cost_usd: float, now: float,
+    ) -> None:
+        """After the response: correct the token reservation and add the spend."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the limiter's resources open until `aclose`; start with `nursery.start`."""
+
+    async def aclose(self) -> None: ...
+
+    def statistics(self) -> LimiterStatistics: ...
+
+
+def openai_duration(seconds: float) -> str:
+    """Format a duration as OpenAI's headers do (Go's style): ``120ms``, ``1.5s``, ``6m0s``.
+
+    Rounded up to the millisecond, so that a client waiting that long is not early.
+    """
+    ms = max(0, math.ceil(round(seconds * 1000, 6)))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    text = f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{text}s"
+    if minutes:
+        return f"{minutes}m{text}s"
+    return f"{text}s"
+
+
+def budget_window(now: float, period: Period) -> tuple[str, float]:
+    """The UTC period containing `now`: its label (``2026-11-27`` / ``2026-11``) and its end."""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
+    start = start.replace(day=1)
+    end = (start.replace(year=start.year + 1, month=1) if start.month == 12
+           else start.replace(month=start.month + 1))
+    return start.strftime("%Y-%m"), end.timestamp()
+
+
+# -- the arithmetic, shared by both limiters (and mirrored in _LUA_COMMON) --
+
+def _drain(state: tuple[float, float] | None, now: float, capacity: int) -> tuple[float, float]:
+    """A bucket's (level, time) at `now`. A clock that went backwards drains nothing."""
+    if state is None:
+        return 0.0, now
+    used, at = state
+    elapsed = max(now - at, 0.0)
+    return max(used - elapsed * capacity / WINDOW, 0.0), max(at, now)
+
+
+def _failing(
+    limits: KeyLimits, *, requests: float, tokens: float, reserve: int, spend: float,
+    budget_wait: float,
+) -> list[tuple[Reason, float]]:
+    """The limits a request does not fit, budget first, each with the wait until it would."""
+    failing: list[tuple[Reason, float]] = []
+    if limits.budget_usd is not None and spend >= limits.budget_usd:
+        failing.append(("budget", budget_wait))
+    if limits.rpm is not None and requests + 1 > limits.rpm + _EPS:
+        failing.append(("requests", (requests + 1 - limits.rpm) * WINDOW / limits.rpm))
+    if limits.tpm is not None and tokens + reserve > limits.tpm + _EPS:
+        failing.append(("tokens", (tokens + reserve - limits.tpm) * WINDOW / limits.tpm))
+    return failing
+
+
+def _bucket_headers(unit: str, capacity: int, level: float) -> dict[str, str]:
+    remaining = min(capacity, max(0, math.floor(capacity - level + _EPS)))
+    return {
+        f"x-ratelimit-limit-{unit}": str(capacity),
+        f"x-ratelimit-remaining-{unit}": str(remaining),
+        f"x-ratelimit-reset-{unit}": openai_duration(level * WINDOW / capacity),
+    }
+
+
+def _verdict(
+    limits: KeyLimits, requests: float, tokens: float, failing: list[tuple[Reason, float]]
+) -> Verdict:
+    """The verdict, from the bucket levels after the decision (unchanged when refused)."""
+    headers: dict[str, str] = {}
+    if limits.rpm is not None:
+        headers |= _bucket_headers("requests", limits.rpm, requests)
+    if limits.tpm is not None:
+        headers |= _bucket_headers("tokens", limits.tpm, tokens)
+    if not failing:
+        return Verdict(allowed=True, headers=headers)
+    # Every failing limit must have room again before a retry can pass: wait for the longest.
+    wait = max(w for _, w in failing)
+    headers["retry-after"] = str(max(1, math.ceil(wait)))
+    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+    return Verdict(allowed=False, reason=failing[0][0], retry_after=wait, headers=headers)
+
+
+class _Counting:
+    """Statistics shared by both limiters."""
+
+    def __init__(self) -> None:
+        self._stats = LimiterStatistics()
+
+    def statistics(self) -> LimiterStatistics:
+        return msgspec.structs.replace(self._stats)
+
+    def _count(self, verdict: Verdict) -> Verdict:
+        field = ("degraded" if verdict.degraded else "admitted" if verdict.allowed
+                 else f"refused_{verdict.reason}")
+        setattr(self._stats, field, getattr(self._stats, field) + 1)
+        return verdict
+
+
+class MemoryLimiter(_Counting):
+    """Limits kept in this process: exact for one worker, never shared with another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._requests: dict[str, tuple[float, float]] = {}
+        self._tokens: dict[str, tuple[float, float]] = {}
+        # key -> (period label, spend in it)
+        self._spend: dict[str, tuple[str, float]] = {}
+
+    async def admit(
+        self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
+    ) -> Verdict:
+        await trio.lowlevel.checkpoint()
+        if limits.unlimited:
+            return self._count(Verdict(allowed=True))
+        reserve = limits.reserve(estimated_tokens)
+        requests, requests_at = _drain(self._requests.get(key), now, limits.rpm or 1)
+        tokens, tokens_at = _drain(self._tokens.get(key), now, limits.tpm or 1)
+        label, end = budget_window(now, limits.budget_period)
+        spent_label, spent = self._spend.get(key, (label, 0.0))
+        failing = _failing(limits, requests=requests, tokens=tokens, reserve=reserve,
+                           spend=spent if spent_label == label else 0.0, budget_wait=end - now)
+        if not failing:
+            if limits.rpm is not None:
+                requests += 1
+                self._requests[key] = (requests, requests_at)
+            if limits.tpm is not None:
+                tokens += reserve
+                self._tokens[key] = (tokens, tokens_at)
+        return self._count(_verdict(limits, requests, tokens, failing))
+
+    async def settle(
+        self, key: str, limits: KeyLimits, *, tokens: int, estimated_tokens: int,
+        cost_usd: float, now: float,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        if limits.tpm is not None:
+            level, at = _drain(self._tokens.get(key), now, limits.tpm)
+            delta = tokens - limits.reserve(estimated_tokens)
+            self._tokens[key] = (max(level + delta, 0.0), at)
+        if limits.budget_usd is not None and cost_usd:
+            label, _ = budget_window(now, limits.budget_period)
+            spent_label, spent = self._spend.get(key, (label, 0.0))
+            self._spend[key] = (label, (spent if spent_label == label else 0.0) + cost_usd)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+# -- Redis --------------------------------------------------------------------
+
+_LUA_COMMON = """
+local now = tonumber(ARGV[1])
+if not now then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function num(x) return string.format('%.17g', x) end
+-- Mirrors _drain: the level and time of a bucket at `now`.
+local function drain(key, cap)
+  local s = redis.call('HMGET', key, 'used', 'at')
+  local used, at = tonumber(s[1]), tonumber(s[2])
+  if not used then return 0, now end
+  local elapsed = math.max(now - at, 0)
+  return math.max(used - elapsed * cap / 60, 0), math.max(at, now)
+end
+local function store(key, cap, used, at)
+  redis.call('HSET', key, 'used', num(used), 'at', num(at))
+  -- Gone once fully drained, when it would read as empty anyway.
+  redis.call('PEXPIRE', key, math.ceil(used * 60000 / cap) + 1000)
+end
+"""
+
+# KEYS: requests bucket, tokens bucket, spend. ARGV: now ('' = Redis time),
+# rpm, tpm ('' = none), tokens to reserve, budget ('' = none).
+_ADMIT_LUA = _LUA_COMMON + """
+local rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
+local reserve, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local requests, requests_at, tokens, tokens_at = 0, now, 0, now
+if rpm then requests, requests_at = drain(KEYS[1], rpm) end
+if tpm then tokens, tokens_at = drain(KEYS[2], tpm) end
+local spend = 0
+if budget then spend = tonumber(redis.call('GET', KEYS[3]) or '0') end
+local allowed = (not budget or spend < budget)
+  and (not rpm or requests + 1 <= rpm + 1e-6)
+  and (not tpm or tokens + reserve <= tpm + 1e-6)
+if allowed then
+  if rpm then requests = requests + 1; store(KEYS[1], rpm, requests, requests_at) end
+  if tpm then tokens = tokens + reserve; store(KEYS[2], tpm, tokens, tokens_at) end
+end
+return {allowed and 1 or 0, num(requests), num(tokens), num(spend)}
+"""
+
+# KEYS: tokens bucket, spend. ARGV: now ('' = Redis time), tpm ('' = none),
+# token correction, cost ('' = none), Unix time at which the spend key expires.
+_SETTLE_LUA = _LUA_COMMON + """
+local tpm, delta = tonumber(ARGV[2]), tonumber(ARGV[3])
+if tpm and delta ~= 0 then
+  local tokens, at = drain(KEYS[1], tpm)
+  store(KEYS[1], tpm, math.max(tokens + delta, 0), at)
+end
+if ARGV[4] ~= '' then
+  redis.call('INCRBYFLOAT', KEYS[2], ARGV[4])
+  redis.call('EXPIREAT', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+_RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _arg(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _describe(error: BaseException) -> str:
+    # Logged as text: a log record holding the exception would keep its
+    # traceback, and the connections in it, alive.
+    return f"{type(error).__name__}: {error}"
+
+
+def redis_client(url: str, *, cluster: bool | None = None, connect_timeout: float = 1.0,
+                 ) -> coredis.Redis[bytes] | coredis.RedisCluster[bytes]:
+    """A coredis client for `url`; no I/O until it is entered.
+
+    A Redis Cluster is chosen by ``cluster=True`` or a ``redis+cluster://`` scheme;
+    the URL names any one node and the client discovers the others.
+    """
+    import coredis
+    from coredis.connection import TCPLocation
+
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme.endswith("+cluster"):
+        scheme, cluster = scheme.removesuffix("+cluster"), True
+    if cluster:
+        # Built by hand: coredis's own RedisCluster.from_url warns about itself.
+        return coredis.RedisCluster(
+            startup_nodes=[TCPLocation(parts.hostname or "localhost", parts.port or 6379)],
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            ssl=scheme == "rediss", connect_timeout=connect_timeout, decode_responses=False)
+    return coredis.Redis.from_url(parts._replace(scheme=scheme).geturl(),
+                                  connect_timeout=connect_timeout)
+
+
+class RedisLimiter(_Counting):
+    """Limits shared by every process that uses the same Redis (or Redis Cluster).
+
+    Start it with ``await nursery.start(limiter.run)`` or ``async with limiter:``,
+    stop it with `aclose`; until Redis answers, admissions follow `on_failure`.
+    `clock`: rate-limit time from ``"redis"`` (shared by all processes) or
+    ``"caller"`` (the `now` passed in). Budget periods always follow `now`.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float = 0.25, on_failure: Literal["open", "closed"] = "open",
+        cluster: bool | None = None, prefix: str = "tlproxy",
+        clock: Literal["redis", "caller"] = "redis",
+    ) -> None:
+        from coredis.commands import Script
+        from coredis.exceptions import RedisError
+
+        super().__init__()
+        # What a failing, unreachable or restarting Redis raises (TimeoutError is an OSError).
+        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
+        self.timeout = timeout
+        self.on_failure = on_failure
+        self.clock = clock
+        self._prefix = prefix
+        # Opening a connection costs several round trips (HELLO, ...); it gets more
+        # time than one request, which runs on a connection already open.
+        self._connect_timeout = max(timeout, 1.0)
+        self._url, self._cluster = url, cluster
+        # Made by `run`, anew for each attempt to open it; None while closed.
+        self._client: coredis.Redis[bytes] | coredis.RedisCluster[bytes] | None = None
+        self._admit: Script[bytes] = Script(script=_ADMIT_LUA)
+        self._settle: Script[bytes] = Script(script=_SETTLE_LUA)
+        self._connected = False
+        self._healthy = True
+        self._running = False
+        self._closing = trio.Event()
+        self._closed = trio.Event()
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def keys(self, key: str, period: str = "") -> list[str]:
+        """The Redis keys of one client key: requests, tokens, spend in `period`."""
+        tag = "{" + f"{self._prefix}:{quote(key, safe='')}" + "}"
+        return [f"{tag}:rpm", f"{tag}:tpm", f"{tag}:spend:{period}"]
+
+    async def admit(
+        self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
+    ) -> Verdict:
+        if limits.unlimited:
+            await trio.lowlevel.checkpoint()
+            return self._count(Verdict(allowed=True))
+        reserve = limits.reserve(estimated_tokens)
+        period, end = budget_window(now, limits.budget_period)
+        args = [_arg(now if self.clock == "caller" else None), _arg(limits.rpm),
+                _arg(limits.tpm), str(reserve), _arg(limits.budget_usd)]
+        reply = await self._call(self._admit, self.keys(key, period), args)
+        if reply is None:
+            return self._unavailable()
+        allowed, requests, tokens, spend = int(reply[0]), *map(float, reply[1:])
+        # Refused, the levels are those the script judged by: the same checks find why.
+        failing = [] if allowed else _failing(
+            limits, requests=requests, tokens=tokens, reserve=reserve, spend=spend,
+            budget_wait=end - now)
+        return self._count(_verdict(limits, requests, tokens, failing))
+
+    async def settle(
+        self, key: str, limits: KeyLimits, *, tokens: int, estimated_tokens: int,
+        cost_usd: float, now: float,
+    ) -> None:
+        delta = tokens - limits.reserve(estimated_tokens) if limits.tpm is not None else 0
+        charge = limits.budget_usd is not None and cost_usd != 0
+        if not delta and not charge:
+            await trio.lowlevel.checkpoint()
+            return
+        period, end = budget_window(now, limits.budget_period)
+        args = [_arg(now if self.clock == "caller" else None), _arg(limits.tpm), str(delta),
+                _arg(cost_usd) if charge else "", str(int(end) + _SPEND_GRACE)]
+        await self._call(self._settle, self.keys(key, period)[1:], args)
+
+    async def _call(self, script: Script[bytes], keys: list[str],
+                    args: list[str]) -> list[Any] | None:
+        """Run a script within the timeout; None when Redis failed or was too slow."""
+        failure = "Redis limiter is not running (start RedisLimiter.run)"
+        if self._connected and self._client is not None:
+            failure = f"no answer from Redis within {self.timeout}s"
+            with trio.move_on_after(self.timeout):
+                try:
+                    reply: list[Any] = await script(keys=keys, args=args, client=self._client)
+                except self._errors as exc:
+                    failure = _describe(exc)
+                else:
+                    if not self._healthy:
+                        log.info("Redis answers again; limits are enforced")
+                    self._healthy = True
+                    return reply
+        self._stats.redis_failures += 1
+        if self._healthy:
+            # Once per outage: a log line per request would flood the logs.
+            log.warning("limits store unavailable (%s); on_failure=%s", failure, self.on_failure)
+        self._healthy = False
+        return None
+
+    def _unavailable(self) -> Verdict:
+        if self.on_failure == "closed":
+            self._stats.unavailable += 1
+            raise ProxyError(
+                "Rate limits cannot be checked right now; please retry shortly.",
+                status=503, type="service_unavailable", code="limits_unavailable",
+            )
+        return self._count(Verdict(allowed=True, degraded=True))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the connection pool open until `aclose` or cancellation.
+
+        Reports started once the pool is open or failed to open (a down Redis must
+        not stop the proxy from starting); a failed open is retried with backoff.
+        """
+        if self._running:
+            raise RuntimeError("RedisLimiter.run is already running")
+        self._running = True
+        try:
+            for attempt in itertools.count():
+                self._client = redis_client(self._url, cluster=self._cluster,
+                                            connect_timeout=self._connect_timeout)
+                try:
+                    async with self._client:
+                        await self._warm_up(self._client)
+                        self._connected = True
+                        task_status.started()
+                        task_status = trio.TASK_STATUS_IGNORED
+                        await self._closing.wait()
+                        return
+                except* self._errors as group:
+                    self._stats.redis_failures += 1
+                    log.warning("cannot open the Redis limits store: %s",
+                                _describe(group.exceptions[0]))
+                finally:
+                    self._connected, self._client = False, None
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                with trio.move_on_after(_RECONNECT_DELAYS[min(attempt, 5)]):
+                    await self._closing.wait()
+                if self._closing.is_set():
+                    return
+        finally:
+            self._closed.set()
+
+    async def _warm_up(self, client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]) -> None:
+        """Connect and load the scripts now (best effort): the first request need not."""
+        with trio.move_on_after(self._connect_timeout), contextlib.suppress(*self._errors):
+            for script in (self._admit, self._settle):
+                await client.script_load(script.script)
+
+    async def aclose(self) -> None:
+        """Close the pool; waits for `run` to let go of it. Safe to call twice."""
+        self._closing.set()
+        if self._running:
+            await self._closed.wait()
+
+    async def __aenter__(self) -> Self:
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(self.run)
+            # Started: the nursery now lives until __aexit__.
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
