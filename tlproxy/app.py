@@ -10,6 +10,7 @@ nothing about the internals.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .catalog import INTENTS
@@ -26,7 +28,11 @@ from .config import ClientKey, Config
 from .engine import Engine, Route
 from .keys import KeyStore
 from .metrics import AccessLog, Metrics
+from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
+from .router import Plan
+from .wire import ChatRequest
 from .errors import (
+    InvalidRequest,
     AuthenticationFailed,
     NotFound,
     PayloadTooLarge,
@@ -58,8 +64,9 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "arrived", "error", "headers", "id", "key", "method", "path", "receive", "route",
-        "scope", "send", "started", "status", "ttft",
+        "arrived", "body_json", "cost_usd", "error", "extra_headers", "headers", "id", "key",
+        "method", "path", "receive", "route", "scope", "send", "settle", "started", "status",
+        "ttft", "usage_tokens",
     )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -79,6 +86,12 @@ class Request:
         self.route: Route | None = None
         self.ttft: float | None = None
         self.error: str | None = None
+        # Headers every response to this request carries (a key's x-ratelimit-*).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.body_json: dict[str, Any] | None = None
+        self.settle: tuple[KeyLimits, int] | None = None
+        self.usage_tokens: int | None = None
+        self.cost_usd: float | None = None
 
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}
@@ -107,7 +120,7 @@ class Request:
         await self.send({
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"x-request-id", self.id.encode()), *headers],
+            "headers": [(b"x-request-id", self.id.encode()), *_merge(self.extra_headers, headers)],
         })
 
     async def respond(
@@ -140,6 +153,14 @@ class App:
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
         self.key_store = KeyStore(config.keys_db) if config.keys_db else None
+        limits = config.limits
+        self.limiter: Limiter = (
+            RedisLimiter(limits.redis_url, timeout=limits.redis_timeout,
+                         on_failure=limits.on_redis_failure)
+            if limits.redis_url else MemoryLimiter())
+        self._key_limits: dict[str, KeyLimits] = {}
+        self._background: trio.Nursery | None = None
+        self.engine.admit = self._admit
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -150,9 +171,54 @@ class App:
             ("GET", "/metrics"): self.metrics_endpoint,
         }
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the background services (key store, limiter) until cancelled.
+
+        Work the request path hands off (settling a key's usage) runs here too,
+        so a response never waits on it.
+        """
+        async with trio.open_nursery() as nursery:
+            if self.key_store is not None:
+                await nursery.start(self.key_store.run)
+            await nursery.start(self.limiter.run)
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+        await self.limiter.aclose()
+
+    async def _admit(self, request: Request, plan: Plan) -> None:
+        """A key's rate limits and budget: one look-up, awaited inside the decision."""
+        key = request.key
+        if key is None:
+            return
+        limits = self._key_limits.get(key.name)
+        if limits is None:
+            limits = self._key_limits[key.name] = KeyLimits.from_client_key(key)
+        if limits.unlimited:
+            return
+        signals = plan.signals
+        estimate = (signals.prompt_tokens if signals else 0) + _requested_output(request)
+        verdict = await self.limiter.admit(
+            key.name, limits, estimated_tokens=estimate, now=time.time())
+        request.extra_headers = [(k.encode(), v.encode()) for k, v in verdict.headers.items()]
+        if not verdict.allowed:
+            self.metrics.rate_limited.labels(verdict.reason or "").inc()
+            raise verdict.error()
+        request.settle = (limits, estimate)
+
+    def _settle(self, request: Request) -> None:
+        if request.settle is None or request.key is None or self._background is None:
+            return
+        limits, estimate = request.settle
+        tokens = request.usage_tokens if request.usage_tokens is not None else estimate
+        cost = request.cost_usd or 0.0
+        self._background.start_soon(functools.partial(
+            self.limiter.settle, request.key.name, limits, tokens=tokens,
+            estimated_tokens=estimate, cost_usd=cost, now=time.time()))
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -178,6 +244,7 @@ class App:
                     f"The server had an error while processing your request. "
                     f"Request id: {request.id}", type="server_error"))
         finally:
+            self._settle(request)
             self._observe(request)
 
     def _observe(self, request: Request) -> None:
@@ -267,7 +334,23 @@ class App:
     async def chat_completions(self, request: Request) -> None:
         body = await request.body(self.config.server.max_body_bytes)
         chat, raw = decode_chat_request(body)
+        self._check_sizes(chat)
+        request.body_json = raw
         await self.engine.chat(request, chat, raw)
+
+    def _check_sizes(self, chat: ChatRequest) -> None:
+        limits = self.config.limits
+        if len(chat.messages) > limits.max_messages:
+            raise InvalidRequest(
+                f"Invalid 'messages': array too long. Expected an array with maximum length "
+                f"{limits.max_messages}, but got an array with length {len(chat.messages)} "
+                "instead.", param="messages", code="array_above_max_length")
+        tools = len(chat.tools or ()) + len(chat.functions or ())
+        if tools > limits.max_tools:
+            raise InvalidRequest(
+                f"Invalid 'tools': array too long. Expected an array with maximum length "
+                f"{limits.max_tools}, but got an array with length {tools} instead.",
+                param="tools", code="array_above_max_length")
 
     async def embeddings(self, request: Request) -> None:
         body = await request.body(self.config.server.max_body_bytes)
@@ -327,6 +410,22 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _merge(
+    base: list[tuple[bytes, bytes]], override: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """`base` headers, except those `override` sets again (an error's own retry-after)."""
+    if not base:
+        return override
+    names = {name.lower() for name, _ in override}
+    return [*(h for h in base if h[0].lower() not in names), *override]
+
+
+def _requested_output(request: Request) -> int:
+    body = request.body_json or {}
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return value if isinstance(value, int) else 256
 
 
 def create_app(config: Config, *, providers: dict[str, Provider] | None = None) -> App:

@@ -376,6 +376,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"default_alias: {config.default_alias!r} is neither an intent nor a "
                           "model id")
     for index, key in enumerate(config.keys):
+        for limit in ("rpm", "tpm"):
+            value = getattr(key, limit)
+            if value is not None and value < 1:
+                raise ConfigError(f"keys[{index}].{limit}: must be at least 1 (leave it out "
+                                  "for no limit)")
         if key.allowed_tiers is not None and not key.allowed_tiers:
             raise ConfigError(f"keys[{index}].allowed_tiers: empty; leave it out to allow all")
         if key.policy is not None and key.policy not in config.policies:

@@ -101,6 +101,7 @@ class Engine:
             return  # the client went away; the upstream calls were cancelled
         route, answer = result
         request.route = route
+        request.usage_tokens = _total_tokens(answer.get("usage"))
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
 
@@ -238,6 +239,9 @@ class Engine:
         self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
 
     async def _emit(self, request: Request, chunk: Chunk, include_usage: bool) -> None:
+        usage = chunk.get("usage")
+        if usage:
+            request.usage_tokens = _total_tokens(usage)
         if not _repair_chunk(chunk, include_usage):
             return
         await _send(request, encode_data(_encode(chunk)))
@@ -291,6 +295,12 @@ class _single:  # noqa: N801 - reads as a function at the call site
 
 def _always(_chunk: Chunk) -> bool:
     return True
+
+
+def _total_tokens(usage: Any) -> int | None:
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        return int(usage["total_tokens"])
+    return None
 
 
 def last_user_text(body: dict[str, Any]) -> str:

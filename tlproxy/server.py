@@ -95,8 +95,7 @@ async def serve(
     async with trio.open_nursery() as nursery:
         config, sims = await start_sims(nursery, config)
         app = create_app(config)
-        if app.key_store is not None:
-            await nursery.start(app.key_store.run)
+        await nursery.start(app.run)
         try:
             hconfig = _hypercorn_config(
                 host or config.server.host,
