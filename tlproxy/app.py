@@ -96,7 +96,16 @@ class Request:
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, timeout: float = 30.0) -> bytes:
+        try:
+            with trio.fail_after(timeout):
+                return await self._read_body(limit)
+        except trio.TooSlowError:
+            raise ProxyError(
+                f"Timed out reading the request body (limit {timeout:g} s).",
+                status=408, type="invalid_request_error", code="request_timeout") from None
+
+    async def _read_body(self, limit: int) -> bytes:
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise _too_large(limit)
@@ -332,7 +341,8 @@ class App:
         request.key = matched
 
     async def chat_completions(self, request: Request) -> None:
-        body = await request.body(self.config.server.max_body_bytes)
+        body = await request.body(self.config.server.max_body_bytes,
+                                  self.config.server.body_timeout)
         chat, raw = decode_chat_request(body)
         self._check_sizes(chat)
         request.body_json = raw
@@ -353,7 +363,8 @@ class App:
                 param="tools", code="array_above_max_length")
 
     async def embeddings(self, request: Request) -> None:
-        body = await request.body(self.config.server.max_body_bytes)
+        body = await request.body(self.config.server.max_body_bytes,
+                                  self.config.server.body_timeout)
         embedding, raw = decode_embedding_request(body)
         await self.engine.embed(request, embedding, raw)
 

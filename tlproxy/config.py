@@ -55,6 +55,8 @@ class ServerConfig(_Strict):
     max_body_bytes: int = 8 * 1024 * 1024
     # Seconds hypercorn waits for in-flight streams on shutdown.
     graceful_timeout: float = 30.0
+    # Seconds a client may take to send its whole request body.
+    body_timeout: float = 30.0
 
 
 class SimModelProfile(_Strict):

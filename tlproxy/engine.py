@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -83,6 +83,8 @@ class Engine:
         # Gates a request must pass before it is answered (a key's rate limit
         # and budget): awaited inside the decision, so they overlap the race.
         self.admit: Callable[[Request, Plan], Awaitable[None]] | None = None
+        self.open_streams = 0
+        self.streams_by_key: dict[str, int] = {}
 
     # -- chat ------------------------------------------------------------
 
@@ -91,7 +93,8 @@ class Engine:
             body, headers=request.text_headers(), key=request.key, now=trio.current_time())
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            await self._stream(request, body, plan, include_usage)
+            with self._stream_slot(request):
+                await self._stream(request, body, plan, include_usage)
             return
         result: tuple[Route, dict[str, Any]] | None = None
         async with _cancelled_on_disconnect(request):
@@ -104,6 +107,35 @@ class Engine:
         request.usage_tokens = _total_tokens(answer.get("usage"))
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
+
+    @contextlib.contextmanager
+    def _stream_slot(self, request: Request) -> Iterator[None]:
+        """Count an open stream against the worker's and the key's caps."""
+        limits = self.config.limits
+        key = request.key.name if request.key else None
+        if self.open_streams >= limits.max_streams_per_worker:
+            raise ProxyError(
+                "This server is at its limit of concurrent streams; retry shortly.",
+                status=503, type="service_unavailable", code="too_many_streams",
+                headers={"retry-after": "1"})
+        per_key = self.streams_by_key.get(key, 0) if key else 0
+        if key and limits.max_streams_per_key is not None and (
+                per_key >= limits.max_streams_per_key):
+            raise ProxyError(
+                f"This API key has {per_key} streams open, its limit; close one or retry "
+                "shortly.", status=429, type="requests", code="too_many_concurrent_streams",
+                headers={"retry-after": "1"})
+        self.open_streams += 1
+        if key:
+            self.streams_by_key[key] = per_key + 1
+        try:
+            yield
+        finally:
+            self.open_streams -= 1
+            if key:
+                self.streams_by_key[key] -= 1
+                if not self.streams_by_key[key]:
+                    del self.streams_by_key[key]
 
     async def _stream(
         self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool

@@ -154,3 +154,26 @@ async def test_stream_cut_mid_way_ends_with_error_event_and_no_done(
             model="auto", stream=True,
             messages=[{"role": "user", "content": "[sim:cut=3]"}]):
             pass
+
+
+async def test_slow_body_is_408(nursery: trio.Nursery) -> None:
+    from tlproxy.config import ServerConfig
+
+    running = await start_proxy(nursery, fast_config(server=ServerConfig(body_timeout=0.3)))
+    host, port = running.url.removeprefix("http://").split(":")
+    # A client that announces 200 bytes, sends 10 and stalls.
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/json\r\ncontent-length: 200\r\n\r\n{\"model\": ")
+        received = b""
+        with trio.fail_after(3):
+            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+                data = await stream.receive_some()
+                if not data:
+                    break
+                received += data
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in body

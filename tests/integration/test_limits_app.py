@@ -111,3 +111,25 @@ async def test_two_proxy_processes_share_one_keys_limit_through_redis(tmp_path: 
         finally:
             for server in servers:
                 server.kill()
+
+
+async def test_concurrent_stream_cap_per_key(nursery: trio.Nursery) -> None:
+    import msgspec
+
+    from tlproxy.config import LimitsConfig
+
+    config = fast_config(keys=[ClientKey(name="svc", hash=DIGEST)],
+                         limits=LimitsConfig(max_streams_per_key=1))
+    base = config.providers["sim"]
+    slow = {m: msgspec.structs.replace(p, inter_token_ms=100.0, tokens=50)
+            for m, p in base.sim_models.items()}
+    config = msgspec.structs.replace(
+        config, providers={"sim": msgspec.structs.replace(base, sim_models=slow)})
+    running = await start_proxy(nursery, config)
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=KEY,
+                                  max_retries=0) as client:
+        stream = await client.chat.completions.create(model="auto", messages=HELLO, stream=True)
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="auto", messages=HELLO, stream=True)
+        assert caught.value.code == "too_many_concurrent_streams"
+        await stream.close()
