@@ -28,6 +28,9 @@ from .config import ClientKey, Config
 from .engine import Engine, Route
 from .keys import KeyStore
 from .metrics import AccessLog, Metrics
+from .accounting import Accounting
+from .ledger import Ledger
+from .shadow import Shadow
 from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
 from .router import Plan
 from .wire import ChatRequest
@@ -161,6 +164,7 @@ class App:
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
+        self._admin = [bytes.fromhex(h.removeprefix("sha256:")) for h in config.admin_keys]
         self.key_store = KeyStore(config.keys_db) if config.keys_db else None
         limits = config.limits
         self.limiter: Limiter = (
@@ -170,6 +174,13 @@ class App:
         self._key_limits: dict[str, KeyLimits] = {}
         self._background: trio.Nursery | None = None
         self.engine.admit = self._admit
+        self.ledger = Ledger.from_config(config.ledger) if config.ledger.enabled else None
+        self.shadow = None
+        if config.shadow is not None or any(k.shadow for k in config.keys):
+            bound = config.shadow.max_concurrency if config.shadow else 8
+            self.shadow = Shadow(max_concurrency=bound,
+                                 record=self.ledger.record_shadow if self.ledger else _ignore)
+        self.engine.accounting = Accounting(config, self.ledger, self.shadow)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -178,6 +189,7 @@ class App:
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
             ("GET", "/metrics"): self.metrics_endpoint,
+            ("GET", "/v1/tlproxy/usage"): self.usage,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -190,11 +202,22 @@ class App:
             if self.key_store is not None:
                 await nursery.start(self.key_store.run)
             await nursery.start(self.limiter.run)
+            if self.ledger is not None:
+                await nursery.start(self.ledger.run)
+                ledger = self.ledger
+                self.metrics.watch_ledger(lambda: ledger.statistics().queued)
+            if self.shadow is not None:
+                await nursery.start(self.shadow.run)
             self._background = nursery
             task_status.started()
             await trio.sleep_forever()
 
     async def aclose(self) -> None:
+        """Shut down after the server drained: shadows stop, the ledger flushes, clients close."""
+        if self.shadow is not None:
+            await self.shadow.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.limiter.aclose()
@@ -290,7 +313,9 @@ class App:
         path = request.path.rstrip("/") or "/"
         handler = self._routes.get((request.method, path))
         if handler is not None:
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/tlproxy/"):
+                self._authenticate_admin(request)
+            elif path.startswith("/v1/"):
                 self._authenticate(request)
             await handler(request)
             return
@@ -312,6 +337,18 @@ class App:
             )
         raise NotFound(f"Invalid URL ({request.method} {path}). This proxy serves {_SERVED}.",
                        code="unknown_url")
+
+    def _authenticate_admin(self, request: Request) -> None:
+        header = request.headers.get("authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        matched = False
+        for known in self._admin:
+            matched |= hmac.compare_digest(digest, known)
+        if scheme.lower() != "bearer" or not matched:
+            raise ProxyError("This endpoint needs an admin key (see admin_keys in the config).",
+                             status=403 if self._admin else 404,
+                             type="invalid_request_error", code="admin_key_required")
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys and self.key_store is None:
@@ -398,6 +435,34 @@ class App:
         await request.start(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
         await request.send({"type": "http.response.body", "body": self.metrics.render()})
 
+    async def usage(self, request: Request) -> None:
+        """``GET /v1/tlproxy/usage?since=7d&by=model``: the report, as JSON."""
+        from urllib.parse import parse_qsl
+
+        from .report import usage_json
+
+        if self.ledger is None:
+            raise NotFound("The ledger is disabled ([ledger] enabled = false).",
+                           code="ledger_disabled")
+        query = dict(parse_qsl(self.scope_query(request)))
+        filters = {k: v for k, v in query.items() if k in ("since", "until", "by")}
+        # Rows still queued belong in the answer: give the writer a moment.
+        with trio.move_on_after(2.0):
+            while self.ledger.statistics().queued:
+                await trio.sleep(0.02)
+        try:
+            body = await trio.to_thread.run_sync(
+                functools.partial(usage_json, self.config.ledger.path, **filters))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), code="invalid_value") from None
+        except FileNotFoundError:
+            body = {"object": "tlproxy.usage", "groups": [], "total": None}
+        await request.respond(200, _encode(body))
+
+    @staticmethod
+    def scope_query(request: Request) -> str:
+        return bytes(request.scope.get("query_string", b"")).decode("latin-1")
+
     async def healthz(self, request: Request) -> None:
         await request.respond(200, b'{"status":"ok"}')
 
@@ -421,6 +486,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _ignore(_pair: object) -> None:
+    return None
 
 
 def _merge(

@@ -304,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
 
+    sub.add_parser("report", help="spend, savings and the cost of speed, from the ledger "
+                   "(tlproxy report --help)", add_help=False)
+    sub.add_parser("shadow", help="compare shadow answers with the primary ones "
+                   "(tlproxy shadow report --help)", add_help=False)
+
     sim = sub.add_parser("sim", help="run the simulated upstream as a fake OpenAI server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8090)
@@ -331,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # Every option belongs to the benchmark tool, --help included.
         return _cmd_bench(argparse.Namespace(args=argv[1:]))
+    if argv[:1] == ["report"]:
+        from .report import report_main
+
+        return report_main(argv[1:])
+    if argv[:1] == ["shadow"]:
+        from .shadow import shadow_main
+
+        return shadow_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from .accounting import Accounting, ShadowPlan
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .metrics import Metrics
@@ -85,6 +86,8 @@ class Engine:
         self.admit: Callable[[Request, Plan], Awaitable[None]] | None = None
         self.open_streams = 0
         self.streams_by_key: dict[str, int] = {}
+        # The ledger and shadow traffic; the app replaces this with its own.
+        self.accounting = Accounting(config, None, None)
 
     # -- chat ------------------------------------------------------------
 
@@ -107,6 +110,13 @@ class Engine:
         request.usage_tokens = _total_tokens(answer.get("usage"))
         _repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
+        shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
+        if shadow is not None:
+            message = ((answer.get("choices") or [{}])[0].get("message") or {})
+            shadow.parts.append(message.get("content") or "")
+            shadow.ttft = time.monotonic() - shadow.started
+            self.accounting.submit_shadow(shadow, request, route.rule, route.model,
+                                          self._shadow_call(body), body)
 
     @contextlib.contextmanager
     def _stream_slot(self, request: Request) -> Iterator[None]:
@@ -140,28 +150,37 @@ class Engine:
     async def _stream(
         self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool
     ) -> None:
+        shadow: ShadowPlan | None = None
+        complete = False
         async with (
             _cancelled_on_disconnect(request),
             self._race(request, body, plan, stream=True) as (route, winner),
         ):
             request.route = route
+            shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
             await request.start(200, [*_SSE_HEADERS, *route.headers()])
             self.metrics.open_streams.inc()
             try:
                 for chunk in winner.first_chunks:
-                    await self._emit(request, chunk, include_usage)
+                    await self._emit(request, chunk, include_usage, shadow)
                 request.ttft = time.monotonic() - request.arrived
                 async for chunk in winner.chunks:
-                    await self._emit(request, chunk, include_usage)
+                    await self._emit(request, chunk, include_usage, shadow)
             except UpstreamError as exc:
                 self._upstream_error(route, exc)
                 request.error = "upstream_failed_mid_stream"
                 log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
                 await _send(request, encode_data(exc.body()), more=False)
             else:
+                # Complete once [DONE] is handed over: a client that hangs up as
+                # soon as it reads it may cancel this task during the send.
+                complete = True
                 await _send(request, DONE, more=False)
             finally:
                 self.metrics.open_streams.dec()
+        if complete and shadow is not None and request.route is not None:
+            self.accounting.submit_shadow(shadow, request, request.route.rule,
+                                          request.route.model, self._shadow_call(body), body)
 
     @contextlib.asynccontextmanager
     async def _race(
@@ -213,7 +232,7 @@ class Engine:
                 fanout=policy.fanout,
                 max_attempts=policy.max_attempts,
                 hedge=True,
-                on_record=self._on_record,
+                on_record=lambda record: self._on_record(record, request, body, final),
             ) as winner:
                 model = models[winner.candidate.key]
                 yield Route(model, final["tier"], final["rule"]), winner
@@ -238,7 +257,9 @@ class Engine:
         return Candidate(key=model.id, tier=tier, hedge_delay=delay,
                          first_token_deadline=deadline)
 
-    def _on_record(self, record: AttemptRecord) -> None:
+    def _on_record(self, record: AttemptRecord, request: Request, body: dict[str, Any],
+                   final: dict[str, str]) -> None:
+        self.accounting.attempt(record, request, body, final["tier"], final["rule"])
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.race.labels(record.outcome, start).inc()
@@ -257,6 +278,18 @@ class Engine:
         elif record.first_token_at is not None:
             stats.record_success()
 
+    def _shadow_call(
+        self, body: dict[str, Any]
+    ) -> Callable[[str], Awaitable[tuple[ModelConfig, dict[str, Any], float]]]:
+        async def call(target: str) -> tuple[ModelConfig, dict[str, Any], float]:
+            model = self.config.model(target) or next(
+                m for m in self.config.models if m.tier == target)
+            started = time.monotonic()
+            answer = await self.providers[model.provider].chat(body, model=model.upstream_id)
+            return model, answer, time.monotonic() - started
+
+        return call
+
     async def _classify(self, body: dict[str, Any], out: list[str | None]) -> None:
         assert self.classifier is not None
         out[0] = await self.classifier.classify(last_user_text(body))
@@ -270,10 +303,19 @@ class Engine:
     def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
         self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
 
-    async def _emit(self, request: Request, chunk: Chunk, include_usage: bool) -> None:
+    async def _emit(self, request: Request, chunk: Chunk, include_usage: bool,
+                    shadow: ShadowPlan | None = None) -> None:
         usage = chunk.get("usage")
         if usage:
             request.usage_tokens = _total_tokens(usage)
+        if shadow is not None:
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) == 0:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if shadow.ttft is None:
+                            shadow.ttft = time.monotonic() - shadow.started
+                        shadow.parts.append(text)
         if not _repair_chunk(chunk, include_usage):
             return
         await _send(request, encode_data(_encode(chunk)))
@@ -284,8 +326,11 @@ class Engine:
         self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]
     ) -> None:
         plan = self.router.plan_embedding(embedding.model)
+        started = time.monotonic()
         route, answer = await self._embed(body, plan)
         request.route = route
+        request.usage_tokens = _total_tokens(answer.get("usage"))
+        self.accounting.embedding(request, body, route.model, answer, started)
         await request.respond(200, _encode(answer), route.headers())
 
     async def _embed(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:

@@ -8,12 +8,20 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import httpx2
+import msgspec
 import openai
 import pytest
 import trio
 
 from tlproxy.catalog import default_config
-from tlproxy.config import ClientKey, Config, ProviderConfig, ServerConfig, SimModelProfile
+from tlproxy.config import (
+    ClientKey,
+    Config,
+    LedgerConfig,
+    ProviderConfig,
+    ServerConfig,
+    SimModelProfile,
+)
 from tlproxy.server import Running, serve
 
 CLIENT_KEY = "tlp-test-0123456789abcdef"
@@ -29,6 +37,9 @@ def fast_config(**overrides: object) -> Config:
 
 
 async def start_proxy(nursery: trio.Nursery, config: Config) -> Running:
+    if config.ledger == LedgerConfig():
+        # Tests that do not look at the ledger keep it out of the working tree.
+        config = msgspec.structs.replace(config, ledger=LedgerConfig(enabled=False))
     return await nursery.start(functools.partial(serve, config, host="127.0.0.1", port=0))
 
 

@@ -1,0 +1,174 @@
+"""Spend reports over a small ledger whose every number is worked out by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_ledger import running
+from tlproxy.ledger import Ledger, LedgerRow, SQLiteWriter
+from tlproxy.report import (
+    parse_time,
+    percentile,
+    render_table,
+    report_main,
+    summarize,
+    to_csv,
+    usage_json,
+)
+
+DAY1 = dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC).timestamp()
+DAY2 = dt.datetime(2026, 1, 2, 10, tzinfo=dt.UTC).timestamp()
+
+
+def attempt(request_id: str, ts: float, tier: str, model: str, *, key: str | None = "a",
+            rule: str = "default", cost: float, reference: float = 0.0, ttft: float | None,
+            winner: bool = True, **kw: Any) -> LedgerRow:
+    return LedgerRow(request_id=request_id, ts=ts, key=key, tier=tier, model=model,
+                     provider="sim", rule=rule, prompt_tokens=1000, cached_tokens=100,
+                     completion_tokens=50, cost_usd=cost, ttft_ms=ttft, duration_ms=1000.0,
+                     winner=winner, reference_cost_usd=reference, **kw)
+
+
+ROWS = [
+    # req_1: premium served it.
+    attempt("req_1", DAY1, "premium", "claude-sonnet-4-6", rule="first-turn", cost=0.01,
+            reference=0.01, ttft=300.0),
+    # req_2: economy won; a hedge on another economy model lost but was billed.
+    attempt("req_2", DAY1 + 60, "economy", "gpt-5-nano", cost=0.001, reference=0.02,
+            ttft=100.0),
+    attempt("req_2", DAY1 + 60, "economy", "gemini-2.5-flash", cost=0.0005, ttft=None,
+            winner=False, hedge=True, wasted=True, status="cancelled"),
+    # req_3: speculation on premium lost to economy once the decision came.
+    attempt("req_3", DAY2, "economy", "gpt-5-nano", key="b", rule="summarize-extract",
+            cost=0.002, reference=0.03, ttft=200.0),
+    attempt("req_3", DAY2, "premium", "claude-sonnet-4-6", key="b", rule="summarize-extract",
+            cost=0.003, ttft=None, winner=False, wasted=True, status="cancelled",
+            estimated=True),
+    # req_1's shadow call to economy.
+    attempt("req_1", DAY1 + 1, "economy", "gpt-5-nano", rule="first-turn", kind="shadow",
+            cost=0.0004, ttft=80.0, winner=False),
+    # An embedding: its own reference.
+    attempt("req_4", DAY2 + 60, "embedding", "text-embedding-3-small", key=None,
+            rule="default-embedding", kind="embedding", cost=0.0001, reference=0.0001,
+            ttft=None),
+]
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(SQLiteWriter(path))
+    async with running(ledger):
+        for row in ROWS:
+            ledger.record(row)
+    return path
+
+
+async def test_by_tier(db: Path) -> None:
+    premium, economy, embedding = summarize(db, by="tier")  # most spend first
+    assert premium == {
+        "tier": "premium", "requests": 1, "attempts": 2, "prompt_tokens": 2000,
+        "cached_tokens": 200, "completion_tokens": 100, "spend_usd": 0.013,
+        "reference_usd": 0.01, "saving_usd": -0.003, "saving_pct": -30.0,
+        "wasted_usd": 0.003, "shadow_usd": 0.0, "estimated_usd": 0.003, "errors": 0,
+        "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0,
+    }
+    assert (economy["requests"], economy["attempts"]) == (2, 4)
+    assert economy["spend_usd"] == pytest.approx(0.0039)
+    assert economy["saving_usd"] == pytest.approx(0.05 - 0.0039)
+    assert (economy["wasted_usd"], economy["shadow_usd"]) == (0.0005, 0.0004)
+    # Winners only: the shadow call's 80 ms is not the client's TTFT.
+    assert (economy["ttft_p50_ms"], economy["ttft_p95_ms"]) == (100.0, 200.0)
+    assert (embedding["saving_usd"], embedding["ttft_p50_ms"]) == (0.0, None)
+
+
+async def test_total_and_usage_json(db: Path) -> None:
+    document = usage_json(db, by="model")
+    total = document["total"]
+    assert (total["requests"], total["attempts"]) == (4, 7)
+    assert total["spend_usd"] == pytest.approx(0.017)
+    assert total["saving_usd"] == pytest.approx(0.0601 - 0.017)
+    assert total["wasted_usd"] == pytest.approx(0.0035)
+    assert [g["model"] for g in document["groups"]] == [
+        "claude-sonnet-4-6", "gpt-5-nano", "gemini-2.5-flash", "text-embedding-3-small"]
+    assert document["by"] == "model" and document["since"] is None
+    json.dumps(document)  # plain JSON types only
+
+
+@pytest.mark.parametrize(("by", "groups"), [
+    ("key", {"a": 2, "b": 1, "-": 1}),  # '-': requests without a client key
+    ("rule", {"first-turn": 1, "default": 1, "summarize-extract": 1, "default-embedding": 1}),
+    ("day", {"2026-01-01": 2, "2026-01-02": 2}),
+])
+async def test_other_groupings(db: Path, by: str, groups: dict[str, int]) -> None:
+    rows = summarize(db, by=by)
+    assert {r[by]: r["requests"] for r in rows} == groups
+    if by == "day":
+        assert [r["day"] for r in rows] == ["2026-01-01", "2026-01-02"]
+
+
+async def test_time_window(db: Path) -> None:
+    (day2,) = summarize(db, by="all", since="2026-01-02", until="2026-01-03T00:00:00+00:00")
+    assert (day2["requests"], day2["attempts"]) == (2, 3)
+    assert summarize(db, since=DAY2 + 3600) == []
+
+
+async def test_rendering(db: Path) -> None:
+    table_module = pytest.importorskip("rich.table")
+    document = usage_json(db)
+    table = render_table(document["groups"], title="Spend by tier", total=document["total"])
+    assert isinstance(table, table_module.Table) and table.row_count == 4
+    csv_text = to_csv(document["groups"])
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("tier,requests,attempts,") and len(lines) == 4
+
+
+async def test_report_main_formats(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main(["--db", str(db), "--by", "key", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["requests"] == 4
+    assert report_main(["--db", str(db), "--format", "csv", "--since", "2026-01-02"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["tier", "premium", "economy", "embedding"]
+    pytest.importorskip("rich")
+    assert report_main(["--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "Spend by tier" in out and "total" in out and "$0.0130" in out
+
+
+def test_report_main_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main(["--db", str(tmp_path / "nope.db")]) == 1
+    assert "no ledger" in capsys.readouterr().err
+    assert not (tmp_path / "nope.db").exists()
+
+
+async def test_report_main_bad_time(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main(["--db", str(db), "--since", "last tuesday"]) == 1
+    assert "ISO 8601" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None),
+    (12.5, 12.5),
+    ("2026-01-01", DAY1 - 10 * 3600),
+    ("2026-01-01T10:00:00", DAY1),
+    ("2026-01-01T11:00:00+01:00", DAY1),
+    (dt.datetime(2026, 1, 1, 10), DAY1),
+    ("24h", 1_000_000.0 - 86400),
+    ("90m", 1_000_000.0 - 5400),
+    ("7d", 1_000_000.0 - 7 * 86400),
+])
+def test_parse_time(value: Any, expected: float | None) -> None:
+    assert parse_time(value, now=1_000_000.0) == expected
+
+
+@pytest.mark.parametrize(("values", "q", "expected"), [
+    ([], 0.5, None), ([5.0], 0.95, 5.0), ([1.0, 2.0], 0.5, 1.0), ([1.0, 2.0], 0.95, 2.0),
+    ([float(i) for i in range(1, 101)], 0.95, 95.0),
+])
+def test_percentile_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
+    assert percentile(values, q) == expected
