@@ -104,11 +104,19 @@ async def serve(
             )
             if bind:
                 hconfig.bind = bind
+            trigger = None
+            if shutdown_trigger is not None:
+                wait = shutdown_trigger
+
+                async def trigger() -> None:
+                    await wait()
+                    app.ready = False  # /readyz answers 503 while the drain goes on
+
             # hypercorn returns once the trigger fired and in-flight requests
             # drained (up to the graceful timeout); only then do the sims stop.
             async with trio.open_nursery() as front:
                 addresses = await front.start(functools.partial(
-                    hypercorn_serve, app, hconfig, shutdown_trigger=shutdown_trigger))
+                    hypercorn_serve, app, hconfig, shutdown_trigger=trigger))
                 task_status.started(Running(addresses=addresses, app=app, sims=sims))
         finally:
             with trio.CancelScope(shield=True):
