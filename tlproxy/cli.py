@@ -110,7 +110,7 @@ def _run_workers(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    sock.listen(4096)
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
     command = [sys.executable, "-m", "tlproxy.cli", "serve", "--fd", str(sock.fileno())]

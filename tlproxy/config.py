@@ -122,7 +122,7 @@ class ModelConfig(_Strict):
     capabilities: Capabilities = Capabilities()
     prices: Prices = Prices()
     # Seconds to wait for a first token before trying another model; None
-    # derives it from live statistics (3x the recent p99, at least 1 s).
+    # derives it from live statistics (4x the recent p99, at least 5 s).
     first_token_timeout: float | None = None
 
     @property

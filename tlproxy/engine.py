@@ -161,8 +161,10 @@ class Engine:
             await request.start(200, [*_SSE_HEADERS, *route.headers()])
             self.metrics.open_streams.inc()
             try:
-                for chunk in winner.first_chunks:
-                    await self._emit(request, chunk, include_usage, shadow)
+                # The chunks held until the decision go out in one write.
+                first = [self._frame(request, c, include_usage, shadow)
+                         for c in winner.first_chunks]
+                await _send(request, b"".join(f for f in first if f))
                 request.ttft = time.monotonic() - request.arrived
                 async for chunk in winner.chunks:
                     await self._emit(request, chunk, include_usage, shadow)
@@ -253,7 +255,9 @@ class Engine:
         deadline = model.first_token_timeout
         if deadline is None and stream and stats.samples >= 20:
             p99 = stats.quantile(0.99)
-            deadline = max(1.0, 3 * p99) if p99 is not None else None
+            # Generous: a burst of load raises every TTFT at once, and a deadline
+            # that fires on all candidates together turns slowness into errors.
+            deadline = max(5.0, 4 * p99) if p99 is not None else None
         return Candidate(key=model.id, tier=tier, hedge_delay=delay,
                          first_token_deadline=deadline)
 
@@ -305,6 +309,13 @@ class Engine:
 
     async def _emit(self, request: Request, chunk: Chunk, include_usage: bool,
                     shadow: ShadowPlan | None = None) -> None:
+        frame = self._frame(request, chunk, include_usage, shadow)
+        if frame:
+            await _send(request, frame)
+
+    def _frame(self, request: Request, chunk: Chunk, include_usage: bool,
+               shadow: ShadowPlan | None) -> bytes | None:
+        """One chunk as the SSE bytes the client gets, or None when it is dropped."""
         usage = chunk.get("usage")
         if usage:
             request.usage_tokens = _total_tokens(usage)
@@ -317,8 +328,8 @@ class Engine:
                             shadow.ttft = time.monotonic() - shadow.started
                         shadow.parts.append(text)
         if not _repair_chunk(chunk, include_usage):
-            return
-        await _send(request, encode_data(_encode(chunk)))
+            return None
+        return encode_data(_encode(chunk))
 
     # -- embeddings ------------------------------------------------------
 

@@ -48,6 +48,8 @@ def _hypercorn_config(host: str, port: int, *, graceful_timeout: float = 30.0) -
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 75.0
+    # Bursts of new connections (a deploy, a retry storm) must queue, not be reset.
+    config.backlog = 4096
     # Streams can be long; hypercorn must not cut a slow upstream's answer.
     config.read_timeout = None
     return config
