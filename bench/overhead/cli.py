@@ -1,0 +1,113 @@
+"""The command line: ``python -m bench.overhead``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+from pathlib import Path
+
+import orjson
+import trio
+from rich.console import Console
+
+from bench.overhead.load import (
+    run_all,
+)
+from bench.overhead.render import (
+    noise_warnings,
+    render_markdown,
+    render_tables,
+)
+from bench.overhead.stats import (
+    TARGETS_WITH_NGINX,
+)
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.overhead",
+        description="Measure what the proxy adds over calling its upstream directly.",
+    )
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="measured seconds per target, load and concurrency (default 5)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 64],
+                        help="closed-loop workers; several values run one after the other")
+    parser.add_argument("--upstream-ttft-ms", type=float, nargs="+", default=[0.0, 200.0],
+                        help="the sim's time to first token; one stack per value (default 0 200)")
+    parser.add_argument("--inter-token-ms", type=float, default=0.0,
+                        help="the sim's delay between tokens (default 0)")
+    parser.add_argument("--tokens", type=int, default=24, help="tokens per answer (default 24)")
+    parser.add_argument("--slice", type=float, default=1.0,
+                        help="seconds per interleaved slice (default 1)")
+    parser.add_argument("--warmup", type=float, default=0.5,
+                        help="unmeasured seconds per target before each measurement")
+    parser.add_argument("--proxy-workers", type=int,
+                        help="passed to tlproxy serve --workers (default: the proxy's own)")
+    parser.add_argument("--client-pool", choices=("per-worker", "shared"), default="per-worker",
+                        help="one httpx client per worker (default), or one shared pool")
+    parser.add_argument("--nginx", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure nginx as a plain reverse proxy to the same sim "
+                             "(default: on when an nginx binary is found; --no-nginx skips it)")
+    parser.add_argument("--nginx-bin", metavar="PATH",
+                        help="the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
+    parser.add_argument("--out", type=Path,
+                        help="result JSON (default bench/results/overhead-<timestamp>.json)")
+    parser.add_argument("--note", help="free text kept in the result (what was measured, why)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the tables as Markdown")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="print the tables of an earlier result file; run nothing")
+    return parser
+
+
+def resolve_nginx(wanted: bool | None, binary: str | None) -> str | None:
+    """The nginx binary to run, or None: ``--nginx`` demands one, the default takes one found."""
+    if wanted is False:
+        return None
+    found = shutil.which(binary) if binary else (
+        shutil.which("nginx") or shutil.which("/usr/sbin/nginx"))
+    if found is None and (wanted or binary):
+        raise SystemExit(f"no nginx binary at {binary or 'nginx (PATH) or /usr/sbin/nginx'}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        # A log file gets the full table rather than one squeezed to 80 columns.
+        console = Console(width=220)
+    if args.report is not None:
+        result = orjson.loads(args.report.read_bytes())
+    else:
+        if min(args.concurrency) < 1 or args.duration <= 0 or args.slice <= 0:
+            raise SystemExit("--concurrency, --duration and --slice must be positive")
+        args.nginx_bin = resolve_nginx(args.nginx, args.nginx_bin)
+        result = trio.run(run_all, args, argv, console)
+        out = args.out
+        if out is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path(__file__).parent.parent / "results" / f"overhead-{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        console.print(f"result written to {out}")
+    for table in render_tables(result):
+        console.print(table)
+    for warning in noise_warnings(result):
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
+    if args.markdown:
+        console.print(render_markdown(result), markup=False, highlight=False, soft_wrap=True)
+    errors = sum(
+        run[target]["errors"] for up in result["upstreams"] for run in up["runs"]
+        for target in TARGETS_WITH_NGINX if target in run
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
