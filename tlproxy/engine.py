@@ -166,8 +166,18 @@ class Engine:
                          for c in winner.first_chunks]
                 await _send(request, b"".join(f for f in first if f))
                 request.ttft = time.monotonic() - request.arrived
+                last = b""
                 async for chunk in winner.chunks:
-                    await self._emit(request, chunk, include_usage, shadow)
+                    # Whatever else has already arrived goes out in the same
+                    # write: one send (and one socket write) per batch, not per chunk.
+                    frames = [self._frame(request, c, include_usage, shadow)
+                              for c in (chunk, *winner.chunks.buffered())]
+                    data = b"".join(f for f in frames if f)
+                    if winner.chunks.ended:
+                        last = data  # the stream ended cleanly: [DONE] joins it
+                        break
+                    if data:
+                        await _send(request, data)
             except UpstreamError as exc:
                 self._upstream_error(route, exc)
                 request.error = "upstream_failed_mid_stream"
@@ -177,7 +187,7 @@ class Engine:
                 # Complete once [DONE] is handed over: a client that hangs up as
                 # soon as it reads it may cancel this task during the send.
                 complete = True
-                await _send(request, DONE, more=False)
+                await _send(request, last + DONE, more=False)
             finally:
                 self.metrics.open_streams.dec()
         if complete and shadow is not None and request.route is not None:
@@ -306,12 +316,6 @@ class Engine:
 
     def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
         self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
-
-    async def _emit(self, request: Request, chunk: Chunk, include_usage: bool,
-                    shadow: ShadowPlan | None = None) -> None:
-        frame = self._frame(request, chunk, include_usage, shadow)
-        if frame:
-            await _send(request, frame)
 
     def _frame(self, request: Request, chunk: Chunk, include_usage: bool,
                shadow: ShadowPlan | None) -> bytes | None:

@@ -68,7 +68,7 @@ import trio
 
 from .errors import UpstreamError
 
-__all__ = ["AttemptRecord", "Candidate", "RaceFailed", "Winner", "race"]
+__all__ = ["AttemptRecord", "Candidate", "RaceFailed", "Winner", "WinnerChunks", "race"]
 
 Chunk = dict[str, Any]
 
@@ -110,7 +110,7 @@ class Winner(msgspec.Struct, frozen=True):
 
     candidate: Candidate
     first_chunks: list[Chunk]  # up to and including the first token, in order
-    chunks: AsyncIterator[Chunk]  # the rest; raises what the stream raised
+    chunks: WinnerChunks  # the rest; raises what the stream raised
     records: list[AttemptRecord]  # every attempt, live
 
 
@@ -147,16 +147,25 @@ class _Failure:
         self.error = error
 
 
-class _Chunks:
+class WinnerChunks:
     """`Winner.chunks`: the winner's channel, re-raising the stream's error."""
 
     def __init__(self, receive: trio.MemoryReceiveChannel[Chunk | _Failure]) -> None:
         self._receive = receive
+        # What `buffered` met after the chunks it returned: the stream's end
+        # (None inside) or its failure, handed out by the next `__anext__`.
+        self._held: list[_Failure | None] = []
 
-    def __aiter__(self) -> _Chunks:
+    def __aiter__(self) -> WinnerChunks:
         return self
 
     async def __anext__(self) -> Chunk:
+        if self._held:
+            held = self._held[0]
+            await trio.lowlevel.checkpoint()
+            if held is None:
+                raise StopAsyncIteration
+            raise held.error
         try:
             item = await self._receive.receive()
         except trio.EndOfChannel:
@@ -164,6 +173,33 @@ class _Chunks:
         if isinstance(item, _Failure):
             raise item.error
         return item
+
+    @property
+    def ended(self) -> bool:
+        """Whether `buffered` met the stream's clean end: nothing more will come."""
+        return self._held == [None]
+
+    def buffered(self) -> list[Chunk]:
+        """The chunks that have already arrived, in order, without waiting.
+
+        For a consumer that writes them out in one piece. A failure or the end
+        of the stream found on the way is kept for the next `__anext__`, so
+        nothing is lost or reordered.
+        """
+        out: list[Chunk] = []
+        while not self._held:
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                self._held.append(None)
+                break
+            if isinstance(item, _Failure):
+                self._held.append(item)
+                break
+            out.append(item)
+        return out
 
 
 class _Attempt:
@@ -271,7 +307,7 @@ class _Race:
         return Winner(
             candidate=self.winner.record.candidate,
             first_chunks=self.winner.first_chunks,
-            chunks=_Chunks(self.winner.receive),
+            chunks=WinnerChunks(self.winner.receive),
             records=self.records,
         )
 
@@ -477,7 +513,13 @@ class _Race:
         if usage is not None:
             record.usage = usage
         if attempt.send is not None:
-            await attempt.send.send(chunk)  # blocks when the buffer is full
+            # No checkpoint while there is room: the chunks of one upstream read
+            # all reach the channel before the consumer runs, so it can write
+            # them out together. The upstream read itself is the checkpoint.
+            try:
+                attempt.send.send_nowait(chunk)
+            except trio.WouldBlock:
+                await attempt.send.send(chunk)  # blocks when the buffer is full
             return
         attempt.first_chunks.append(chunk)
         if self.is_first_token(chunk):

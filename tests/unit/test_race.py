@@ -19,7 +19,7 @@ from trio.testing import MockClock
 
 from tlproxy.engine import has_token
 from tlproxy.errors import UpstreamError
-from tlproxy.race import AttemptRecord, Candidate, RaceFailed, Winner, race
+from tlproxy.race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, _Failure, race
 
 Chunk = dict[str, Any]
 Step = tuple[str, Any]
@@ -601,3 +601,52 @@ async def test_loser_usage_is_recorded_when_seen(autojump_clock: MockClock) -> N
     assert e1.usage == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
     assert upstream.ended["e1"] == (0.1, "closed")
     assert models(result.chunks) == {"p1"}
+
+
+async def test_buffered_returns_arrived_chunks_and_keeps_the_end_for_iteration() -> None:
+    send, receive = trio.open_memory_channel[Any](10)
+    chunks = WinnerChunks(receive)
+    assert chunks.buffered() == []
+    for n in range(3):
+        send.send_nowait({"n": n})
+    send.close()
+    assert await chunks.__anext__() == {"n": 0}
+    assert not chunks.ended
+    assert chunks.buffered() == [{"n": 1}, {"n": 2}]
+    assert chunks.ended
+    assert chunks.buffered() == []
+    assert [c async for c in chunks] == []
+
+
+async def test_buffered_stops_at_a_failure_which_the_next_step_raises() -> None:
+    send, receive = trio.open_memory_channel[Any](10)
+    chunks = WinnerChunks(receive)
+    send.send_nowait({"n": 0})
+    send.send_nowait(_Failure(UpstreamError("cut", status=502)))
+    send.send_nowait({"n": 1})
+    assert chunks.buffered() == [{"n": 0}]
+    assert not chunks.ended
+    with pytest.raises(UpstreamError, match="cut"):
+        await chunks.__anext__()
+
+
+async def test_winner_chunks_of_one_read_reach_the_consumer_together(
+        autojump_clock: MockClock) -> None:
+    # The winner's chunks that arrive without a checkpoint in between are all
+    # in the channel before the consumer runs, so it can write them at once.
+    async def burst(_candidate: Candidate) -> AsyncIterator[Any]:
+        for n in range(5):
+            yield {"choices": [{"index": 0, "delta": {"content": f"t{n}"}}]}
+
+    @contextlib.asynccontextmanager
+    async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Any]]:
+        yield burst(candidate)
+
+    batches: list[int] = []
+    async with race(candidates={"economy": [Candidate("a", "economy", math.inf)]},
+                    decide="economy", open_stream=open_stream,
+                    is_first_token=has_token) as winner:
+        assert len(winner.first_chunks) == 1
+        async for _chunk in winner.chunks:
+            batches.append(1 + len(winner.chunks.buffered()))
+    assert batches == [4]
