@@ -534,8 +534,8 @@ class SimUpstream:
         if stream:
             self.stats.streams_started += 1
             head, steps, tail = wire.stream(answer)
-            async with self._watching(request.receive):
-                await self._paced(request.send, answer, profile, head, steps, tail)
+            async with self._watching(request.receive) as done:
+                await self._paced(request.send, answer, profile, head, steps, tail, done)
             return
         delay = self.ttft(profile) + profile.inter_token_ms / 1000 * answer.completion_tokens
         async with self._watching(request.receive):
@@ -543,17 +543,26 @@ class SimUpstream:
         await send_json(request.send, 200, wire.message(answer))
 
     @contextlib.asynccontextmanager
-    async def _watching(self, receive: Any) -> AsyncIterator[None]:
-        """Run the body until done or until the client disconnects."""
+    async def _watching(self, receive: Any) -> AsyncIterator[list[bool]]:
+        """Run the body until done or until the client disconnects.
+
+        Yields a flag the body sets once its answer is complete: a client that
+        hangs up after reading the whole answer did not cancel anything.
+        """
+        done = [False]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-            yield
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope, done)
+            yield done
             nursery.cancel_scope.cancel()
 
-    async def _watch_disconnect(self, receive: Any, scope: trio.CancelScope) -> None:
+    async def _watch_disconnect(
+        self, receive: Any, scope: trio.CancelScope, done: list[bool] | None = None
+    ) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if done is not None and done[0]:
+                    return
                 self.stats.cancelled += 1
                 self.stats.cancelled_event.set()
                 scope.cancel()
@@ -567,6 +576,7 @@ class SimUpstream:
         head: list[bytes],
         steps: list[bytes],
         tail: list[bytes],
+        done: list[bool],
     ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
 
@@ -587,8 +597,9 @@ class SimUpstream:
             await emit(data)
         for data in tail[:-1]:
             await emit(data)
-        await emit(tail[-1] if tail else b"", more=False)
+        done[0] = True
         self.stats.streams_completed += 1
+        await emit(tail[-1] if tail else b"", more=False)
 
     async def _embeddings(self, raw: bytes, send: Any) -> None:
         body = decode_object(raw)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unmeasured seconds per target before each measurement")
     parser.add_argument("--proxy-workers", type=int,
                         help="passed to tlproxy serve --workers (default: the proxy's own)")
+    parser.add_argument("--ledger", action=argparse.BooleanOptionalAction, default=True,
+                        help="the proxy writes its ledger (default, as in production); "
+                             "--no-ledger measures it without")
     parser.add_argument("--client-pool", choices=("per-worker", "shared"), default="per-worker",
                         help="one httpx client per worker (default), or one shared pool")
     parser.add_argument("--nginx", action=argparse.BooleanOptionalAction, default=None,

@@ -134,7 +134,7 @@ async def running_stack(args: argparse.Namespace, ttft_ms: float,
     sim_url = f"http://127.0.0.1:{sim_port}"
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     config = workdir / f"proxy-{ttft_ms:g}.toml"
-    config.write_text(proxy_config_toml(sim_url + "/v1"))
+    config.write_text(proxy_config_toml(sim_url + "/v1", ledger=args.ledger))
     command = [sys.executable, "-m", "tlproxy.cli"]
     sim_cmd = [*command, "sim", "--host", "127.0.0.1", "--port", str(sim_port),
                "--ttft-ms", f"{ttft_ms:g}", "--inter-token-ms", f"{args.inter_token_ms:g}",

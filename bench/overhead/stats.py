@@ -191,10 +191,11 @@ def _has_content(event: bytes) -> bool:
     return False
 
 
-def proxy_config_toml(upstream_base_url: str) -> str:
+def proxy_config_toml(upstream_base_url: str, *, ledger: bool = True) -> str:
     """The proxy's config: one OpenAI-compatible provider (the sim) behind each tier."""
+    ledger_section = "" if ledger else "[ledger]\nenabled = false\n\n"
     return f"""\
-[server]
+{ledger_section}[server]
 host = "127.0.0.1"
 port = 0
 graceful_timeout = 1.0

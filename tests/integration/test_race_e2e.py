@@ -1,0 +1,254 @@
+"""The first-token race through the real server, timed from the official SDK's side.
+
+Each test starts the proxy on a loopback port with simulated providers of
+known, fixed latency, streams one request with `openai.AsyncOpenAI` and reads
+the time to the first content delta on `trio.current_time()`. The latencies
+are chosen so the race's promise shows as a difference of ~100 ms: TTFT is
+max(decision, upstream), not their sum; a hedge rescues a slow first pick; a
+first-token deadline hands over to the next model. Bounds allow ±60 ms of
+machine noise; the lower bounds are hard (they follow from the sims' sleeps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import trio
+
+from tests.integration.conftest import start_proxy
+from tlproxy.config import (
+    ClassifierConfig,
+    Config,
+    LedgerConfig,
+    ModelConfig,
+    Policy,
+    Prices,
+    ProviderConfig,
+    SimModelProfile,
+)
+from tlproxy.server import Running
+from tlproxy.sim import SimStats
+
+# Equal to a `summarization` example, so the classifier's cosine is 1 whatever
+# the embedding scheme, and free of the prompt cues the fast
+# `summarize-extract` rule reads: only the slow classifier can say "economy".
+SUMMARY = "What are the main takeaways from this document"
+# Equal to a `chat` example; used to prime the classifier's example vectors.
+CHITCHAT = "Hi, how are you today"
+NOISE = 0.06  # seconds of machine noise an upper bound tolerates
+
+
+def _sim(**models: SimModelProfile) -> ProviderConfig:
+    return ProviderConfig(kind="sim", sim_models=dict(models))
+
+
+def _model(model_id: str, provider: str, tier: str, price: float = 1.0,
+           **fields: Any) -> ModelConfig:
+    return ModelConfig(id=model_id, provider=provider, tier=tier,  # type: ignore[arg-type]
+                       prices=Prices(input=price, output=4 * price), **fields)
+
+
+def classified_config(*, speculate: bool) -> Config:
+    """Economy (TTFT 100 ms) and premium (300 ms) behind a classifier that takes 120 ms."""
+    return Config(
+        providers={
+            "emb-sim": _sim(emb=SimModelProfile(ttft_ms=120.0, embedding_dimensions=256)),
+            "econ-sim": _sim(econ=SimModelProfile(ttft_ms=100.0, inter_token_ms=2.0, tokens=8)),
+            "prem-sim": _sim(prem=SimModelProfile(ttft_ms=300.0, inter_token_ms=2.0, tokens=8)),
+        },
+        models=[
+            _model("prem", "prem-sim", "premium", 3.0),
+            _model("econ", "econ-sim", "economy", 0.25),
+            _model("emb", "emb-sim", "embedding", 0.02),
+        ],
+        classifier=ClassifierConfig(
+            enabled=True, model="emb", min_similarity=0.5, timeout=1.0,
+            examples={
+                "summarization": [SUMMARY, "Write a short recap of the text below"],
+                "extraction": ["Extract every date and amount from this invoice"],
+                "chat": [CHITCHAT, "Tell me a joke about cats"],
+            }),
+        policy=Policy(speculate=speculate),
+        ledger=LedgerConfig(enabled=False),
+    )
+
+
+def economy_pair_config(slow: ModelConfig, fast: ModelConfig, policy: Policy, *,
+                        slow_ms: float, fast_ms: float) -> Config:
+    """Two economy models, each on a sim of its own; `slow` is the cheaper one."""
+    return Config(
+        providers={
+            "slow-sim": _sim(**{slow.id: SimModelProfile(ttft_ms=slow_ms, tokens=8)}),
+            "fast-sim": _sim(**{fast.id: SimModelProfile(ttft_ms=fast_ms, tokens=8)}),
+        },
+        models=[slow, fast],
+        policy=policy,
+        ledger=LedgerConfig(enabled=False),
+    )
+
+
+class Timed:
+    """One streamed answer as the SDK saw it."""
+
+    def __init__(self, ttft: float | None, headers: Any, models: set[str], text: str) -> None:
+        self.ttft = ttft
+        self.headers = headers
+        self.models = models
+        self.text = text
+
+
+async def stream_timed(client: openai.AsyncOpenAI, model: str, prompt: str) -> Timed:
+    """Stream one chat request; time from before the call to the first content delta."""
+    start = trio.current_time()
+    raw = await client.chat.completions.with_raw_response.create(
+        model=model, stream=True, messages=[{"role": "user", "content": prompt}])
+    ttft: float | None = None
+    models: set[str] = set()
+    text = ""
+    async with raw.parse() as stream:
+        async for chunk in stream:
+            models.add(chunk.model)
+            if chunk.choices and chunk.choices[0].delta.content:
+                if ttft is None:
+                    ttft = trio.current_time() - start
+                text += chunk.choices[0].delta.content
+    return Timed(ttft, raw.headers, models, text)
+
+
+def sdk(running: Running) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+
+
+class Cancellation:
+    """When a sim first saw a client leave, on `trio.current_time()`.
+
+    `SimStats.cancelled_event` alone does not prove a cancellation: the sim
+    currently also counts a stream read to its end as cancelled (hypercorn
+    reports the disconnect once the response is complete). A cancellation
+    seen *before the sim's TTFT could have elapsed* can only be the proxy
+    dropping the request, so the tests compare the time against it.
+    """
+
+    def __init__(self, nursery: trio.Nursery, stats: SimStats) -> None:
+        self.at: float | None = None
+        self._seen = trio.Event()
+        self._stats = stats
+        nursery.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        await self._stats.cancelled_event.wait()
+        self.at = trio.current_time()
+        self._seen.set()
+
+    async def after(self, start: float) -> float:
+        with trio.fail_after(2):
+            await self._seen.wait()
+        assert self.at is not None
+        return self.at - start
+
+
+async def warmed(nursery: trio.Nursery, config: Config) -> tuple[Running, openai.AsyncOpenAI]:
+    """The proxy, with the SDK's connection open and the classifier's examples embedded.
+
+    The first classification embeds every example before the prompt (twice the
+    embedding latency), so it is done once beforehand, directly on the
+    server's own classifier: the chat sims see nothing before the measured
+    request. A model listing opens the SDK's connection, and the SDK's chat
+    resources are loaded: one-off client costs that are no part of the race.
+    """
+    running = await start_proxy(nursery, config)
+    client = sdk(running)
+    await client.models.list()
+    # The SDK imports its chat resources on first use (tens of ms): not inside the timing.
+    assert client.chat.completions.with_raw_response.create is not None
+    classifier = running.app.engine.classifier
+    if classifier is not None:
+        assert await classifier.classify(CHITCHAT) == "chat"
+        assert classifier.failures == 0
+    return running, client
+
+
+async def test_speculation_overlaps_the_classifier_with_the_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    running, client = await warmed(nursery, classified_config(speculate=True))
+    premium = running.sims["prem-sim"].stats
+    cut = Cancellation(nursery, premium)
+    async with client:
+        start = trio.current_time()
+        answer = await stream_timed(client, "auto", SUMMARY)
+
+    # max(decision 120, economy 100), not their sum (220).
+    assert answer.ttft is not None
+    # Below the 220 ms a decide-then-call proxy would take, whatever the noise.
+    assert 0.120 <= answer.ttft < 0.215, answer.ttft
+    assert answer.headers["x-tlproxy-tier"] == "economy"
+    assert answer.headers["x-tlproxy-model"] == "econ"
+    assert answer.headers["x-tlproxy-rule"] == "semantic-summarize-extract"
+    # Every chunk the client saw came from the economy model.
+    assert answer.models == {"econ"} and answer.text
+    # Premium was called speculatively, then dropped when the decision came,
+    # before its first token (300 ms) was due.
+    assert premium.streams_started == 1
+    assert await cut.after(start) < 0.300
+
+
+async def test_without_speculation_ttft_is_the_sum(nursery: trio.Nursery) -> None:
+    running, client = await warmed(nursery, classified_config(speculate=False))
+    async with client:
+        answer = await stream_timed(client, "auto", SUMMARY)
+
+    # Decide (120 ms), then call economy (100 ms).
+    assert answer.ttft is not None
+    assert 0.220 <= answer.ttft < 0.240 + NOISE, answer.ttft
+    assert answer.headers["x-tlproxy-tier"] == "economy"
+    assert answer.headers["x-tlproxy-rule"] == "semantic-summarize-extract"
+    assert answer.models == {"econ"}
+    assert running.sims["prem-sim"].stats.streams_started == 0  # never called
+
+
+async def test_hedge_rescues_a_slow_first_choice(nursery: trio.Nursery) -> None:
+    # Ranked by cost, the slow model goes first; with no statistics yet its
+    # hedge delay is `hedge_initial_ms`.
+    config = economy_pair_config(
+        _model("slow-cheap", "slow-sim", "economy", 0.05),
+        _model("fast-dear", "fast-sim", "economy", 0.30),
+        Policy(strategy="cost", hedge_initial_ms=100.0),
+        slow_ms=400.0, fast_ms=50.0)
+    running, client = await warmed(nursery, config)
+    slow = running.sims["slow-sim"].stats
+    cut = Cancellation(nursery, slow)
+    async with client:
+        start = trio.current_time()
+        answer = await stream_timed(client, "economy", "Tell me about tides")
+
+    # Hedge after 100 ms, first token 50 ms later; the slow one would take 400.
+    assert answer.ttft is not None
+    assert 0.145 <= answer.ttft < 0.150 + NOISE, answer.ttft
+    assert answer.headers["x-tlproxy-model"] == "fast-dear"
+    assert answer.models == {"fast-dear"}
+    assert slow.streams_started == 1
+    assert await cut.after(start) < 0.400  # the loser was dropped, not finished
+
+
+async def test_first_token_deadline_falls_back(nursery: trio.Nursery) -> None:
+    config = economy_pair_config(
+        _model("stuck", "slow-sim", "economy", 0.05, first_token_timeout=0.2),
+        _model("backup", "fast-sim", "economy", 0.30),
+        Policy(strategy="cost", hedge_tiers=[]),
+        slow_ms=5000.0, fast_ms=50.0)
+    running, client = await warmed(nursery, config)
+    stuck = running.sims["slow-sim"].stats
+    cut = Cancellation(nursery, stuck)
+    async with client:
+        start = trio.current_time()
+        answer = await stream_timed(client, "economy", "Tell me about tides")
+
+    # No first token within 0.2 s: the deadline fails `stuck`, `backup` answers in 50 ms.
+    assert answer.ttft is not None
+    assert 0.245 <= answer.ttft < 0.250 + NOISE, answer.ttft
+    assert answer.headers["x-tlproxy-model"] == "backup"
+    assert answer.models == {"backup"}
+    assert running.sims["fast-sim"].stats.streams_started == 1
+    assert 0.200 <= await cut.after(start) < 0.200 + NOISE
