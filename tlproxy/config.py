@@ -163,6 +163,12 @@ class Policy(_Strict):
     # The race (tlproxy/race.py). Speculation: call the best model of every
     # tier still possible while slow signals are pending, at most `fanout` at once.
     speculate: bool = True
+    # Tiers whose best model may be called before the decision is in. A
+    # premium call speculated for a request decided economy is billed for
+    # nothing, so by default only the economy tier is speculated; list both
+    # for the shortest TTFT whatever the decision.
+    speculate_tiers: list[Literal["premium", "economy"]] = msgspec.field(
+        default_factory=lambda: ["economy"])
     fanout: int = 2
     # Attempts per request, speculation, hedges and fallbacks included.
     max_attempts: int = 4

@@ -245,6 +245,7 @@ class Engine:
                 max_attempts=policy.max_attempts,
                 hedge=True,
                 on_record=lambda record: self._on_record(record, request, body, final),
+                speculate=policy.speculate_tiers,
             ) as winner:
                 model = models[winner.candidate.key]
                 yield Route(model, final["tier"], final["rule"]), winner

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -276,6 +276,7 @@ class _Race:
         # With several tiers possible, speculation leaves one attempt unspent
         # for the tier the decision will name.
         self.reserve = 1 if len(self.lanes) > 1 else 0
+        self.speculate: frozenset[str] | None = None
         self.attempts: list[_Attempt] = []
         self.records: list[AttemptRecord] = []
         self.decided: str | None = None
@@ -314,7 +315,8 @@ class _Race:
     def _step(self) -> bool:
         """Start what is due; pick the winner or give up. True when settled."""
         if self.decided is None:
-            self._start_due(list(self.lanes))
+            self._start_due([t for t in self.lanes
+                             if self.speculate is None or t in self.speculate])
             return False
         tier = self.decided
         ready = [a for a in self.attempts if a.tier == tier and a.ready]
@@ -547,6 +549,7 @@ async def race(
     hedge: bool = True,
     buffer_limit: int = 256,
     on_record: Callable[[AttemptRecord], None] | None = None,
+    speculate: Collection[str] | None = None,
 ) -> AsyncIterator[Winner]:
     """Race `candidates` for a first token; enter with the `Winner` of the decided tier.
 
@@ -573,6 +576,9 @@ async def race(
         candidates=candidates, open_stream=open_stream, is_first_token=is_first_token,
         fanout=max(1, fanout), max_attempts=max_attempts, hedge=hedge,
         buffer_limit=buffer_limit, on_record=on_record)
+    # Tiers that may start before the decision (None: all of them). A tier left
+    # out still gets its attempts, once the decision names it.
+    state.speculate = None if speculate is None else frozenset(speculate)
     try:
         async with trio.open_nursery() as nursery:
             state.nursery = nursery

@@ -69,7 +69,8 @@ def classified_config(*, speculate: bool) -> Config:
                 "extraction": ["Extract every date and amount from this invoice"],
                 "chat": [CHITCHAT, "Tell me a joke about cats"],
             }),
-        policy=Policy(speculate=speculate),
+        # Both tiers speculated, so the test sees the cross-tier cancellation.
+        policy=Policy(speculate=speculate, speculate_tiers=["premium", "economy"]),
         ledger=LedgerConfig(enabled=False),
     )
 

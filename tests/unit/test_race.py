@@ -650,3 +650,40 @@ async def test_winner_chunks_of_one_read_reach_the_consumer_together(
         async for _chunk in winner.chunks:
             batches.append(1 + len(winner.chunks.buffered()))
     assert batches == [4]
+
+
+async def test_tier_left_out_of_speculation_starts_only_once_decided(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    opened: dict[str, float] = {}
+
+    @contextlib.asynccontextmanager
+    async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        opened[candidate.key] = trio.current_time()
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            await trio.sleep(0.1)
+            yield {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+
+        gen = chunks()
+        try:
+            yield gen
+        finally:
+            await gen.aclose()
+
+    async def decide() -> str:
+        await trio.sleep(0.05)
+        return "premium"
+
+    candidates = {
+        "premium": [Candidate(key="p", tier="premium", hedge_delay=math.inf)],
+        "economy": [Candidate(key="e", tier="economy", hedge_delay=math.inf)],
+    }
+    start = trio.current_time()
+    async with race(candidates=candidates, decide=decide, open_stream=open_stream,
+                    is_first_token=has_token, speculate={"economy"}) as winner:
+        assert winner.candidate.key == "p"
+        assert trio.current_time() - start == pytest.approx(0.15)
+    # Economy started at once; premium only when the decision named it.
+    assert opened["e"] - start == 0.0
+    assert opened["p"] - start == pytest.approx(0.05)
