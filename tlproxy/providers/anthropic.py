@@ -29,14 +29,14 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 import orjson
 
 from ..errors import InvalidRequest, UpstreamError
-from ..sse import SSEDecoder, SSEProtocolError
+from ._http import ping, transport_error, translate_sse
 from .base import JSON, Chunk, Provider
 
 __all__ = [
@@ -744,7 +744,7 @@ class AnthropicProvider(Provider):
                 ok = 200 <= response.status_code < 300
                 content = b"" if ok and stream else await response.aread()
             except httpx.HTTPError as exc:
-                raise _transport_error(exc) from None
+                raise transport_error(exc) from None
             if ok:
                 return response, content
             if (
@@ -772,7 +772,7 @@ class AnthropicProvider(Provider):
         translator = AnthropicStreamTranslator(model=model, created=int(time.time()))
         async with contextlib.AsyncExitStack() as stack:
             response, _ = await self._send(stack, body, model, stream=True)
-            chunks = _translate(response, translator)
+            chunks = translate_sse(response, translator)
             stack.push_async_callback(chunks.aclose)
             yield chunks
 
@@ -780,65 +780,8 @@ class AnthropicProvider(Provider):
         raise InvalidRequest("Anthropic offers no embeddings", param="model")
 
     async def ping(self) -> bool:
-        try:
-            await self._client.get(self._models_url, headers=self._headers, timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return True  # any HTTP answer, even 401, means it is reachable
+        return await ping(self._client, self._models_url, self._headers)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
-
-
-async def _translate(
-    response: httpx.Response, translator: AnthropicStreamTranslator
-) -> AsyncGenerator[Chunk, None]:
-    decoder = SSEDecoder()
-    failure: UpstreamError | None = None
-    try:
-        # Read to the end, even after message_stop or an error event (the
-        # upstream closes right after either): leaving early would abandon
-        # httpx's nested async generators, which trio reports at GC time.
-        async with contextlib.aclosing(response.aiter_bytes()) as stream:
-            async for data in stream:
-                for event in [] if failure else decoder.feed(data):
-                    try:
-                        chunks = translator.feed(event.event, _event_data(event.data))
-                    except UpstreamError as exc:
-                        failure = exc
-                        break
-                    for chunk in chunks:
-                        yield chunk
-    except httpx.HTTPError as exc:
-        raise failure or _transport_error(exc) from None
-    except SSEProtocolError:
-        raise UpstreamError(
-            "the upstream provider sent a malformed event stream", status=502, retryable=False
-        ) from None
-    if failure is not None:
-        raise failure
-    if not translator.finished:
-        raise UpstreamError(
-            "upstream stream ended before its final event", status=502, retryable=False
-        )
-
-
-def _event_data(data: str) -> JSON:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise UpstreamError(
-            "the upstream provider sent a malformed stream event", status=502, retryable=False
-        )
-    return value
-
-
-def _transport_error(exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError("the upstream provider timed out", status=504, code="timeout")
-    return UpstreamError(
-        f"could not reach the upstream provider ({type(exc).__name__})", status=502
-    )

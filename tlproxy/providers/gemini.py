@@ -32,14 +32,14 @@ import math
 import re
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 import orjson
 
 from ..errors import InvalidRequest, UpstreamError
-from ..sse import SSEDecoder, SSEProtocolError
+from ._http import ping, transport_error, translate_sse
 from .base import JSON, Chunk, Provider
 
 __all__ = [
@@ -826,7 +826,7 @@ class GeminiProvider(Provider):
                 url, content=orjson.dumps(payload), headers=self._headers
             )
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from None
+            raise transport_error(exc) from None
         if not 200 <= response.status_code < 300:
             raise map_gemini_error(response.status_code, response.content, response.headers)
         try:
@@ -852,10 +852,10 @@ class GeminiProvider(Provider):
                 failed = not 200 <= response.status_code < 300
                 content = await response.aread() if failed else b""
             except httpx.HTTPError as exc:
-                raise _transport_error(exc) from None
+                raise transport_error(exc) from None
             if failed:
                 raise map_gemini_error(response.status_code, content, response.headers)
-            chunks = _translate(response, translator)
+            chunks = translate_sse(response, translator, strict_end=True)
             stack.push_async_callback(chunks.aclose)
             yield chunks
 
@@ -870,69 +870,8 @@ class GeminiProvider(Provider):
         )
 
     async def ping(self) -> bool:
-        try:
-            await self._client.get(self._base + "/models", headers=self._headers, timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return True  # any HTTP answer, even 403, means it is reachable
+        return await ping(self._client, self._base + "/models", self._headers)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
-
-
-async def _translate(
-    response: httpx.Response, translator: GeminiStreamTranslator
-) -> AsyncGenerator[Chunk, None]:
-    decoder = SSEDecoder()
-    failure: UpstreamError | None = None
-    try:
-        # Read to the end even after an error object (the upstream closes
-        # right after it): leaving early would abandon httpx's nested async
-        # generators, which trio reports at GC time.
-        async with contextlib.aclosing(response.aiter_bytes()) as stream:
-            async for data in stream:
-                for event in [] if failure else decoder.feed(data):
-                    try:
-                        chunks = translator.feed(event.event, _event_data(event.data))
-                    except UpstreamError as exc:
-                        failure = exc
-                        break
-                    for chunk in chunks:
-                        yield chunk
-    except httpx.HTTPError as exc:
-        raise failure or _transport_error(exc) from None
-    except SSEProtocolError:
-        raise UpstreamError(
-            "the upstream provider sent a malformed event stream", status=502, retryable=False
-        ) from None
-    if failure is not None:
-        raise failure
-    # The stream has no terminator event: ending without a finish reason, or
-    # inside an event, is a cut.
-    if not translator.finished or decoder.has_partial:
-        raise UpstreamError(
-            "upstream stream ended before its final event", status=502, retryable=False
-        )
-    for chunk in translator.close():
-        yield chunk
-
-
-def _event_data(data: str) -> JSON:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise UpstreamError(
-            "the upstream provider sent a malformed stream event", status=502, retryable=False
-        )
-    return value
-
-
-def _transport_error(exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError("the upstream provider timed out", status=504, code="timeout")
-    return UpstreamError(
-        f"could not reach the upstream provider ({type(exc).__name__})", status=502
-    )

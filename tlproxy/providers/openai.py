@@ -16,6 +16,7 @@ import orjson
 
 from ..errors import UpstreamError
 from ..sse import SSEDecoder
+from ._http import ping, transport_error
 from .base import JSON, Chunk, Provider
 
 __all__ = ["OpenAIProvider", "map_openai_error", "map_transport_error"]
@@ -59,12 +60,7 @@ def map_openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> Up
     return UpstreamError(message, status=502, upstream_status=status)
 
 
-def map_transport_error(exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError("the upstream provider timed out", status=504, code="timeout")
-    return UpstreamError(
-        f"could not reach the upstream provider ({type(exc).__name__})", status=502
-    )
+map_transport_error = transport_error
 
 
 class OpenAIProvider(Provider):
@@ -140,11 +136,7 @@ class OpenAIProvider(Provider):
             await response.aclose()
 
     async def ping(self) -> bool:
-        try:
-            await self._client.get(self._models_url, headers=self._headers, timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return True  # any HTTP answer, even 401, means it is reachable
+        return await ping(self._client, self._models_url, self._headers)
 
     async def aclose(self) -> None:
         if self._owns_client:
