@@ -36,7 +36,8 @@ import httpx
 import orjson
 
 from ..errors import InvalidRequest, UpstreamError
-from ._http import ping, transport_error, translate_sse
+from ._http import ping, translate_sse, transport_error
+from ._shapes import function_tools, plain_text
 from .base import JSON, Chunk, Provider
 
 __all__ = [
@@ -155,7 +156,7 @@ def _messages(raw: Any) -> tuple[list[str], list[JSON]]:
             raise InvalidRequest(f"{where} must be an object", param=where)
         role = msg.get("role")
         if role in ("system", "developer"):
-            text = _plain_text(msg.get("content"), where)
+            text = plain_text(msg.get("content"), where)
             if text:
                 system.append(text)
         elif role == "user":
@@ -199,24 +200,6 @@ def _append(turns: list[JSON], role: str, blocks: list[JSON]) -> None:
     if role == "user":
         # tool_result blocks must open their user turn; the sort is stable.
         turns[-1]["content"].sort(key=lambda block: block["type"] != "tool_result")
-
-
-def _plain_text(content: Any, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise InvalidRequest(
-                    "only text parts are allowed here", param=f"{where}.content[{j}]"
-                )
-            text = part.get("text", part.get("refusal"))
-            if not isinstance(text, str):
-                raise InvalidRequest("a text part needs text", param=f"{where}.content[{j}].text")
-            texts.append(text)
-        return "\n".join(texts)
-    raise InvalidRequest("content must be a string or an array of parts", param=f"{where}.content")
 
 
 def _user_blocks(content: Any, where: str) -> list[JSON]:
@@ -277,7 +260,7 @@ def _document_block(file: Any, at: str) -> JSON:
 
 
 def _assistant_blocks(msg: JSON, where: str, i: int) -> tuple[list[JSON], str | None]:
-    text = _plain_text(msg.get("content"), where)
+    text = plain_text(msg.get("content"), where)
     blocks: list[JSON] = [{"type": "text", "text": text}] if text else []
     calls = msg.get("tool_calls")
     if calls is not None:
@@ -321,7 +304,7 @@ def _arguments(fn: JSON, at: str) -> JSON:
 
 def _tool_result(call_id: str, content: Any, where: str) -> JSON:
     block: JSON = {"type": "tool_result", "tool_use_id": _safe_id(call_id)}
-    text = _plain_text(content, where)
+    text = plain_text(content, where)
     if text:
         block["content"] = text
     return block
@@ -336,35 +319,13 @@ def _safe_id(call_id: str) -> str:
 
 def _tools(body: JSON) -> list[JSON]:
     out: list[JSON] = []
-    for field, wrapped in (("tools", True), ("functions", False)):
-        items = body.get(field)
-        if items is None:
-            continue
-        if not isinstance(items, list):
-            raise InvalidRequest(f"{field} must be an array", param=field)
-        for k, item in enumerate(items):
-            at = f"{field}[{k}]"
-            if wrapped and (
-                not isinstance(item, dict) or item.get("type", "function") != "function"
-            ):
-                raise InvalidRequest(
-                    "only function tools are supported by this model's provider", param=f"{at}.type"
-                )
-            fn = item.get("function") if wrapped else item
-            at = f"{at}.function" if wrapped else at
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise InvalidRequest("a function needs a name", param=f"{at}.name")
-            schema = fn.get("parameters")
-            if schema is not None and not isinstance(schema, dict):
-                raise InvalidRequest(
-                    "parameters must be a JSON Schema object", param=f"{at}.parameters"
-                )
-            tool: JSON = {"name": fn["name"]}
-            if isinstance(fn.get("description"), str):
-                tool["description"] = fn["description"]
-            # `strict` is dropped: Anthropic's strict tool use is model-dependent.
-            tool["input_schema"] = schema or {"type": "object", "properties": {}}
-            out.append(tool)
+    for fn, schema in function_tools(body):
+        tool: JSON = {"name": fn["name"]}
+        if isinstance(fn.get("description"), str):
+            tool["description"] = fn["description"]
+        # `strict` is dropped: Anthropic's strict tool use is model-dependent.
+        tool["input_schema"] = schema or {"type": "object", "properties": {}}
+        out.append(tool)
     return out
 
 

@@ -39,7 +39,8 @@ import httpx
 import orjson
 
 from ..errors import InvalidRequest, UpstreamError
-from ._http import ping, transport_error, translate_sse
+from ._http import ping, translate_sse, transport_error
+from ._shapes import function_tools, plain_text
 from .base import JSON, Chunk, Provider
 
 __all__ = [
@@ -136,7 +137,7 @@ def _contents(raw: Any) -> tuple[list[str], list[JSON]]:
             raise InvalidRequest(f"{where} must be an object", param=where)
         role = msg.get("role")
         if role in ("system", "developer"):
-            text = _plain_text(msg.get("content"), where)
+            text = plain_text(msg.get("content"), where)
             if text:
                 system.append(text)
         elif role == "user":
@@ -147,7 +148,7 @@ def _contents(raw: Any) -> tuple[list[str], list[JSON]]:
             _append(contents, "model", parts)
         elif role in ("tool", "function"):
             name = _result_name(msg, where, names, legacy_name)
-            response = _function_response(_plain_text(msg.get("content"), where))
+            response = _function_response(plain_text(msg.get("content"), where))
             _append(contents, "user", [{"functionResponse": {"name": name, "response": response}}])
         else:
             raise InvalidRequest(f"unsupported role {role!r}", param=f"{where}.role")
@@ -167,22 +168,6 @@ def _append(contents: list[JSON], role: str, parts: list[JSON]) -> None:
         contents[-1]["parts"].extend(parts)
     else:
         contents.append({"role": role, "parts": parts})
-
-
-def _plain_text(content: Any, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            text = part.get("text", part.get("refusal")) if isinstance(part, dict) else None
-            if not isinstance(text, str):
-                raise InvalidRequest(
-                    "only text parts are allowed here", param=f"{where}.content[{j}]"
-                )
-            texts.append(text)
-        return "\n".join(texts)
-    raise InvalidRequest("content must be a string or an array of parts", param=f"{where}.content")
 
 
 def _user_parts(content: Any, where: str) -> list[JSON]:
@@ -239,7 +224,7 @@ def _media(url: Any, at: str) -> JSON:
 
 
 def _model_parts(msg: JSON, where: str, names: dict[str, str]) -> tuple[list[JSON], str | None]:
-    text = _plain_text(msg.get("content"), where)
+    text = plain_text(msg.get("content"), where)
     parts: list[JSON] = [{"text": text}] if text else []
     calls = msg.get("tool_calls")
     if calls is not None:
@@ -306,38 +291,16 @@ def _function_response(text: str) -> JSON:
 
 def _declarations(body: JSON) -> list[JSON]:
     out: list[JSON] = []
-    for field, wrapped in (("tools", True), ("functions", False)):
-        items = body.get(field)
-        if items is None:
-            continue
-        if not isinstance(items, list):
-            raise InvalidRequest(f"{field} must be an array", param=field)
-        for k, item in enumerate(items):
-            at = f"{field}[{k}]"
-            if wrapped and (
-                not isinstance(item, dict) or item.get("type", "function") != "function"
-            ):
-                raise InvalidRequest(
-                    "only function tools are supported by this model's provider", param=f"{at}.type"
-                )
-            fn = item.get("function") if wrapped else item
-            at = f"{at}.function" if wrapped else at
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise InvalidRequest("a function needs a name", param=f"{at}.name")
-            declaration: JSON = {"name": fn["name"]}
-            if isinstance(fn.get("description"), str):
-                declaration["description"] = fn["description"]
-            schema = fn.get("parameters")
-            if schema is not None and not isinstance(schema, dict):
-                raise InvalidRequest(
-                    "parameters must be a JSON Schema object", param=f"{at}.parameters"
-                )
-            if schema:
-                # parametersJsonSchema takes JSON Schema as OpenAI clients write
-                # it; `parameters` takes an OpenAPI subset and rejects e.g.
-                # additionalProperties.
-                declaration["parametersJsonSchema"] = schema
-            out.append(declaration)
+    for fn, schema in function_tools(body):
+        declaration: JSON = {"name": fn["name"]}
+        if isinstance(fn.get("description"), str):
+            declaration["description"] = fn["description"]
+        if schema:
+            # parametersJsonSchema takes JSON Schema as OpenAI clients write
+            # it; `parameters` takes an OpenAPI subset and rejects e.g.
+            # additionalProperties.
+            declaration["parametersJsonSchema"] = schema
+        out.append(declaration)
     return out
 
 
