@@ -23,36 +23,34 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .accounting import Accounting
+from .asgi import Receive, Send, lifespan
 from .catalog import INTENTS
 from .config import ClientKey, Config
 from .engine import Engine, Route
-from .keys import KeyStore
-from .metrics import AccessLog, Metrics
-from .accounting import Accounting
-from .ledger import Ledger
-from .shadow import Shadow
-from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
-from .router import Plan
-from .wire import ChatRequest
 from .errors import (
-    InvalidRequest,
     AuthenticationFailed,
+    InvalidRequest,
     NotFound,
     PayloadTooLarge,
     ProxyError,
     error_body,
 )
+from .keys import KeyStore
+from .ledger import Ledger
+from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
+from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
-from .wire import decode_chat_request, decode_embedding_request
+from .router import Plan
+from .shadow import Shadow
+from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 
 __all__ = ["App", "Request", "create_app"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # Families of OpenAI endpoints this proxy deliberately does not serve.
 _UNSUPPORTED = (
@@ -254,7 +252,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -476,16 +474,6 @@ class App:
             await request.respond(503, _encode({"status": "unavailable", "problems": problems}))
         else:
             await request.respond(200, _encode({"status": "ready", "time": int(time.time())}))
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def _ignore(_pair: object) -> None:

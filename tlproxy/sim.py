@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 import trio
 
+from .asgi import lifespan
 from .config import SimModelProfile
 from .sse import DONE, encode_data
 
@@ -455,13 +456,8 @@ class SimUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""
