@@ -17,17 +17,20 @@ request path touches the disk. Keys written in the config (``[[keys]]``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import trio
 
 from .config import ClientKey
+from .sqlite_wal import open_wal
 
 __all__ = ["KeyRecord", "KeyStore", "generate_key", "parse_key"]
 
@@ -89,12 +92,13 @@ class KeyStore:
         self._records: dict[str, KeyRecord] = {}
         self._seen_until = 0.0
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction (committed on success), then closed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=5.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-        return db
+        with contextlib.closing(open_wal(self.path)) as db, db:
+            db.executescript(_SCHEMA)
+            yield db
 
     # -- administration (the CLI) ------------------------------------------
 

@@ -53,6 +53,7 @@ import trio
 
 from .config import LedgerConfig
 from .shadow import ShadowPair, ShadowResult
+from .sqlite_wal import open_wal
 
 __all__ = [
     "MIGRATIONS",
@@ -303,21 +304,21 @@ class SQLiteWriter(_ThreadWriter):
     killed; only a power loss can take the last few batches.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
+                 open_timeout: float = 30.0) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
+        self.open_timeout = open_timeout
 
     def _connect(self) -> sqlite3.Connection:
         try:
             # Autocommit mode: transactions are explicit (`_transaction`).
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn = open_wal(self.path, busy_timeout=self.busy_timeout,
+                            open_timeout=self.open_timeout, isolation_level=None,
+                            check_same_thread=False)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {self.path!r}: {exc}") from exc
-        if str(mode).lower() != "wal" and self.path != ":memory:":
-            log.warning("ledger %s: WAL mode refused (journal_mode=%s)", self.path, mode)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 

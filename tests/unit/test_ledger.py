@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -238,6 +238,52 @@ async def test_concurrent_migrations_apply_once(tmp_path: Path) -> None:
     for writer in writers:
         await writer.aclose()
     assert len(db_rows(path, "SELECT version FROM schema_migrations")) == len(MIGRATIONS)
+
+
+@contextlib.contextmanager
+def write_locked(path: Path) -> Iterator[Callable[[], None]]:
+    """A fresh rollback-journal file whose write lock another connection holds.
+
+    Yields the function that commits and so releases the lock. While it is held,
+    SQLite refuses a switch to WAL at once, without calling the busy handler:
+    what a worker starting beside one that is creating the ledger runs into.
+    """
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    try:
+        yield lambda: holder.execute("COMMIT")
+    finally:
+        holder.close()
+
+
+def test_sqlite_refuses_the_wal_switch_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with write_locked(path), pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite3.connect(path, timeout=30).execute("PRAGMA journal_mode=WAL")
+
+
+async def test_opening_waits_out_a_writer_holding_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    writer = SQLiteWriter(path)
+    with write_locked(path) as release:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.migrate)
+            # Let the writer's thread meet the lock (and retry) before releasing it.
+            await trio.sleep(0.1)
+            release()
+    await writer.aclose()
+    assert db_rows(path, "PRAGMA journal_mode") == [("wal",)]
+    assert len(db_rows(path, "SELECT version FROM schema_migrations")) == len(MIGRATIONS)
+
+
+async def test_opening_gives_up_after_open_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    writer = SQLiteWriter(path, open_timeout=0.05)
+    with write_locked(path), pytest.raises(LedgerError, match="database is locked"):
+        await writer.migrate()
+    await writer.aclose()
 
 
 async def test_schema_has_indexes_and_wal(tmp_path: Path) -> None:
