@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,15 +125,53 @@ def _run_workers(
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
     print(_banner(config, url, workers), flush=True)
 
-    def forward(signum: int, _frame: object) -> None:
+    stopping = False
+
+    def forward(signum: int, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
-            if child.poll() is None:
+            if child.returncode is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    return _supervise(children, forward, lambda: stopping)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], stop: Callable[[int], None],
+               stopping: Callable[[], bool]) -> int:
+    """Wait for the workers; the first to exit unasked stops the others.
+
+    A worker that dies (a crash, the OOM killer, a failed start) must not leave
+    the others serving at reduced capacity unnoticed: the server stops and
+    exits non-zero, so whatever supervises it (systemd, Kubernetes) restarts it.
+    """
+    by_pid = {child.pid: child for child in children}
+    failure = 0
+    while by_pid:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        child = by_pid.pop(pid, None)
+        if child is None:
+            continue
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        if stopping():
+            failure = failure or max(code, 0)
+            continue
+        print(f"tlproxy: worker {pid} exited ({_exit_reason(code)}); stopping the others",
+              file=sys.stderr, flush=True)
+        failure = code if code >= 0 else 128 - code
+        stop(signal.SIGTERM)
+    return failure
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"code {code}"
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

@@ -1,7 +1,13 @@
-"""SIGTERM drains: open streams finish with [DONE], new connections are refused, exit 0."""
+"""SIGTERM drains: open streams finish with [DONE], new connections are refused, exit 0.
+
+And a worker that dies on its own stops the server, so it does not serve on at
+reduced capacity unnoticed.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -85,5 +91,27 @@ async def test_sigterm_drains_open_streams(tmp_path: Path, workers: int) -> None
         code = await trio.to_thread.run_sync(server.wait, 20.0)
         assert code == 0
         assert time.monotonic() - sent < 20.0
+    finally:
+        server.kill()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=2)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        first, second = _children(server.process.pid)
+        os.kill(first, signal.SIGKILL)
+        code = await trio.to_thread.run_sync(server.wait, 20.0)
+        assert code == 128 + signal.SIGKILL
+        _, stderr = server.process.communicate()
+        assert f"worker {first} exited (killed by SIGKILL); stopping the others" in stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)
     finally:
         server.kill()
