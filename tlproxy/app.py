@@ -97,13 +97,13 @@ class Request:
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}
 
-    async def body(self, limit: int, timeout: float = 30.0) -> bytes:
+    async def body(self, limit: int, read_timeout: float = 30.0) -> bytes:
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(read_timeout):
                 return await self._read_body(limit)
         except trio.TooSlowError:
             raise ProxyError(
-                f"Timed out reading the request body (limit {timeout:g} s).",
+                f"Timed out reading the request body (limit {read_timeout:g} s).",
                 status=408, type="invalid_request_error", code="request_timeout") from None
 
     async def _read_body(self, limit: int) -> bytes:
@@ -446,7 +446,7 @@ class App:
         filters = {k: v for k, v in query.items() if k in ("since", "until", "by")}
         # Rows still queued belong in the answer: give the writer a moment.
         with trio.move_on_after(2.0):
-            while self.ledger.statistics().queued:
+            while self.ledger.statistics().queued:  # noqa: ASYNC110 - the writer's state
                 await trio.sleep(0.02)
         try:
             body = await trio.to_thread.run_sync(

@@ -21,15 +21,15 @@ import msgspec
 __all__ = [
     "ClassifierConfig",
     "ClientKey",
-    "LedgerConfig",
-    "LimitsConfig",
-    "ShadowConfig",
     "Config",
     "ConfigError",
+    "LedgerConfig",
+    "LimitsConfig",
     "ModelConfig",
     "Prices",
     "ProviderConfig",
     "ServerConfig",
+    "ShadowConfig",
     "SimModelProfile",
     "load_config",
 ]
@@ -196,7 +196,7 @@ class ClientKey(_Strict):
     budget_usd: float | None = None
     budget_period: Literal["day", "month"] = "month"
     # Shadow traffic for this key (overrides the rule's or the global one).
-    shadow: "ShadowConfig | None" = None
+    shadow: ShadowConfig | None = None
 
 
 class ShadowConfig(_Strict):

@@ -29,10 +29,10 @@ import trio
 from .accounting import Accounting, ShadowPlan
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
-from .metrics import Metrics
-from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .errors import ProxyError, UpstreamError
+from .metrics import Metrics
 from .providers.base import Chunk, Provider
+from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Router
 from .sse import DONE, encode_data
 from .stats import StatsBook
@@ -100,9 +100,9 @@ class Engine:
                 await self._stream(request, body, plan, include_usage)
             return
         result: tuple[Route, dict[str, Any]] | None = None
-        async with _cancelled_on_disconnect(request):
-            async with self._race(request, body, plan, stream=False) as (route, winner):
-                result = route, winner.first_chunks[-1]
+        async with (_cancelled_on_disconnect(request),
+                    self._race(request, body, plan, stream=False) as (route, winner)):
+            result = route, winner.first_chunks[-1]
         if result is None:
             return  # the client went away; the upstream calls were cancelled
         route, answer = result
@@ -366,7 +366,7 @@ class Engine:
         raise last
 
 
-class _single:  # noqa: N801 - reads as a function at the call site
+class _single:
     """A JSON answer as a one-item stream, so JSON requests run the same race.
 
     A class, not an async generator: nothing to finalize if the race drops it.

@@ -67,7 +67,9 @@ async def serve_sim(
     await hypercorn_serve(sim, config, task_status=task_status)  # type: ignore[arg-type]
 
 
-async def start_sims(nursery: trio.Nursery, config: Config) -> tuple[Config, dict[str, SimUpstream]]:
+async def start_sims(
+    nursery: trio.Nursery, config: Config
+) -> tuple[Config, dict[str, SimUpstream]]:
     """Start every simulated provider that has no base URL; return the config pointing at them."""
     sims: dict[str, SimUpstream] = {}
     providers = dict(config.providers)

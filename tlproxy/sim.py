@@ -61,7 +61,7 @@ __all__ = [
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a sentence reads better than forty quoted words
     "the proxy routes each request to a model that fits its task and budget while streaming "
     "tokens as soon as the fastest eligible upstream produces them so users see answers sooner "
     "and teams pay for quality only where it matters"
@@ -117,7 +117,7 @@ def example_from_schema(schema: Any, depth: int = 0) -> Any:
     """A plausible value that satisfies a (simple) JSON schema."""
     if not isinstance(schema, dict) or depth > 8:
         return None
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
@@ -204,10 +204,11 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
             tokens = [text[i : i + 4] for i in range(0, len(text), 4)]
         else:
             count = profile.tokens
-            words = [_WORDS[(rng.randrange(len(_WORDS)) + index) % len(_WORDS)] for _ in range(count)]
-            tokens = [words[0].capitalize()] + [" " + w for w in words[1:]]
+            words = [_WORDS[(rng.randrange(len(_WORDS)) + index) % len(_WORDS)]
+                     for _ in range(count)]
+            tokens = [words[0].capitalize(), *(" " + w for w in words[1:])]
             if last.get("role") == "tool":
-                tokens = ["The", " tool", " returned", ":"] + [" " + _text_of(last.get("content"))]
+                tokens = ["The", " tool", " returned", ":", " " + _text_of(last.get("content"))]
         finish = "stop"
         stops = body.get("stop")
         stops = [stops] if isinstance(stops, str) else (stops or [])
@@ -219,7 +220,8 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
         if limit is not None and len(tokens) > limit:
             tokens, finish = tokens[:limit], "length"
         choices.append(ChoicePlan(tokens=tokens, tool_calls=[], finish_reason=finish))
-    completion = sum(len(c.tokens) + sum(len(a) // 4 + 1 for _, _, a in c.tool_calls) for c in choices)
+    completion = sum(len(c.tokens) + sum(len(a) // 4 + 1 for _, _, a in c.tool_calls)
+                     for c in choices)
     return Answer(
         choices=choices,
         prompt_tokens=_prompt_tokens(body),

@@ -196,7 +196,7 @@ class GeminiWire(core.Wire):
         plan = answer.choices[0]
         parts = self._parts(answer)
         if plan.tokens:
-            parts = [{"text": "".join(plan.tokens)}] + parts[len(plan.tokens):]
+            parts = [{"text": "".join(plan.tokens)}, *parts[len(plan.tokens):]]
         return self._response(answer, parts or [{"text": ""}], _FINISH[plan.finish_reason])
 
     def stream(self, answer: core.Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:

@@ -93,7 +93,7 @@ def validate(schema: str, instance: dict[str, Any]) -> None:
     adapters have no fingerprint to give, so they say null (see the adapters'
     unit tests).
     """
-    assert instance.get("system_fingerprint", None) is None
+    assert instance.get("system_fingerprint") is None
     validate_schema(schema, {k: v for k, v in instance.items() if k != "system_fingerprint"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -32,7 +33,10 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 def rows(db: Path) -> list[dict[str, object]]:
-    with sqlite3.connect(db) as conn:
+    """The ledger's rows, oldest first; none while the file does not exist yet."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY ts")]
 
@@ -40,11 +44,10 @@ def rows(db: Path) -> list[dict[str, object]]:
 async def wait_rows(db: Path, count: int, kind: str | None = None) -> list[dict[str, object]]:
     with trio.fail_after(5):
         while True:
-            if db.exists():
-                found = [r for r in await trio.to_thread.run_sync(rows, db)
-                         if kind is None or r["kind"] == kind]
-                if len(found) >= count:
-                    return found
+            found = [r for r in await trio.to_thread.run_sync(rows, db)
+                     if kind is None or r["kind"] == kind]
+            if len(found) >= count:
+                return found
             await trio.sleep(0.05)
 
 
@@ -134,7 +137,7 @@ async def test_shadow_traffic_adds_no_latency_and_is_recorded(nursery: trio.Nurs
         while len(pairs) < 3:
             await trio.sleep(0.1)
             if db.exists():
-                with sqlite3.connect(db) as conn:
+                with contextlib.closing(sqlite3.connect(db)) as conn:
                     pairs = conn.execute("SELECT * FROM shadow_pairs").fetchall()
     shadow_rows = await wait_rows(db, 3, kind="shadow")
     assert all(r["model"] == "slow-shadow" and r["cost_usd"] > 0 for r in shadow_rows)

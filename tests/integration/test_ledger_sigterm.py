@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -84,7 +85,7 @@ async def test_sigterm_mid_load_loses_no_ledger_row(tmp_path: Path, attempt: int
     completed = {request_id for request_id, done in answered.items() if done}
     assert len(completed) >= 16
     assert completed == set(answered), "every stream that began finished with [DONE]"
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         winners = [r[0] for r in conn.execute(
             "SELECT request_id FROM ledger WHERE winner = 1 AND status = 'ok'")]
     assert len(winners) == len(set(winners))

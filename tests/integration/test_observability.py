@@ -41,7 +41,7 @@ async def test_access_log_has_one_line_per_request_with_decision(
         # The line is written once the response is sent, which may be just
         # after the client has read it.
         with trio.fail_after(2):
-            while not any(r.name == "tlproxy.access" for r in caplog.records):
+            while not any(r.name == "tlproxy.access" for r in caplog.records):  # noqa: ASYNC110
                 await trio.sleep(0.01)
     records = [r for r in caplog.records if r.name == "tlproxy.access"]
     assert len(records) == 1

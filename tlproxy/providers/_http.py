@@ -17,7 +17,7 @@ from ..errors import UpstreamError
 from ..sse import SSEDecoder, SSEProtocolError
 from .base import JSON, Chunk
 
-__all__ = ["StreamTranslator", "event_json", "ping", "transport_error", "translate_sse"]
+__all__ = ["StreamTranslator", "event_json", "ping", "translate_sse", "transport_error"]
 
 
 class StreamTranslator(Protocol):

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-__all__ = ["Chunk", "JSON", "Provider"]
+__all__ = ["JSON", "Chunk", "Provider"]
 
 JSON = dict[str, Any]
 Chunk = dict[str, Any]
