@@ -46,6 +46,11 @@ __all__ = ["Engine", "Route", "has_token"]
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
 
+# Attempts the race cut before their first token: their TTFT is longer than
+# the time they ran (right-censored; see `stats.py`). A failure says nothing
+# about TTFT, but a missed first-token deadline does.
+_CUT = frozenset({"lost", "outside-tier", "deadline", "cancelled"})
+
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -244,7 +249,7 @@ class Engine:
                 fanout=policy.fanout,
                 max_attempts=policy.max_attempts,
                 hedge=True,
-                on_record=lambda record: self._on_record(record, request, body, final),
+                on_record=lambda record: self._on_record(record, request, body, final, stream),
                 speculate=policy.speculate_tiers,
             ) as winner:
                 model = models[winner.candidate.key]
@@ -273,13 +278,16 @@ class Engine:
                          first_token_deadline=deadline)
 
     def _on_record(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                   final: dict[str, str]) -> None:
+                   final: dict[str, str], stream: bool) -> None:
         self.accounting.attempt(record, request, body, final["tier"], final["rule"])
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.race.labels(record.outcome, start).inc()
-        if record.first_token_at is not None:
+        # A JSON attempt's "first token" is its whole answer: not a TTFT.
+        if stream and record.first_token_at is not None:
             stats.record_ttft(record.first_token_at - record.started_at)
+        elif stream and record.outcome in _CUT and record.ended_at is not None:
+            stats.record_no_token(record.ended_at - record.started_at)
         if record.outcome in ("failed", "deadline"):
             error = record.error
             if isinstance(error, UpstreamError) and error.status == 429:

@@ -4,10 +4,22 @@ One small object per model. Times are passed in (`now`), never read here, so
 the logic is deterministic under test. What is kept:
 
 * TTFT: an exponentially weighted mean (for ranking) and a ring of the last
-  samples (for quantiles: the hedge delay is a quantile of recent TTFTs).
-  A ring of 256 floats gives exact quantiles of a recent window at a fixed
-  cost, which is what a hedging decision wants; a streaming sketch would only
+  observations (for quantiles: the hedge delay is a quantile of recent TTFTs).
+  A ring of 256 gives exact quantiles of a recent window at a fixed cost,
+  which is what a hedging decision wants; a streaming sketch would only
   matter for far larger windows.
+
+  The ring also holds attempts that ended without a first token because the
+  race cut them (another attempt won, the decision chose another tier, the
+  first-token deadline passed, the client left). Their TTFT is unknown but
+  longer than the time they ran: right-censored. Dropping them would keep
+  only the fast draws of a model that is often raced and cut, and every
+  quantile (so every hedge delay and derived deadline) would come out low.
+  Quantiles are read from the Kaplan-Meier estimate over the window instead;
+  with nothing censored it is the plain nearest-rank quantile. When the
+  censored tail hides the quantile asked for, the answer is the longest time
+  seen: a lower bound, the best the window can say.
+  The mean stays a mean of observed TTFTs.
 * errors: an exponentially weighted failure rate.
 * a breaker: after `failure_threshold` consecutive failures the model is
   skipped for `cooldown` seconds, then one probe request is let through
@@ -16,7 +28,7 @@ the logic is deterministic under test. What is kept:
 
 from __future__ import annotations
 
-import math
+import bisect
 from collections import deque
 
 __all__ = ["ModelStats", "StatsBook"]
@@ -39,18 +51,33 @@ class ModelStats:
         self.attempts = 0
         self.failures = 0
         self.consecutive_failures = 0
-        self._samples: deque[float] = deque(maxlen=window)
+        # (seconds, observed): a TTFT, or a time it was cut without one.
+        self._window: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._observed = 0
+        # The Kaplan-Meier curve of the window, until the next observation.
+        self._curve: tuple[list[float], list[float]] | None = None
         self._opened_at: float | None = None
         self._probing = False
 
     # -- feeding ---------------------------------------------------------
 
     def record_ttft(self, seconds: float) -> None:
-        self._samples.append(seconds)
+        self._observe(seconds, True)
         if self.ttft_ewma is None:
             self.ttft_ewma = seconds
         else:
             self.ttft_ewma += self.alpha * (seconds - self.ttft_ewma)
+
+    def record_no_token(self, seconds: float) -> None:
+        """An attempt cut after `seconds` without a first token: its TTFT is longer."""
+        self._observe(seconds, False)
+
+    def _observe(self, seconds: float, observed: bool) -> None:
+        if len(self._window) == self._window.maxlen and self._window[0][1]:
+            self._observed -= 1
+        self._window.append((seconds, observed))
+        self._observed += observed
+        self._curve = None
 
     def record_success(self) -> None:
         self.attempts += 1
@@ -79,15 +106,47 @@ class ModelStats:
 
     @property
     def samples(self) -> int:
-        return len(self._samples)
+        """Observed TTFTs in the window (cut attempts not counted)."""
+        return self._observed
+
+    @property
+    def cut(self) -> int:
+        """Attempts in the window cut before a first token (censored)."""
+        return len(self._window) - self._observed
 
     def quantile(self, q: float) -> float | None:
-        """The q-quantile of recent TTFTs (nearest rank), or None with no samples."""
-        if not self._samples:
+        """The q-quantile of recent TTFTs, or None before the first one is observed.
+
+        Kaplan-Meier over the window, so attempts cut without a token count
+        as "longer than this". Nearest rank when nothing is censored.
+        """
+        if not self._observed:
             return None
-        ordered = sorted(self._samples)
-        rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-        return ordered[rank]
+        times, cumulative = self._kaplan_meier()
+        # Tolerance: the product of (1 - 1/n) terms lands a hair under k/n.
+        index = bisect.bisect_left(cumulative, q - 1e-9)
+        if index == len(times):
+            return max(seconds for seconds, _ in self._window)
+        return times[index]
+
+    def _kaplan_meier(self) -> tuple[list[float], list[float]]:
+        """Event times, ascending, and the estimated P(TTFT <= t) at each."""
+        if self._curve is None:
+            # At equal times an observation comes before a cut: the cut one
+            # is known to have lasted at least as long.
+            ordered = sorted(self._window, key=lambda item: (item[0], not item[1]))
+            at_risk = len(ordered)
+            survival = 1.0
+            times: list[float] = []
+            cumulative: list[float] = []
+            for seconds, observed in ordered:
+                if observed:
+                    survival *= 1 - 1 / at_risk
+                    times.append(seconds)
+                    cumulative.append(1 - survival)
+                at_risk -= 1
+            self._curve = times, cumulative
+        return self._curve
 
     def state(self, now: float) -> str:
         """"closed", "open" or "half-open"."""

@@ -193,6 +193,11 @@ async def test_speculation_overlaps_the_classifier_with_the_upstream(
     # before its first token (300 ms) was due.
     assert premium.streams_started == 1
     assert await cut.after(start) < 0.300
+    # The live statistics: economy's TTFT observed; premium's only known to be
+    # longer than the ~120 ms it ran (censored), not dropped.
+    stats = running.app.engine.stats
+    assert (stats["econ"].samples, stats["econ"].cut) == (1, 0)
+    assert (stats["prem"].samples, stats["prem"].cut) == (0, 1)
 
 
 async def test_without_speculation_ttft_is_the_sum(nursery: trio.Nursery) -> None:
@@ -253,3 +258,16 @@ async def test_first_token_deadline_falls_back(nursery: trio.Nursery) -> None:
     assert answer.models == {"backup"}
     assert running.sims["fast-sim"].stats.streams_started == 1
     assert 0.200 <= await cut.after(start) < 0.200 + NOISE
+
+
+async def test_json_answers_do_not_feed_the_ttft_statistics(nursery: trio.Nursery) -> None:
+    """A JSON attempt's first chunk is its whole answer: not a time to first token."""
+    running, client = await warmed(nursery, classified_config(speculate=False))
+    async with client:
+        await client.chat.completions.create(
+            model="economy", messages=[{"role": "user", "content": CHITCHAT}])
+        await stream_timed(client, "economy", CHITCHAT)
+    stats = running.app.engine.stats["econ"]
+    assert (stats.samples, stats.cut) == (1, 0)
+    quantile = stats.quantile(0.5)
+    assert quantile is not None and 0.100 <= quantile < 0.100 + NOISE

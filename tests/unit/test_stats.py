@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tlproxy.stats import ModelStats
 
 
@@ -47,3 +53,59 @@ def test_rate_limits_do_not_open_the_breaker() -> None:
         stats.record_throttled()
     assert stats.state(0.0) == "closed"
     assert stats.error_rate > 0.5
+
+
+@pytest.mark.parametrize(
+    ("window", "q", "expected"),
+    [
+        # (seconds, observed). Observed 1, 2, 3; cut at 2.5 and 4. Kaplan-Meier:
+        # F(1) = 0.2, F(2) = 0.4, F(3) = 0.7, then the cut tail hides the rest.
+        ([(1, True), (2, True), (2.5, False), (3, True), (4, False)], 0.2, 1.0),
+        ([(1, True), (2, True), (2.5, False), (3, True), (4, False)], 0.5, 3.0),
+        ([(1, True), (2, True), (2.5, False), (3, True), (4, False)], 0.7, 3.0),
+        # Beyond what the window can see: the longest time, a lower bound.
+        ([(1, True), (2, True), (2.5, False), (3, True), (4, False)], 0.8, 4.0),
+        # Cuts shorter than every TTFT change nothing.
+        ([(0.1, False), (0.2, False), (1, True), (2, True)], 0.5, 1.0),
+        # A cut at the same time as a TTFT may have lasted longer: it is still
+        # at risk at 2, so F(2) = 1/3 (not 1/2, as if it had left before).
+        ([(2, False), (2, True), (3, True)], 0.3, 2.0),
+        ([(2, False), (2, True), (3, True)], 0.5, 3.0),
+        # Nothing observed: no quantile.
+        ([(1, False), (2, False)], 0.5, None),
+    ],
+)
+def test_quantiles_count_cut_attempts_as_longer(
+    window: list[tuple[float, bool]], q: float, expected: float | None
+) -> None:
+    stats = ModelStats()
+    for seconds, observed in window:
+        (stats.record_ttft if observed else stats.record_no_token)(float(seconds))
+    assert stats.quantile(q) == expected
+    assert stats.samples == sum(observed for _, observed in window)
+    assert stats.cut == len(window) - stats.samples
+
+
+@given(st.lists(st.floats(0.001, 60.0), min_size=1, max_size=300),
+       st.floats(0.0, 1.0))
+def test_without_cuts_the_quantile_is_the_nearest_rank(values: list[float], q: float) -> None:
+    stats = ModelStats(window=256)
+    for value in values:
+        stats.record_ttft(value)
+    recent = sorted(values[-256:])
+    rank = min(len(recent) - 1, max(0, math.ceil(q * len(recent)) - 1))
+    assert stats.quantile(q) == recent[rank]
+    assert stats.samples == len(recent)
+
+
+def test_the_window_forgets_old_cuts_and_ttfts_alike() -> None:
+    stats = ModelStats(window=3)
+    stats.record_no_token(5.0)
+    stats.record_ttft(1.0)
+    assert stats.quantile(0.9) == 5.0
+    for value in (2.0, 3.0):
+        stats.record_ttft(value)
+    # The cut at 5 s has left the window: 1, 2, 3 remain.
+    assert (stats.samples, stats.cut, stats.quantile(0.9)) == (3, 0, 3.0)
+    stats.record_no_token(0.5)
+    assert (stats.samples, stats.cut, stats.quantile(1.0)) == (2, 1, 3.0)
