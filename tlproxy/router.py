@@ -145,14 +145,18 @@ class Router:
         if model is not None and model.tier != "embedding":
             raise InvalidRequest(f"The model '{requested}' is not an embedding model.",
                                  param="model", code="model_not_supported")
-        if model is not None:
-            rule, group = "pinned", [m for m in self.config.models if m.id == model.id]
-        else:
-            embedding = [m for m in self.config.models if m.tier == "embedding"]
-            if not embedding:
+        if model is None:
+            model = next((m for m in self.config.models if m.tier == "embedding"), None)
+            if model is None:
                 raise UpstreamError("no embedding model is configured", status=503)
-            # Vectors of different models are not comparable: never mix them.
-            rule, group = "default-embedding", embedding[:1]
+            rule = "default-embedding"
+        else:
+            rule = "pinned"
+        # Vectors of different models are not comparable: an embedding falls
+        # back only to the same upstream model served by another provider.
+        group = [model, *(m for m in self.config.models
+                          if m.tier == "embedding" and m.id != model.id
+                          and m.upstream_id == model.upstream_id and m.provider != model.provider)]
         return Plan(requested=requested, via=rule, tier="embedding", rule=rule, signals=None,
                     trace=[], possible_tiers=["embedding"], candidates=group, excluded=[])
 

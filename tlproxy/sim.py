@@ -608,6 +608,9 @@ class SimUpstream:
         model = body.get("model", "")
         profile = self.profile(model)
         await trio.sleep(self.ttft(profile))
+        if profile.error_rate and self._rng.random() < profile.error_rate:
+            await send_json(send, 503, _error("The server is overloaded.", "server_error"))
+            return
         inputs = body.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
                                        and isinstance(inputs[0], int)):

@@ -8,8 +8,11 @@ import struct
 import httpx
 import openai
 import pytest
+import trio
 
+from tests.integration.conftest import start_proxy
 from tests.openai_schema import validate
+from tlproxy.config import Config, ModelConfig, ProviderConfig, SimModelProfile
 
 
 async def test_embeddings_float(raw: httpx.AsyncClient) -> None:
@@ -127,3 +130,46 @@ async def test_wrong_method_is_405_envelope(raw: httpx.AsyncClient) -> None:
     response = await raw.get("/v1/chat/completions")
     assert response.status_code == 405
     validate("ErrorResponse", response.json())
+
+
+def _embedding_config(*, primary_fails: bool, backup_fails: bool = False) -> Config:
+    """`emb` on a primary and a backup provider, and another embedding model."""
+    def sim(fails: bool) -> ProviderConfig:
+        return ProviderConfig(kind="sim", sim_models={"emb": SimModelProfile(
+            ttft_ms=0.0, error_rate=1.0 if fails else 0.0)})
+
+    return Config(
+        providers={"primary": sim(primary_fails), "backup": sim(backup_fails),
+                   "other": sim(False)},
+        models=[
+            ModelConfig(id="emb", provider="primary", tier="embedding"),
+            ModelConfig(id="other-emb", upstream_model="other", provider="other",
+                        tier="embedding"),
+            ModelConfig(id="emb-backup", upstream_model="emb", provider="backup",
+                        tier="embedding"),
+            ModelConfig(id="chat", provider="other", tier="economy"),
+        ])
+
+
+@pytest.mark.parametrize(("primary_fails", "served_by"), [(False, "emb"), (True, "emb-backup")])
+async def test_embeddings_fall_back_to_the_same_model_elsewhere(
+    nursery: trio.Nursery, primary_fails: bool, served_by: str
+) -> None:
+    running = await start_proxy(nursery, _embedding_config(primary_fails=primary_fails))
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="k",
+                                  max_retries=0) as client:
+        raw = await client.embeddings.with_raw_response.create(model="emb", input="hello")
+    assert raw.headers["x-tlproxy-model"] == served_by
+    assert len(raw.parse().data[0].embedding) == 256
+    assert running.sims["other"].stats.last_body is None, "never another model"
+
+
+async def test_embeddings_never_fall_back_to_another_model(nursery: trio.Nursery) -> None:
+    running = await start_proxy(nursery, _embedding_config(primary_fails=True,
+                                                           backup_fails=True))
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="k",
+                                  max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as failed:
+            await client.embeddings.create(model="emb", input="hello")
+    assert failed.value.status_code == 503
+    assert running.sims["other"].stats.last_body is None

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlproxy.catalog import default_config
-from tlproxy.config import ClientKey, Condition, Config, Policy, Rule
+from tlproxy.config import ClientKey, Condition, Config, ModelConfig, Policy, Rule
 from tlproxy.errors import ProxyError
 from tlproxy.policy import Signals, decide, extract_signals, possible_tiers
 from tlproxy.router import Router
@@ -192,3 +192,32 @@ def test_signal_extraction_never_raises(body: dict[str, Any]) -> None:
     signals = extract_signals(body)
     assert isinstance(signals, Signals)
     assert decide(Policy(), signals).tier in possible_tiers(Policy(), signals)
+
+
+EMBEDDING_MODELS = [
+    ModelConfig(id="small", upstream_model="text-embedding-3-small", provider="openai",
+                tier="embedding"),
+    ModelConfig(id="large", upstream_model="text-embedding-3-large", provider="openai",
+                tier="embedding"),
+    ModelConfig(id="small-eu", upstream_model="text-embedding-3-small", provider="openai-eu",
+                tier="embedding"),
+    # Same provider and upstream model as `small`: not "elsewhere".
+    ModelConfig(id="small-again", upstream_model="text-embedding-3-small", provider="openai",
+                tier="embedding"),
+    ModelConfig(id="large-eu", upstream_model="text-embedding-3-large", provider="openai-eu",
+                tier="embedding"),
+]
+
+
+@pytest.mark.parametrize(("requested", "rule", "candidates"), [
+    ("small", "pinned", ["small", "small-eu"]),
+    ("large", "pinned", ["large", "large-eu"]),
+    ("small-eu", "pinned", ["small-eu", "small", "small-again"]),
+    ("text-embedding-ada-002", "default-embedding", ["small", "small-eu"]),
+])
+def test_embeddings_fall_back_only_to_the_same_model_elsewhere(
+    requested: str, rule: str, candidates: list[str]
+) -> None:
+    plan = Router(Config(models=EMBEDDING_MODELS), StatsBook()).plan_embedding(requested)
+    assert plan.rule == rule
+    assert [m.id for m in plan.candidates] == candidates
