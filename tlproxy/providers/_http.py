@@ -1,4 +1,5 @@
-"""I/O pieces the adapters share: transport errors, readiness pings, SSE translation.
+"""I/O pieces the adapters share: the client they hold, transport and status errors,
+readiness pings, JSON answers, SSE translation.
 
 Third-party exceptions become `UpstreamError` here, at the boundary, and
 nowhere else.
@@ -15,9 +16,55 @@ import orjson
 
 from ..errors import UpstreamError
 from ..sse import SSEDecoder, SSEProtocolError
-from .base import JSON, Chunk
+from .base import JSON, Chunk, Provider
 
-__all__ = ["StreamTranslator", "event_json", "ping", "translate_sse", "transport_error"]
+__all__ = [
+    "HTTPProvider",
+    "StreamTranslator",
+    "credentials_rejected",
+    "event_json",
+    "json_answer",
+    "ping",
+    "rate_limited",
+    "request_refused",
+    "translate_sse",
+    "transport_error",
+    "unavailable",
+    "upstream_timeout",
+]
+
+
+class HTTPProvider(Provider):
+    """An adapter over one pooled httpx client: what every adapter's constructor sets up.
+
+    ``client`` is the caller's and stays open unless ``owns_client``. Every
+    request sends JSON, with ``headers`` after the content type; a header
+    without a value (no API key configured) is left out. ``ping_url`` is any
+    cheap URL of the upstream, asked for readiness.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        client: httpx.AsyncClient,
+        owns_client: bool,
+        ping_url: str,
+        headers: Mapping[str, str | None],
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._owns_client = owns_client
+        self._ping_url = ping_url
+        self._headers = {"content-type": "application/json"}
+        self._headers.update({k: v for k, v in headers.items() if v})
+
+    async def ping(self) -> bool:
+        return await ping(self._client, self._ping_url, self._headers)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
 
 
 class StreamTranslator(Protocol):
@@ -37,6 +84,69 @@ def transport_error(exc: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(
         f"could not reach the upstream provider ({type(exc).__name__})", status=502
     )
+
+
+# What an upstream's HTTP status means for our client, where the adapters agree.
+
+
+def rate_limited(message: str, status: int, retry_after: str | None) -> UpstreamError:
+    """The upstream rate-limited us: 429, keeping its ``retry-after``."""
+    return UpstreamError(
+        message,
+        status=429,
+        code="rate_limit_exceeded",
+        type="rate_limit_error",
+        retry_after=retry_after,
+        upstream_status=status,
+    )
+
+
+def credentials_rejected(status: int) -> UpstreamError:
+    """The upstream refused *our* credentials: the client did nothing wrong.
+
+    502 and retryable, so another candidate can serve.
+    """
+    return UpstreamError(
+        "the upstream provider rejected the proxy's credentials",
+        status=502,
+        upstream_status=status,
+    )
+
+
+def request_refused(message: str, status: int) -> UpstreamError:
+    """The request itself is wrong for this model: 400 (or 413), not retried."""
+    return UpstreamError(
+        message,
+        status=413 if status == 413 else 400,
+        retryable=False,
+        type="invalid_request_error",
+        upstream_status=status,
+    )
+
+
+def upstream_timeout(message: str, status: int) -> UpstreamError:
+    """The upstream gave up waiting (408, 504): 504."""
+    return UpstreamError(message, status=504, code="timeout", upstream_status=status)
+
+
+def unavailable(
+    message: str, status: int, retry_after: str | None, kind: str = "service_unavailable"
+) -> UpstreamError:
+    """The upstream is overloaded or down: 503, keeping its ``retry-after``."""
+    return UpstreamError(
+        message, status=503, retry_after=retry_after, upstream_status=status, type=kind
+    )
+
+
+def json_answer(content: bytes) -> JSON:
+    """A 2xx body that must be a JSON object; anything else is the upstream's fault (502)."""
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the upstream provider sent invalid JSON", status=502) from None
+    if not isinstance(answer, dict):
+        raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
+    return answer
 
 
 async def ping(client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> bool:

@@ -6,13 +6,27 @@ field, as the client wrote it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InvalidRequest
 from .base import JSON
 
-__all__ = ["function_tools", "plain_text"]
+__all__ = [
+    "DATA_URL",
+    "assistant_tool_calls",
+    "function_tools",
+    "max_tokens",
+    "plain_text",
+    "reject_logprobs",
+    "response_schema",
+    "stop_sequences",
+]
+
+# A base64 data URL, as clients inline images, audio and files: the media type
+# (absent in some clients' URLs) and the payload.
+DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*;base64,(?P<data>.*)", re.S)
 
 
 def plain_text(content: Any, where: str) -> str:
@@ -64,3 +78,61 @@ def function_tools(body: JSON) -> Iterator[tuple[JSON, dict[str, Any] | None]]:
                     "parameters must be a JSON Schema object", param=f"{at}.parameters"
                 )
             yield fn, schema
+
+
+def assistant_tool_calls(msg: JSON, where: str) -> Iterator[tuple[JSON, str]]:
+    """Each tool call of an assistant message, checked to be a function call.
+
+    Yields the call object and its path (``messages[i].tool_calls[j]``).
+    """
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise InvalidRequest("tool_calls must be an array", param=f"{where}.tool_calls")
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            raise InvalidRequest("only function tool calls are supported", param=f"{at}.type")
+        yield call, at
+
+
+def reject_logprobs(body: JSON) -> None:
+    """Refuse ``logprobs`` and ``top_logprobs``, which the native protocols cannot return."""
+    for field in ("logprobs", "top_logprobs"):
+        if body.get(field) not in (None, False):
+            raise InvalidRequest("logprobs are not supported by this model's provider", param=field)
+
+
+def max_tokens(body: JSON) -> int | None:
+    """The output limit: ``max_completion_tokens``, else the legacy ``max_tokens``, else None."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidRequest(f"{field} must be a positive integer", param=field)
+        return value
+    return None
+
+
+def stop_sequences(body: JSON) -> list[str] | None:
+    """``stop`` as a list of strings (non-strings dropped); None when there is none."""
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and stop:
+        return [s for s in stop if isinstance(s, str)]
+    return None
+
+
+def response_schema(fmt: Any) -> JSON:
+    """The JSON Schema of a ``response_format`` of type ``json_schema``."""
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            "response_format.json_schema.schema must be an object",
+            param="response_format.json_schema.schema",
+        )
+    return schema

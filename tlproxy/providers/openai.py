@@ -17,8 +17,14 @@ import orjson
 
 from ..errors import UpstreamError
 from ..sse import SSEDecoder
-from ._http import ping, transport_error
-from .base import JSON, Chunk, Provider
+from ._http import (
+    HTTPProvider,
+    credentials_rejected,
+    json_answer,
+    transport_error,
+    unavailable,
+)
+from .base import JSON, Chunk
 
 __all__ = ["OpenAIProvider", "map_openai_error", "map_transport_error"]
 
@@ -46,9 +52,7 @@ def map_openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> Up
                              retry_after=retry_after, upstream_status=status,
                              type=kind or "rate_limit_error")
     if status in (401, 403):
-        # The upstream refused *our* credentials: the client did nothing wrong.
-        return UpstreamError("the upstream provider rejected the proxy's credentials",
-                             status=502, upstream_status=status)
+        return credentials_rejected(status)
     if 400 <= status < 500 and status != 408:
         # The request itself is wrong for this model; another candidate would
         # refuse it too, so it is not retried and keeps OpenAI's status.
@@ -56,15 +60,14 @@ def map_openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> Up
                              code=code, retryable=False, upstream_status=status,
                              type=kind or "invalid_request_error", param=param)
     if status in (503, 529):
-        return UpstreamError(message, status=503, retry_after=retry_after,
-                             upstream_status=status, type="service_unavailable")
+        return unavailable(message, status, retry_after)
     return UpstreamError(message, status=502, upstream_status=status)
 
 
 map_transport_error = transport_error
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider):
     kind = "openai"
 
     def __init__(
@@ -76,16 +79,16 @@ class OpenAIProvider(Provider):
         client: httpx.AsyncClient,
         owns_client: bool = False,
     ) -> None:
-        self.name = name
-        self._client = client
-        self._owns_client = owns_client
-        self._models_url = base_url.rstrip("/") + "/models"
         base = base_url.rstrip("/")
+        super().__init__(
+            name,
+            client=client,
+            owns_client=owns_client,
+            ping_url=base + "/models",
+            headers={"authorization": f"Bearer {api_key}" if api_key else None},
+        )
         self._chat_url = base + "/chat/completions"
         self._embed_url = base + "/embeddings"
-        self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
 
     def _body(self, body: JSON, model: str, *, stream: bool) -> bytes:
         out = dict(body)
@@ -109,7 +112,7 @@ class OpenAIProvider(Provider):
             raise map_transport_error(exc) from None
         if response.status_code != 200:
             raise map_openai_error(response.status_code, response.content, response.headers)
-        return _json_answer(response.content)
+        return json_answer(response.content)
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
@@ -136,13 +139,6 @@ class OpenAIProvider(Provider):
         finally:
             await response.aclose()
 
-    async def ping(self) -> bool:
-        return await ping(self._client, self._models_url, self._headers)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
     async def embed(self, body: JSON, *, model: str) -> JSON:
         out = dict(body)
         out["model"] = model
@@ -154,17 +150,7 @@ class OpenAIProvider(Provider):
             raise map_transport_error(exc) from None
         if response.status_code != 200:
             raise map_openai_error(response.status_code, response.content, response.headers)
-        return _json_answer(response.content)
-
-
-def _json_answer(content: bytes) -> JSON:
-    try:
-        answer = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("the upstream provider sent invalid JSON", status=502) from None
-    if not isinstance(answer, dict):
-        raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
-    return answer
+        return json_answer(response.content)
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[Chunk, None]:

@@ -1,0 +1,146 @@
+"""The adapters' public names, and the pieces they share.
+
+`tlproxy.providers.anthropic` and `tlproxy.providers.gemini` are packages split
+by concern (request, answer, adapter); what callers import from them is locked
+here, so a later move cannot drop a name silently.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tlproxy.errors import InvalidRequest
+from tlproxy.providers import _envelopes, _shapes, anthropic, gemini
+from tlproxy.providers._http import HTTPProvider
+from tlproxy.providers.anthropic import AnthropicProvider
+from tlproxy.providers.gemini import GeminiProvider
+from tlproxy.providers.openai import OpenAIProvider
+
+PUBLIC = {
+    anthropic: {
+        "ANTHROPIC_VERSION",
+        "AnthropicProvider",
+        "AnthropicStreamTranslator",
+        "from_anthropic_response",
+        "map_anthropic_error",
+        "to_anthropic_request",
+    },
+    gemini: {
+        "GeminiProvider",
+        "GeminiStreamTranslator",
+        "from_gemini_embed_response",
+        "from_gemini_response",
+        "map_gemini_error",
+        "to_gemini_embed_request",
+        "to_gemini_request",
+    },
+}
+
+
+@pytest.mark.parametrize("module", list(PUBLIC), ids=lambda m: m.__name__)
+def test_adapter_packages_export_the_names_callers_import(module: object) -> None:
+    assert set(module.__all__) == PUBLIC[module]  # type: ignore[attr-defined]
+    for name in PUBLIC[module]:
+        assert getattr(module, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("adapter", "api_key", "auth"),
+    [
+        (OpenAIProvider, "k", {"authorization": "Bearer k"}),
+        (AnthropicProvider, "k", {"anthropic-version": "2023-06-01", "x-api-key": "k"}),
+        (AnthropicProvider, "", {"anthropic-version": "2023-06-01"}),
+        (GeminiProvider, "k", {"x-goog-api-key": "k"}),
+        (GeminiProvider, None, {}),
+        (OpenAIProvider, None, {}),
+    ],
+)
+async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
+    adapter: type[HTTPProvider], api_key: str | None, auth: dict[str, str]
+) -> None:
+    pinged: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        pinged.append(request)
+        return httpx.Response(401)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    provider = adapter("p", base_url="http://up/v1", api_key=api_key, client=client)
+    assert isinstance(provider, HTTPProvider)
+    assert provider.name == "p"
+    assert await provider.ping()  # any answer, even 401, means the upstream is there
+    assert pinged[0].url.path.endswith("/models")
+    ours = ("content-type", "authorization", "anthropic-version", "x-api-key", "x-goog-api-key")
+    sent = {k: v for k, v in pinged[0].headers.items() if k in ours}
+    assert sent == {"content-type": "application/json", **auth}
+    await provider.aclose()
+    assert not client.is_closed  # the caller's client, unless owns_client
+    owned = adapter("p", base_url="http://up", api_key=None, client=client, owns_client=True)
+    await owned.aclose()
+    assert client.is_closed
+
+
+def test_assistant_message_content_is_null_only_beside_tool_calls() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    assert _envelopes.assistant_message("", []) == {
+        "role": "assistant",
+        "content": "",
+        "refusal": None,
+        "annotations": [],
+    }
+    with_call = _envelopes.assistant_message("", [call])
+    assert with_call["content"] is None
+    assert with_call["tool_calls"] == [call]
+
+
+def test_chunks_carry_null_usage_only_when_usage_was_asked_for() -> None:
+    plain = _envelopes.completion_chunk("id", created=1, model="m", delta={}, include_usage=False)
+    asked = _envelopes.completion_chunk("id", created=1, model="m", delta={}, include_usage=True)
+    assert "usage" not in plain
+    assert asked["usage"] is None
+    usage = _envelopes.openai_usage(prompt=3, completion=2, cached=1, reasoning=1)
+    last = _envelopes.usage_chunk("id", created=1, model="m", usage=usage)
+    assert last["choices"] == []
+    assert last["usage"]["total_tokens"] == 5
+    assert list(last) == list(asked)  # same keys, in the same order
+
+
+def test_unknown_finish_reasons_read_as_stop() -> None:
+    assert _envelopes.finish_reason({"MAX_TOKENS": "length"}, "MAX_TOKENS") == "length"
+    assert _envelopes.finish_reason({"MAX_TOKENS": "length"}, None) == "stop"
+
+
+def test_token_counts_ignore_what_is_not_an_integer() -> None:
+    assert _envelopes.count({"a": 3, "b": "4"}, "a") == 3
+    assert _envelopes.count({"a": 3, "b": "4"}, "b") == 0
+    assert _envelopes.count(None, "a") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({}, None),
+        ({"max_tokens": 5}, 5),
+        ({"max_tokens": 5, "max_completion_tokens": 7}, 7),
+    ],
+)
+def test_max_completion_tokens_wins_over_the_legacy_field(
+    body: dict[str, int], expected: int | None
+) -> None:
+    assert _shapes.max_tokens(body) == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "5", 1.5])
+def test_max_tokens_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _shapes.max_tokens({"max_tokens": value})
+    assert info.value.param == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [(None, None), ("x", ["x"]), ([], None), (["a", 1, "b"], ["a", "b"])],
+)
+def test_stop_sequences(stop: object, expected: list[str] | None) -> None:
+    assert _shapes.stop_sequences({"stop": stop}) == expected

@@ -1,0 +1,262 @@
+"""Anthropic Messages answers as OpenAI ones (pure: dicts in, dicts out).
+
+A whole Message becomes a ``chat.completion``; a stream is a sequence of typed
+events (``message_start``, content blocks, ``message_delta``,
+``message_stop``) that becomes ``chat.completion.chunk`` dicts. Content blocks
+are numbered across text and tool use; OpenAI numbers tool calls alone, so the
+translator keeps its own count. A stream without ``message_stop`` was cut, and
+says so. Non-2xx answers and stream ``error`` events become `UpstreamError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ...errors import UpstreamError
+from .._envelopes import (
+    ROLE_DELTA,
+    assistant_message,
+    chat_completion,
+    choice,
+    completion_chunk,
+    count,
+    finish_reason,
+    openai_usage,
+    usage_chunk,
+)
+from .._http import (
+    credentials_rejected,
+    rate_limited,
+    request_refused,
+    unavailable,
+    upstream_timeout,
+)
+from ..base import JSON, Chunk
+
+__all__ = ["AnthropicStreamTranslator", "from_anthropic_response", "map_anthropic_error"]
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# What a stream `error` event's type means for the client (HTTP statuses of
+# the same types come from `map_anthropic_error`).
+_STREAM_ERROR_STATUS = {"overloaded_error": 503, "rate_limit_error": 429, "api_error": 502}
+
+
+def from_anthropic_response(resp: JSON, *, model: str, created: int) -> JSON:
+    """Translate a Messages response into an OpenAI ``chat.completion``.
+
+    Text blocks are joined; ``tool_use`` blocks become ``tool_calls`` (the key
+    is omitted when there are none, and ``content`` is null when only tool
+    calls came back). Thinking blocks are not forwarded. Raises
+    `UpstreamError` (502) when the answer is not a Message.
+    """
+    content = resp.get("content") if isinstance(resp, dict) else None
+    if not isinstance(content, list):
+        raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
+    texts: list[str] = []
+    calls: list[JSON] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            fn = {"name": str(block.get("name", "")), "arguments": arguments}
+            calls.append({"id": str(block.get("id", "")), "type": "function", "function": fn})
+    message = assistant_message("".join(texts), calls)
+    finish = finish_reason(_FINISH_REASONS, resp.get("stop_reason"))
+    return chat_completion(
+        _completion_id(resp.get("id")),
+        created=created,
+        model=model,
+        choices=[choice(0, message, finish)],
+        usage=_usage(resp.get("usage")),
+    )
+
+
+def _completion_id(message_id: Any) -> str:
+    suffix = message_id.removeprefix("msg_") if isinstance(message_id, str) else ""
+    return "chatcmpl-" + (suffix or "anthropic")
+
+
+def _usage(usage: Any) -> JSON:
+    cached = count(usage, "cache_read_input_tokens")
+    # Anthropic's input_tokens excludes cache reads and writes; OpenAI's
+    # prompt_tokens is the whole prompt, with the cached part broken out.
+    prompt = count(usage, "input_tokens") + cached + count(usage, "cache_creation_input_tokens")
+    return openai_usage(prompt=prompt, completion=count(usage, "output_tokens"), cached=cached)
+
+
+class AnthropicStreamTranslator:
+    """Turns Messages stream events into OpenAI ``chat.completion.chunk`` dicts.
+
+    Feed it each event's name and decoded data in order. It emits the role
+    chunk at ``message_start``, one chunk per text or tool-argument delta, and
+    at ``message_stop`` the chunk carrying ``finish_reason`` and, when
+    ``include_usage``, a last chunk with ``choices: []`` and the usage. Tool
+    calls are numbered 0, 1, ... among tool calls only. ``ping``, thinking and
+    unknown events produce nothing; an ``error`` event raises `UpstreamError`.
+    """
+
+    def __init__(self, *, model: str, created: int, include_usage: bool = True) -> None:
+        self._model = model
+        self._created = created
+        self._include_usage = include_usage
+        self._id = "chatcmpl-anthropic"
+        self._started = False
+        self._finished = False
+        self._stop_reason: str | None = None
+        self._usage: JSON = {}
+        # content block index -> [tool call index, whether arguments were sent]
+        self._tools: dict[int, list[Any]] = {}
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``message_stop`` was seen: a stream ending before that was cut."""
+        return self._finished
+
+    def feed(self, event: str | None, data: JSON) -> list[Chunk]:
+        """Translate one event; returns zero or more chunks."""
+        kind = data.get("type") or event
+        if self._finished or kind == "ping":
+            return []
+        if kind == "error":
+            raise _stream_error(data.get("error"))
+        out: list[Chunk] = []
+        if kind == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            self._id = _completion_id(message.get("id"))
+            self._merge_usage(message.get("usage"))
+        elif kind == "content_block_start":
+            self._block_start(data, out)
+        elif kind == "content_block_delta":
+            self._block_delta(data, out)
+        elif kind == "content_block_stop":
+            tool = self._tools.get(data.get("index", -1))
+            if tool is not None and not tool[1]:
+                # A call without arguments still needs valid JSON for the client.
+                out.append(self._chunk(self._arguments(tool, "{}")))
+        elif kind == "message_delta":
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            self._stop_reason = delta.get("stop_reason") or self._stop_reason
+            self._merge_usage(data.get("usage"))
+        elif kind == "message_stop":
+            self._finished = True
+            out.append(self._chunk({}, finish_reason(_FINISH_REASONS, self._stop_reason)))
+            if self._include_usage:
+                out.append(
+                    usage_chunk(
+                        self._id,
+                        created=self._created,
+                        model=self._model,
+                        usage=_usage(self._usage),
+                    )
+                )
+        if not self._started and (out or kind == "message_start"):
+            self._started = True
+            out.insert(0, self._chunk(dict(ROLE_DELTA)))
+        return out
+
+    def close(self) -> list[Chunk]:
+        """End of input: everything was already emitted at ``message_stop``."""
+        return []
+
+    def _block_start(self, data: JSON, out: list[Chunk]) -> None:
+        block = data.get("content_block")
+        if not isinstance(block, dict):
+            return
+        if block.get("type") == "text" and block.get("text"):
+            out.append(self._chunk({"content": block["text"]}))
+        elif block.get("type") == "tool_use":
+            tool = [len(self._tools), False]
+            self._tools[data.get("index", -1)] = tool
+            fn = {"name": str(block.get("name", "")), "arguments": ""}
+            call = {"index": tool[0], "id": str(block.get("id", "")), "type": "function"}
+            out.append(self._chunk({"tool_calls": [{**call, "function": fn}]}))
+            if block.get("input"):
+                out.append(
+                    self._chunk(self._arguments(tool, orjson.dumps(block["input"]).decode()))
+                )
+
+    def _block_delta(self, data: JSON, out: list[Chunk]) -> None:
+        delta = data.get("delta")
+        if not isinstance(delta, dict):
+            return
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            out.append(self._chunk({"content": delta["text"]}))
+        elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+            tool = self._tools.get(data.get("index", -1))
+            if tool is not None:
+                out.append(self._chunk(self._arguments(tool, delta["partial_json"])))
+        # thinking_delta, signature_delta and citations are not forwarded.
+
+    def _arguments(self, tool: list[Any], fragment: str) -> JSON:
+        tool[1] = True
+        return {"tool_calls": [{"index": tool[0], "function": {"arguments": fragment}}]}
+
+    def _merge_usage(self, usage: Any) -> None:
+        # message_delta counts are cumulative: later values replace earlier ones.
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+
+    def _chunk(self, delta: JSON, finish: str | None = None) -> Chunk:
+        return completion_chunk(
+            self._id,
+            created=self._created,
+            model=self._model,
+            delta=delta,
+            finish=finish,
+            include_usage=self._include_usage,
+        )
+
+
+def _stream_error(error: Any) -> UpstreamError:
+    error = error if isinstance(error, dict) else {}
+    kind = str(error.get("type", "api_error"))
+    message = str(error.get("message") or "the upstream provider failed mid-stream")
+    return UpstreamError(message, status=_STREAM_ERROR_STATUS.get(kind, 502), type=kind)
+
+
+def map_anthropic_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """An Anthropic non-2xx answer, as the error our client should see.
+
+    Upstream 401/403 (and 404, an unknown model id) are the proxy's
+    configuration problem, not the client's: 502 and retryable, so another
+    candidate can serve. Other 4xx are the request's fault: 400 (or 413),
+    not retried. 429 keeps ``retry-after``; 5xx and 529 become 503.
+    """
+    message, kind = f"upstream answered HTTP {status}", None
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        kind = error.get("type") if isinstance(error.get("type"), str) else None
+    retry_after = headers.get("retry-after")
+    if status == 429:
+        return rate_limited(message, status, retry_after)
+    if status in (401, 403):
+        return credentials_rejected(status)
+    if status == 404:
+        return UpstreamError(
+            f"the upstream provider does not know this model: {message}",
+            status=502,
+            upstream_status=status,
+        )
+    if status == 408:
+        return upstream_timeout(message, status)
+    if 400 <= status < 500:
+        return request_refused(message, status)
+    return unavailable(message, status, retry_after, kind or "service_unavailable")
