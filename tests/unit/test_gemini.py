@@ -385,6 +385,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"messages": [USER], "response_format": {"type": "xml"}},
         "response_format.type",
     ),
+    ("bare_string_format", {"messages": [USER], "response_format": "json_schema"},
+     "response_format"),
 ]
 
 

@@ -292,7 +292,9 @@ def _generation_config(body: JSON) -> JSON:
     if stop is not None:
         out["stopSequences"] = stop
     fmt = body.get("response_format")
-    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if fmt is not None and not isinstance(fmt, dict):
+        raise InvalidRequest("'response_format' must be an object", param="response_format")
+    kind = fmt.get("type") if fmt is not None else None
     if kind == "json_schema":
         schema = response_schema(fmt)
         out["responseMimeType"] = "application/json"
