@@ -16,6 +16,7 @@ from .base import JSON
 __all__ = [
     "DATA_URL",
     "assistant_tool_calls",
+    "conversation",
     "function_tools",
     "max_tokens",
     "plain_text",
@@ -27,6 +28,28 @@ __all__ = [
 # A base64 data URL, as clients inline images, audio and files: the media type
 # (absent in some clients' URLs) and the payload.
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*;base64,(?P<data>.*)", re.S)
+
+
+def conversation(raw: Any, system: list[str]) -> Iterator[tuple[int, str, Any, JSON]]:
+    """The messages that are not instructions, in order, as (index, path, role, message).
+
+    System and developer messages add their text to `system` as they come;
+    a protocol with one place for instructions gathers them there. Checked
+    lazily, so the first mistake in message order is the one reported.
+    """
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("messages must be a non-empty array", param="messages")
+    for i, msg in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise InvalidRequest(f"{where} must be an object", param=where)
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            text = plain_text(msg.get("content"), where)
+            if text:
+                system.append(text)
+        else:
+            yield i, where, role, msg
 
 
 def plain_text(content: Any, where: str) -> str:

@@ -28,6 +28,7 @@ from ...errors import InvalidRequest
 from .._shapes import (
     DATA_URL,
     assistant_tool_calls,
+    conversation,
     function_tools,
     max_tokens,
     plain_text,
@@ -101,21 +102,11 @@ def _reject_unsupported(body: JSON) -> None:
 
 
 def _messages(raw: Any) -> tuple[list[str], list[JSON]]:
-    if not isinstance(raw, list) or not raw:
-        raise InvalidRequest("messages must be a non-empty array", param="messages")
     system: list[str] = []
     turns: list[JSON] = []
     legacy_id: str | None = None  # the id given to the last legacy function_call
-    for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise InvalidRequest(f"{where} must be an object", param=where)
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            text = plain_text(msg.get("content"), where)
-            if text:
-                system.append(text)
-        elif role == "user":
+    for i, where, role, msg in conversation(raw, system):
+        if role == "user":
             _append(turns, "user", _user_blocks(msg.get("content"), where))
         elif role == "assistant":
             blocks, legacy = _assistant_blocks(msg, where, i)

@@ -23,6 +23,7 @@ from ...errors import InvalidRequest
 from .._shapes import (
     DATA_URL,
     assistant_tool_calls,
+    conversation,
     function_tools,
     max_tokens,
     plain_text,
@@ -90,22 +91,12 @@ def _needs_signatures(model: str) -> bool:
 
 
 def _contents(raw: Any) -> tuple[list[str], list[JSON]]:
-    if not isinstance(raw, list) or not raw:
-        raise InvalidRequest("messages must be a non-empty array", param="messages")
     system: list[str] = []
     contents: list[JSON] = []
     names: dict[str, str] = {}  # tool call id -> function name, for functionResponse
     legacy_name: str | None = None
-    for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise InvalidRequest(f"{where} must be an object", param=where)
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            text = plain_text(msg.get("content"), where)
-            if text:
-                system.append(text)
-        elif role == "user":
+    for _, where, role, msg in conversation(raw, system):
+        if role == "user":
             _append(contents, "user", _user_parts(msg.get("content"), where))
         elif role == "assistant":
             parts, legacy = _model_parts(msg, where, names)
