@@ -7,10 +7,9 @@ against OpenAI's published schemas.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.openai_schema import validate as validate_schema
+from tests.unit.adapter_support import (
+    ROLE,
+    USER,
+    Handler,
+    Recordings,
+    Split,
+    openai_messages,
+    usage,
+    validate,
+)
+from tests.unit.adapter_support import collect as collect_chunks
 from tlproxy.errors import InvalidRequest, UpstreamError
 from tlproxy.providers.anthropic import (
     AnthropicProvider,
@@ -27,37 +36,10 @@ from tlproxy.providers.anthropic import (
     map_anthropic_error,
     to_anthropic_request,
 )
-from tlproxy.sse import SSEDecoder
 
-DATA = Path(__file__).parent.parent / "data" / "anthropic"
-USER = {"role": "user", "content": "Hi"}
-ROLE = {"role": "assistant", "content": "", "refusal": None}
-NO_DETAILS = {
-    "reasoning_tokens": 0,
-    "audio_tokens": 0,
-    "accepted_prediction_tokens": 0,
-    "rejected_prediction_tokens": 0,
-}
-
-
-def validate(schema: str, instance: dict[str, Any]) -> None:
-    """OpenAI's schema, except for ``system_fingerprint: null``.
-
-    The published spec types the fingerprint as a string, yet OpenAI sends null
-    for models without one and the SDKs type it ``Optional[str]``; this
-    adapter has no fingerprint to give, so it says null.
-    """
-    assert instance.get("system_fingerprint") is None
-    validate_schema(schema, {k: v for k, v in instance.items() if k != "system_fingerprint"})
-
-
-def fixture(name: str) -> Any:
-    return json.loads((DATA / name).read_text())
-
-
-def events(name: str) -> list[tuple[str | None, dict[str, Any]]]:
-    decoder = SSEDecoder()
-    return [(e.event, json.loads(e.data)) for e in decoder.feed((DATA / name).read_bytes())]
+DATA = Recordings("anthropic")
+fixture, events = DATA.json, DATA.events
+collect = functools.partial(collect_chunks, model="claude-up")
 
 
 def translate(name: str, **kwargs: Any) -> list[dict[str, Any]]:
@@ -65,16 +47,6 @@ def translate(name: str, **kwargs: Any) -> list[dict[str, Any]]:
     chunks = [c for event, data in events(name) for c in translator.feed(event, data)]
     assert translator.finished
     return chunks
-
-
-def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": NO_DETAILS,
-    }
 
 
 def text(value: str) -> dict[str, str]:
@@ -727,7 +699,7 @@ ERRORS: list[tuple[int, bytes, dict[str, str], int, bool, str]] = [
         True,
         "upstream_error",
     ),
-    (404, (DATA / "error_not_found.json").read_bytes(), {}, 502, True, "upstream_error"),
+    (404, DATA.bytes("error_not_found.json"), {}, 502, True, "upstream_error"),
     (
         413,
         b'{"type":"error","error":{"type":"request_too_large","message":"too large"}}',
@@ -752,7 +724,7 @@ ERRORS: list[tuple[int, bytes, dict[str, str], int, bool, str]] = [
         True,
         "api_error",
     ),
-    (529, (DATA / "error_overloaded.json").read_bytes(), {}, 503, True, "overloaded_error"),
+    (529, DATA.bytes("error_overloaded.json"), {}, 503, True, "overloaded_error"),
     (502, b"<html>bad gateway</html>", {}, 503, True, "service_unavailable"),
 ]
 
@@ -790,46 +762,12 @@ def test_error_messages_are_redacted() -> None:
 
 # ---------------------------------------------------------------- property
 
-TEXT = st.text(max_size=12)
-PARTS = st.lists(
-    st.one_of(
-        st.builds(lambda t: {"type": "text", "text": t}, TEXT),
-        st.builds(
-            lambda u: {"type": "image_url", "image_url": {"url": u}},
-            st.sampled_from(
-                ["https://x/y.png", "data:image/png;base64,AA==", "ftp://x", "data:,x"]
-            ),
-        ),
-        st.builds(lambda t: {"type": t}, st.sampled_from(["input_audio", "file", "video"])),
-    ),
-    max_size=3,
-)
-CONTENT = st.one_of(st.none(), TEXT, PARTS)
-CALLS = st.lists(
-    st.builds(
-        lambda i, a: {"id": i, "type": "function", "function": {"name": "f", "arguments": a}},
-        st.sampled_from(["call_1", "call 2", ""]),
-        st.sampled_from(["{}", '{"a":1}', "", "{", "[]"]),
-    ),
-    max_size=2,
-)
-MESSAGE = st.one_of(
-    st.builds(
-        lambda r, c: {"role": r, "content": c},
-        st.sampled_from(["system", "developer", "user", "assistant"]),
-        CONTENT,
-    ),
-    st.builds(lambda c, k: {"role": "assistant", "content": c, "tool_calls": k}, CONTENT, CALLS),
-    st.builds(
-        lambda i, c: {"role": "tool", "tool_call_id": i, "content": c},
-        st.sampled_from(["call_1", "", "zzz"]),
-        CONTENT,
-    ),
-    st.builds(lambda c: {"role": "function", "name": "f", "content": c}, CONTENT),
-    st.builds(
-        lambda a: {"role": "assistant", "function_call": {"name": "f", "arguments": a}},
-        st.sampled_from(["{}", "nope"]),
-    ),
+MESSAGE = openai_messages(
+    media=[st.builds(lambda t: {"type": t}, st.sampled_from(["input_audio", "file", "video"]))],
+    call_ids=["call_1", "call 2", ""],
+    arguments=["{}", '{"a":1}', "", "{", "[]"],
+    tool_call_ids=["call_1", "", "zzz"],
+    legacy_function_call=True,
 )
 
 
@@ -847,8 +785,6 @@ def test_any_message_list_translates_or_is_an_invalid_request(messages: list[Any
 
 # ---------------------------------------------------------------- I/O
 
-Handler = Callable[[httpx.Request], Any]
-
 
 def provider(handler: Handler, **kwargs: Any) -> AnthropicProvider:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
@@ -857,26 +793,10 @@ def provider(handler: Handler, **kwargs: Any) -> AnthropicProvider:
     )
 
 
-class Split(httpx.AsyncByteStream):
-    """Serves a body in small pieces, so events arrive cut across reads."""
-
-    def __init__(self, body: bytes, size: int = 37) -> None:
-        self._pieces = [body[i : i + size] for i in range(0, len(body), size)]
-
-    async def __aiter__(self):  # type: ignore[override]
-        for piece in self._pieces:
-            yield piece
-
-
 def sse(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.Response(
         status, headers={"content-type": "text/event-stream", **(headers or {})}, stream=Split(body)
     )
-
-
-async def collect(p: AnthropicProvider, body: dict[str, Any]) -> list[dict[str, Any]]:
-    async with p.stream_chat(body, model="claude-up") as chunks:
-        return [chunk async for chunk in chunks]
 
 
 async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
@@ -884,7 +804,7 @@ async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
 
     async def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return sse((DATA / "stream_tool_use.sse").read_bytes())
+        return sse(DATA.bytes("stream_tool_use.sse"))
 
     chunks = await collect(provider(handler), {"model": "premium", "messages": [USER]})
     [request] = seen
@@ -899,7 +819,7 @@ async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
 
 
 async def test_stream_cut_before_message_stop_is_an_error() -> None:
-    cut = (DATA / "stream_basic.sse").read_bytes().split(b"event: message_delta")[0]
+    cut = DATA.bytes("stream_basic.sse").split(b"event: message_delta")[0]
 
     async def handler(request: httpx.Request) -> httpx.Response:
         return sse(cut)
@@ -932,7 +852,7 @@ async def test_rate_limited_stream_keeps_retry_after() -> None:
 
 async def test_overloaded_529_is_a_retryable_503() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(529, content=(DATA / "error_overloaded.json").read_bytes())
+        return httpx.Response(529, content=DATA.bytes("error_overloaded.json"))
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})
@@ -966,7 +886,7 @@ async def test_connection_failure_is_a_retryable_502() -> None:
 async def test_chat_translates_the_answer() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert "stream" not in json.loads(request.content)
-        return httpx.Response(200, content=(DATA / "message_tool_use.json").read_bytes())
+        return httpx.Response(200, content=DATA.bytes("message_tool_use.json"))
 
     p = provider(handler)
     p_v1 = AnthropicProvider(
@@ -1002,10 +922,10 @@ async def test_no_embeddings() -> None:
 
 
 async def test_error_event_mid_stream_ends_it_with_the_mapped_error() -> None:
-    start = (DATA / "stream_basic.sse").read_bytes().split(b"event: content_block_stop")[0]
+    start = DATA.bytes("stream_basic.sse").split(b"event: content_block_stop")[0]
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        return sse(start + (DATA / "stream_error.sse").read_bytes())
+        return sse(start + DATA.bytes("stream_error.sse"))
 
     received: list[dict[str, Any]] = []
     with pytest.raises(UpstreamError) as caught:
@@ -1034,7 +954,7 @@ async def test_a_model_that_refuses_temperature_is_retried_once_and_remembered()
                 "message": "`temperature` is deprecated for this model.",
             }
             return httpx.Response(400, json={"type": "error", "error": error})
-        return httpx.Response(200, content=(DATA / "message_text.json").read_bytes())
+        return httpx.Response(200, content=DATA.bytes("message_text.json"))
 
     p = provider(handler)
     for _ in range(2):

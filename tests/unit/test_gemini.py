@@ -8,11 +8,10 @@ OpenAI's published schemas.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import struct
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.openai_schema import validate as validate_schema
+from tests.unit.adapter_support import (
+    ROLE,
+    USER,
+    Handler,
+    Recordings,
+    openai_messages,
+    usage,
+    validate,
+)
+from tests.unit.adapter_support import Split as SplitBody
+from tests.unit.adapter_support import collect as collect_chunks
 from tlproxy.errors import InvalidRequest, UpstreamError
 from tlproxy.providers.gemini import (
     GeminiProvider,
@@ -31,32 +40,13 @@ from tlproxy.providers.gemini import (
     to_gemini_embed_request,
     to_gemini_request,
 )
-from tlproxy.sse import SSEDecoder
 
-DATA = Path(__file__).parent.parent / "data" / "gemini"
-USER = {"role": "user", "content": "Hi"}
-ROLE = {"role": "assistant", "content": "", "refusal": None}
+DATA = Recordings("gemini")
+fixture, events = DATA.json, DATA.events
+collect = functools.partial(collect_chunks, model="gemini-2.5-flash")
+# Pieces of 41 bytes cut the recorded streams' CRLFs in two.
+Split = functools.partial(SplitBody, size=41)
 SIGNATURE = "skip_thought_signature_validator"
-
-
-def validate(schema: str, instance: dict[str, Any]) -> None:
-    """OpenAI's schema, except for ``system_fingerprint: null``.
-
-    The published spec types the fingerprint as a string, yet OpenAI sends null
-    for models without one and the SDKs type it ``Optional[str]``; this
-    adapter has no fingerprint to give, so it says null.
-    """
-    assert instance.get("system_fingerprint") is None
-    validate_schema(schema, {k: v for k, v in instance.items() if k != "system_fingerprint"})
-
-
-def fixture(name: str) -> Any:
-    return json.loads((DATA / name).read_text())
-
-
-def events(name: str) -> list[tuple[str | None, dict[str, Any]]]:
-    decoder = SSEDecoder()
-    return [(e.event, json.loads(e.data)) for e in decoder.feed((DATA / name).read_bytes())]
 
 
 def translate(name: str, **kwargs: Any) -> list[dict[str, Any]]:
@@ -64,21 +54,6 @@ def translate(name: str, **kwargs: Any) -> list[dict[str, Any]]:
     chunks = [c for event, data in events(name) for c in translator.feed(event, data)]
     assert translator.finished
     return chunks + translator.close()
-
-
-def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
 
 
 # ---------------------------------------------------------------- requests
@@ -678,8 +653,8 @@ def test_embed_response_that_is_not_one_is_a_502() -> None:
 # ---------------------------------------------------------------- errors
 
 ERRORS: list[tuple[int, bytes, dict[str, str], int, bool, str | None]] = [
-    (400, (DATA / "error_invalid_argument.json").read_bytes(), {}, 400, False, None),
-    (400, (DATA / "error_api_key_invalid.json").read_bytes(), {}, 502, True, None),
+    (400, DATA.bytes("error_invalid_argument.json"), {}, 400, False, None),
+    (400, DATA.bytes("error_api_key_invalid.json"), {}, 502, True, None),
     (
         403,
         b'{"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}',
@@ -704,10 +679,10 @@ ERRORS: list[tuple[int, bytes, dict[str, str], int, bool, str | None]] = [
         True,
         None,
     ),
-    (429, (DATA / "error_resource_exhausted.json").read_bytes(), {}, 429, True, "28"),
+    (429, DATA.bytes("error_resource_exhausted.json"), {}, 429, True, "28"),
     (
         429,
-        (DATA / "error_resource_exhausted.json").read_bytes(),
+        DATA.bytes("error_resource_exhausted.json"),
         {"retry-after": "5"},
         429,
         True,
@@ -762,46 +737,18 @@ def test_error_messages_are_redacted() -> None:
 
 # ---------------------------------------------------------------- property
 
-TEXT = st.text(max_size=12)
-PARTS = st.lists(
-    st.one_of(
-        st.builds(lambda t: {"type": "text", "text": t}, TEXT),
-        st.builds(
-            lambda u: {"type": "image_url", "image_url": {"url": u}},
-            st.sampled_from(
-                ["https://x/y.png", "data:image/png;base64,AA==", "ftp://x", "data:,x"]
-            ),
-        ),
+MESSAGE = openai_messages(
+    media=[
         st.builds(
             lambda f: {"type": "input_audio", "input_audio": {"data": "AA==", "format": f}},
             st.sampled_from(["wav", "flac"]),
         ),
         st.builds(lambda t: {"type": t}, st.sampled_from(["file", "video"])),
-    ),
-    max_size=3,
-)
-CONTENT = st.one_of(st.none(), TEXT, PARTS)
-CALLS = st.lists(
-    st.builds(
-        lambda i, a: {"id": i, "type": "function", "function": {"name": "f", "arguments": a}},
-        st.sampled_from(["call_1", "call_2"]),
-        st.sampled_from(["{}", '{"a":1}', "", "{", "7"]),
-    ),
-    max_size=2,
-)
-MESSAGE = st.one_of(
-    st.builds(
-        lambda r, c: {"role": r, "content": c},
-        st.sampled_from(["system", "developer", "user", "assistant"]),
-        CONTENT,
-    ),
-    st.builds(lambda c, k: {"role": "assistant", "content": c, "tool_calls": k}, CONTENT, CALLS),
-    st.builds(
-        lambda i, c: {"role": "tool", "tool_call_id": i, "content": c},
-        st.sampled_from(["call_1", "call_2", "zzz"]),
-        CONTENT,
-    ),
-    st.builds(lambda c: {"role": "function", "name": "f", "content": c}, CONTENT),
+    ],
+    call_ids=["call_1", "call_2"],
+    arguments=["{}", '{"a":1}', "", "{", "7"],
+    tool_call_ids=["call_1", "call_2", "zzz"],
+    legacy_function_call=False,
 )
 
 
@@ -825,28 +772,10 @@ def test_any_message_list_translates_or_is_an_invalid_request(
 
 # ---------------------------------------------------------------- I/O
 
-Handler = Callable[[httpx.Request], Any]
-
 
 def provider(handler: Handler, base_url: str = "https://gl.test") -> GeminiProvider:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return GeminiProvider("gemini", base_url=base_url, api_key="AIza-test-key", client=client)
-
-
-class Split(httpx.AsyncByteStream):
-    """Serves a body in small pieces, so events arrive cut across reads (CRLF included)."""
-
-    def __init__(self, body: bytes, size: int = 41) -> None:
-        self._pieces = [body[i : i + size] for i in range(0, len(body), size)]
-
-    async def __aiter__(self):  # type: ignore[override]
-        for piece in self._pieces:
-            yield piece
-
-
-async def collect(p: GeminiProvider, body: dict[str, Any]) -> list[dict[str, Any]]:
-    async with p.stream_chat(body, model="gemini-2.5-flash") as chunks:
-        return [chunk async for chunk in chunks]
 
 
 async def test_clean_stream_uses_sse_and_the_key_header() -> None:
@@ -854,7 +783,7 @@ async def test_clean_stream_uses_sse_and_the_key_header() -> None:
 
     async def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, stream=Split((DATA / "stream_function_call.sse").read_bytes()))
+        return httpx.Response(200, stream=Split(DATA.bytes("stream_function_call.sse")))
 
     chunks = await collect(provider(handler), {"model": "premium", "messages": [USER]})
     [request] = seen
@@ -871,7 +800,7 @@ async def test_clean_stream_uses_sse_and_the_key_header() -> None:
 
 
 async def test_stream_cut_before_any_finish_reason_is_an_error() -> None:
-    cut = (DATA / "stream_function_call.sse").read_bytes().rsplit(b"data: ", 1)[0]
+    cut = DATA.bytes("stream_function_call.sse").rsplit(b"data: ", 1)[0]
 
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, stream=Split(cut))
@@ -885,7 +814,7 @@ async def test_stream_cut_before_any_finish_reason_is_an_error() -> None:
 async def test_rate_limited_stream_derives_retry_after() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
-            429, stream=Split((DATA / "error_resource_exhausted.json").read_bytes())
+            429, stream=Split(DATA.bytes("error_resource_exhausted.json"))
         )
 
     with pytest.raises(UpstreamError) as caught:
@@ -923,7 +852,7 @@ async def test_timeout_is_a_retryable_504() -> None:
 async def test_chat_translates_the_answer() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/models/gemini-2.5-flash:generateContent"
-        return httpx.Response(200, content=(DATA / "generate_function_call.json").read_bytes())
+        return httpx.Response(200, content=DATA.bytes("generate_function_call.json"))
 
     answer = await provider(handler, "https://gl.test/v1/").chat(
         {"messages": [USER]}, model="models/gemini-2.5-flash"
@@ -936,7 +865,7 @@ async def test_embed_round_trip() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
         assert len(json.loads(request.content)["requests"]) == 3
-        return httpx.Response(200, content=(DATA / "batch_embed_contents.json").read_bytes())
+        return httpx.Response(200, content=DATA.bytes("batch_embed_contents.json"))
 
     out = await provider(handler).embed(
         {"input": ["a", "bb", "ccccc"], "encoding_format": "float"}, model="gemini-embedding-001"
@@ -946,7 +875,7 @@ async def test_embed_round_trip() -> None:
 
 
 async def test_error_object_mid_stream_ends_it_with_the_mapped_error() -> None:
-    first = (DATA / "stream_function_call.sse").read_bytes().split(b"\r\n\r\n")[1] + b"\r\n\r\n"
+    first = DATA.bytes("stream_function_call.sse").split(b"\r\n\r\n")[1] + b"\r\n\r\n"
     error = {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}
     error_event = b"data: " + json.dumps({"error": error}).encode() + b"\r\n\r\n"
 
