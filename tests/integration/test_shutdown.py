@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -113,5 +114,41 @@ async def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
         assert f"worker {first} exited (killed by SIGKILL); stopping the others" in stderr
         with pytest.raises(ProcessLookupError):
             os.kill(second, 0)
+    finally:
+        server.kill()
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request; read until its chunked body ends or the server closes."""
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05])
+async def test_a_request_on_an_idle_keep_alive_connection_during_drain_never_hangs(
+    tmp_path: Path, after: float
+) -> None:
+    """Answered, or the connection closed at once (the request never ran, so a
+    client may retry it): never left waiting for the grace period (20 s here)."""
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=1)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        request = b"GET /healthz HTTP/1.1\r\nHost: tlproxy\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            assert b'{"status":"ok"}' in await trio.to_thread.run_sync(_exchange, sock, request)
+            server.terminate()
+            await trio.sleep(after)
+            with trio.fail_after(5):
+                answer = await trio.to_thread.run_sync(_exchange, sock, request)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 200"), answer
+        assert await trio.to_thread.run_sync(server.wait, 20.0) == 0
     finally:
         server.kill()
