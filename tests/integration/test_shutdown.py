@@ -152,3 +152,30 @@ async def test_a_request_on_an_idle_keep_alive_connection_during_drain_never_han
         assert await trio.to_thread.run_sync(server.wait, 20.0) == 0
     finally:
         server.kill()
+
+
+def _h2c_after_drain(url: str, server: ServerProcess, after: float) -> int | str:
+    """One h2c request, SIGTERM, another on the same connection: its status or error."""
+    with httpx.Client(http1=False, http2=True, base_url=url, timeout=10) as client:
+        assert client.get("/healthz").http_version == "HTTP/2"
+        server.terminate()
+        time.sleep(after)
+        try:
+            return client.get("/healthz").status_code
+        except httpx.RemoteProtocolError as exc:
+            return str(exc)
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05])
+async def test_an_h2c_request_during_drain_never_hangs(tmp_path: Path, after: float) -> None:
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=1)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        with trio.fail_after(5):
+            outcome = await trio.to_thread.run_sync(_h2c_after_drain, server.url, server, after)
+        assert outcome in (200, "Server disconnected"), outcome
+        assert await trio.to_thread.run_sync(server.wait, 20.0) == 0
+    finally:
+        server.kill()
