@@ -9,8 +9,9 @@ model's window), and is healthy (circuit breaker not open). Ranking within a
 tier is by the policy's strategy over live statistics and price:
 
 * ``cost``: blended price (3 input : 1 output), cheapest first;
-* ``latency``: TTFT moving average, fastest first; a model with no
-  measurement yet goes first, so it gets measured;
+* ``latency``: TTFT moving average, fastest first (an attempt cut before
+  its first token after longer than the average raises it, see `stats.py`);
+  a model with no measurement yet goes first, so it gets measured;
 * ``balanced``: error rate first (in 10 % steps), then the sum of the
   latency rank and the cost rank.
 

@@ -19,7 +19,11 @@ the logic is deterministic under test. What is kept:
   with nothing censored it is the plain nearest-rank quantile. When the
   censored tail hides the quantile asked for, the answer is the longest time
   seen: a lower bound, the best the window can say.
-  The mean stays a mean of observed TTFTs.
+  The moving average (for ranking) takes a cut attempt into account only
+  when it ran longer than the average: its TTFT was at least that long, so
+  the average moves towards the time it ran, as if that were its TTFT (a
+  lower bound, so still on the low side). A cut shorter than the average
+  says nothing the average does not already allow, and leaves it alone.
 * errors: an exponentially weighted failure rate.
 * a breaker: after `failure_threshold` consecutive failures the model is
   skipped for `cooldown` seconds, then one probe request is let through
@@ -71,6 +75,10 @@ class ModelStats:
     def record_no_token(self, seconds: float) -> None:
         """An attempt cut after `seconds` without a first token: its TTFT is longer."""
         self._observe(seconds, False)
+        if self.ttft_ewma is None:
+            self.ttft_ewma = seconds
+        elif seconds > self.ttft_ewma:
+            self.ttft_ewma += self.alpha * (seconds - self.ttft_ewma)
 
     def _observe(self, seconds: float, observed: bool) -> None:
         if len(self._window) == self._window.maxlen and self._window[0][1]:

@@ -109,3 +109,22 @@ def test_the_window_forgets_old_cuts_and_ttfts_alike() -> None:
     assert (stats.samples, stats.cut, stats.quantile(0.9)) == (3, 0, 3.0)
     stats.record_no_token(0.5)
     assert (stats.samples, stats.cut, stats.quantile(1.0)) == (2, 1, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        # (seconds, observed); alpha 0.5.
+        ([(1.0, True), (0.5, False)], 1.0),  # shorter than the average: no news
+        ([(1.0, True), (3.0, False)], 2.0),  # longer: at least that long
+        ([(1.0, True), (3.0, False), (1.0, True)], 1.5),
+        ([(0.2, False)], 0.2),  # only cut so far: it takes at least this long
+    ],
+)
+def test_cut_attempts_raise_the_moving_average_only_when_longer(
+    events: list[tuple[float, bool]], expected: float
+) -> None:
+    stats = ModelStats(alpha=0.5)
+    for seconds, observed in events:
+        (stats.record_ttft if observed else stats.record_no_token)(seconds)
+    assert stats.ttft_ewma == expected
