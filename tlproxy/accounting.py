@@ -85,6 +85,7 @@ class Accounting:
             tier=record.candidate.tier, model=model.id, provider=model.provider,
             rule=rule if record.candidate.tier == tier else f"speculative:{rule}",
             prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
             completion_tokens=usage.completion_tokens, cost_usd=cost,
             estimated=usage.estimated, ttft_ms=ttft,
             duration_ms=(ended - record.started_at) * 1000, status=status,  # type: ignore[arg-type]
@@ -148,6 +149,7 @@ class Accounting:
                     key=request.key.name if request.key else None, kind="shadow",
                     tier=model.tier, model=model.id, provider=model.provider, rule=rule,
                     prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
                     completion_tokens=usage.completion_tokens, cost_usd=cost,
                     ttft_ms=ttft * 1000, duration_ms=(time.monotonic() - started) * 1000,
                     winner=False))

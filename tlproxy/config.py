@@ -81,6 +81,8 @@ class ProviderConfig(_Strict):
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
     max_connections: int = 1000
+    # For ``kind = "anthropic"``: ask for Anthropic's automatic prompt caching.
+    prompt_cache: bool = False
     # For ``kind = "sim"``: per upstream model id, how it behaves.
     sim_models: dict[str, SimModelProfile] = {}
     sim_seed: int = 0
@@ -93,6 +95,7 @@ class LongContextPrices(_Strict):
     input: float
     output: float
     cached_input: float | None = None
+    cache_write_input: float | None = None
 
 
 class Prices(_Strict):
@@ -101,6 +104,8 @@ class Prices(_Strict):
     input: float = 0.0
     # None: the provider has no cache discount; cached tokens cost `input`.
     cached_input: float | None = None
+    # None: writing the prompt cache costs no more than `input`.
+    cache_write_input: float | None = None
     output: float = 0.0
     long_context: LongContextPrices | None = None
 
@@ -376,6 +381,10 @@ def validate(config: Config) -> None:
     for name, provider in config.providers.items():
         if provider.kind != "sim" and not provider.base_url:
             raise ConfigError(f"providers.{name}.base_url: required for kind {provider.kind!r}")
+        if provider.prompt_cache and provider.kind != "anthropic":
+            raise ConfigError(
+                f"providers.{name}.prompt_cache: only for kind 'anthropic' (OpenAI and Gemini "
+                "cache prompt prefixes without being asked)")
     targets = {"premium", "economy", "auto"} | seen
     for alias, target in config.aliases.items():
         if target not in targets:

@@ -31,6 +31,7 @@ from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
+from .pricing import CACHE_WRITE_TOKENS
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Router
@@ -475,6 +476,7 @@ def _repair_chunk(chunk: Chunk, include_usage: bool) -> bool:
     choices = chunk.get("choices")
     if include_usage:
         chunk.setdefault("usage", None)
+        _public_usage(chunk)
     else:
         if not choices and chunk.get("usage") is not None:
             return False  # the usage chunk the proxy asked for, not the client
@@ -485,7 +487,16 @@ def _repair_chunk(chunk: Chunk, include_usage: bool) -> bool:
     return True
 
 
+def _public_usage(holder: dict[str, Any]) -> None:
+    """OpenAI's usage fields only: what an adapter added for the pricing stays inside."""
+    usage = holder.get("usage")
+    if usage and CACHE_WRITE_TOKENS in usage:
+        # A new dict: the race's record of the attempt keeps the original.
+        holder["usage"] = {k: v for k, v in usage.items() if k != CACHE_WRITE_TOKENS}
+
+
 def _repair_completion(answer: dict[str, Any]) -> None:
+    _public_usage(answer)
     for choice in answer.get("choices") or ():
         choice.setdefault("logprobs", None)
         message = choice.get("message")

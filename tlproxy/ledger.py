@@ -97,6 +97,7 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     hedge: bool = False  # started by the hedging timer
     wasted: bool = False  # a loser or cancelled attempt that was billed anyway
     reference_cost_usd: float = 0.0  # the same usage priced all-premium; 0 for losers
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's prompt cache
 
 
 class LedgerStatistics(msgspec.Struct, kw_only=True):
@@ -165,6 +166,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             {shadow}
         )""",
         "CREATE INDEX shadow_pairs_rule_ts ON shadow_pairs (rule, ts)",
+    ),
+    (
+        "ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
     ),
 )
 

@@ -31,9 +31,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from .config import Config, ModelConfig
+from .config import Config, LongContextPrices, ModelConfig, Prices
 
 __all__ = [
+    "CACHE_WRITE_TOKENS",
     "Usage",
     "cost_usd",
     "estimate_usage",
@@ -50,6 +51,11 @@ CHARS_PER_TOKEN = 4
 # Role, separators and name that every chat message costs beyond its text.
 TOKENS_PER_MESSAGE = 4
 
+# A key an adapter may add to an OpenAI ``usage`` object: how many prompt
+# tokens were written to the provider's prompt cache. OpenAI's usage has no
+# such field, so the race takes the key out before a client sees the usage.
+CACHE_WRITE_TOKENS = "tlproxy_cache_write_tokens"
+
 
 class Usage(msgspec.Struct, frozen=True):
     """Tokens of one upstream attempt. ``prompt_tokens`` includes ``cached_tokens``."""
@@ -59,6 +65,9 @@ class Usage(msgspec.Struct, frozen=True):
     completion_tokens: int = 0
     # True when counted from characters rather than reported by the upstream.
     estimated: bool = False
+    # Prompt tokens written to the provider's prompt cache (Anthropic bills
+    # them above the input price). Part of ``prompt_tokens``, not cached.
+    cache_write_tokens: int = 0
 
 
 def _count(value: Any) -> int | None:
@@ -87,9 +96,11 @@ def usage_from_openai(obj: Mapping[str, Any] | None) -> Usage | None:
         total = _count(obj.get("total_tokens"))
         completion = max(0, total - prompt) if total is not None else 0
     details = obj.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
-    return Usage(prompt_tokens=prompt, cached_tokens=min(cached or 0, prompt),
-                 completion_tokens=completion)
+    cached = min(_count(details.get("cached_tokens")) or 0 if isinstance(details, Mapping)
+                 else 0, prompt)
+    written = min(_count(obj.get(CACHE_WRITE_TOKENS)) or 0, prompt - cached)
+    return Usage(prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
+                 cache_write_tokens=written)
 
 
 def _tokens(chars: int) -> int:
@@ -186,22 +197,25 @@ def cost_usd(model: ModelConfig, usage: Usage) -> float:
     """What `usage` on `model` costs, in USD, from the catalog's prices.
 
     Cached prompt tokens cost ``cached_input`` (unset: ``input``, no
-    discount); the other prompt tokens ``input``; completion tokens
-    (reasoning included) ``output``. With `long_context` prices and a prompt
-    of more than ``above_input_tokens``, the long-context table prices the
-    whole request, with the same rule for its own unset ``cached_input``.
+    discount); prompt tokens written to the cache ``cache_write_input``
+    (unset: ``input``, no surcharge); the other prompt tokens ``input``;
+    completion tokens (reasoning included) ``output``. With `long_context`
+    prices and a prompt of more than ``above_input_tokens``, the long-context
+    table prices the whole request, with the same rule for its own unset
+    prices.
     """
-    prices = model.prices
-    input_price, cached_price, output_price = prices.input, prices.cached_input, prices.output
-    long = prices.long_context
+    table: Prices | LongContextPrices = model.prices
+    long = model.prices.long_context
     if long is not None and usage.prompt_tokens > long.above_input_tokens:
-        input_price, cached_price, output_price = long.input, long.cached_input, long.output
-    if cached_price is None:
-        cached_price = input_price
+        table = long
+    input_price = table.input
+    cached_price = input_price if table.cached_input is None else table.cached_input
+    write_price = input_price if table.cache_write_input is None else table.cache_write_input
     cached = min(usage.cached_tokens, usage.prompt_tokens)
-    fresh = usage.prompt_tokens - cached
-    return (fresh * input_price + cached * cached_price
-            + usage.completion_tokens * output_price) / 1_000_000
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    fresh = usage.prompt_tokens - cached - written
+    return (fresh * input_price + cached * cached_price + written * write_price
+            + usage.completion_tokens * table.output) / 1_000_000
 
 
 def premium_reference_cost(usage: Usage, premium_model: ModelConfig | None) -> float:

@@ -438,6 +438,9 @@ class SimUpstream:
         self.stats = SimStats()
         self.api_key = api_key
         self._rng = random.Random(seed)
+        # Prompts cached by protocols that bill for it (Anthropic): their
+        # encoded prefix, and its prompt tokens.
+        self.prompt_cache: dict[bytes, int] = {}
 
     def profile(self, model: str) -> SimModelProfile:
         return self.profiles.get(model, self.default)

@@ -9,6 +9,11 @@ the typed event stream: ``message_start``, ``ping``, per content block
 ``input_json_delta``) / ``content_block_stop``, ``message_delta`` (stop reason
 and ``usage.output_tokens``), ``message_stop``. Errors are
 ``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses.
+
+Automatic prompt caching (a top-level ``cache_control``) is billed as Anthropic
+bills it: the longest earlier prompt this one starts with (same system, tools
+and first messages) is a cache read, the rest of the prompt a cache write.
+Unlike Anthropic, the sim caches prompts of any length, for as long as it runs.
 """
 
 from __future__ import annotations
@@ -142,9 +147,13 @@ class AnthropicWire(core.Wire):
 
     transient = (429, 500, 529)
 
-    def __init__(self, *, model: str, message_id: str) -> None:
+    def __init__(self, *, model: str, message_id: str,
+                 cache: tuple[dict[bytes, int], list[bytes]] | None = None) -> None:
         self.model = model
         self.message_id = message_id
+        # With caching on: the sim's cache, and this prompt's prefixes, longest first.
+        self._cache = cache
+        self._cache_use: tuple[int, int] | None = None
 
     @classmethod
     def error(cls, status: int, message: str | None = None) -> tuple[Any, core.Headers]:
@@ -155,9 +164,21 @@ class AnthropicWire(core.Wire):
         return body, headers
 
     def _usage(self, answer: core.Answer) -> dict[str, Any]:
-        return {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+        read, written = self._cache_reads_and_writes(answer.prompt_tokens)
+        return {"input_tokens": answer.prompt_tokens - read - written,
+                "output_tokens": answer.completion_tokens,
+                "cache_creation_input_tokens": written, "cache_read_input_tokens": read,
                 "service_tier": "standard"}
+
+    def _cache_reads_and_writes(self, prompt_tokens: int) -> tuple[int, int]:
+        if self._cache is None:
+            return 0, 0
+        if self._cache_use is None:  # once per request: the usage is sent twice in a stream
+            cache, prefixes = self._cache
+            read = min(next((cache[p] for p in prefixes if p in cache), 0), prompt_tokens)
+            cache[prefixes[0]] = prompt_tokens
+            self._cache_use = read, prompt_tokens - read
+        return self._cache_use
 
     def _envelope(self, answer: core.Answer, content: list[Any], stop_reason: str | None) -> Any:
         return {"id": self.message_id, "type": "message", "role": "assistant",
@@ -260,6 +281,14 @@ async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
     except WireError as exc:
         await core.send_json(send, 400, *AnthropicWire.error(400, str(exc)))
         return
-    wire = AnthropicWire(model=plan_request["model"], message_id="msg_" + core.ident(request.raw))
+    cache = None
+    if isinstance(body.get("cache_control"), dict):
+        head = [body.get("system"), body.get("tools")]
+        messages = body["messages"]
+        prefixes = [msgspec.json.encode([*head, messages[:k]])
+                    for k in range(len(messages), 0, -1)]
+        cache = sim.prompt_cache, prefixes
+    wire = AnthropicWire(model=plan_request["model"], message_id="msg_" + core.ident(request.raw),
+                         cache=cache)
     await sim.respond(request, wire, plan_request, plan_request["model"],
                       stream=body.get("stream") is True)

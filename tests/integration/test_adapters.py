@@ -28,7 +28,7 @@ from tests.integration.conftest import start_proxy
 from tests.integration.sse_wire import WireStream, read_stream
 from tests.integration.sse_wire import check_openai_stream as check_wire
 from tests.integration.test_chat import TIME_TOOL, WEATHER_TOOL
-from tests.openai_schema import validate as validate_schema
+from tests.unit.adapter_support import validate
 from tlproxy.config import Config, ModelConfig, ProviderConfig, SimModelProfile
 from tlproxy.server import Running, serve_sim
 from tlproxy.sim import SimUpstream, embedding_vector
@@ -84,17 +84,6 @@ async def stack(nursery: trio.Nursery) -> AsyncIterator[Stack]:
 def adapter(request: pytest.FixtureRequest) -> str:
     return request.param
 
-
-def validate(schema: str, instance: dict[str, Any]) -> None:
-    """OpenAI's schema, except for ``system_fingerprint: null``.
-
-    The published spec types the fingerprint as a string, yet OpenAI sends null
-    for models without one and the SDK types it ``Optional[str]``; the native
-    adapters have no fingerprint to give, so they say null (see the adapters'
-    unit tests).
-    """
-    assert instance.get("system_fingerprint") is None
-    validate_schema(schema, {k: v for k, v in instance.items() if k != "system_fingerprint"})
 
 
 def check_openai_stream(stream: WireStream, *, include_usage: bool) -> None:

@@ -29,6 +29,7 @@ from tests.unit.adapter_support import (
 )
 from tests.unit.adapter_support import collect as collect_chunks
 from tlproxy.errors import InvalidRequest, UpstreamError
+from tlproxy.pricing import CACHE_WRITE_TOKENS
 from tlproxy.providers.anthropic import (
     AnthropicProvider,
     AnthropicStreamTranslator,
@@ -450,8 +451,9 @@ def test_text_answer_from_the_api_reference() -> None:
                 "finish_reason": "stop",
             }
         ],
-        # input 2095 + cache read 2051 + cache write 2051
-        "usage": usage(6197, 503, cached=2051),
+        # input 2095 + cache read 2051 + cache write 2051; the writes are
+        # passed on for the pricing, and never reach a client.
+        "usage": {**usage(6197, 503, cached=2051), CACHE_WRITE_TOKENS: 2051},
         "service_tier": "default",
         "system_fingerprint": None,
     }

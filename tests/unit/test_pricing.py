@@ -20,6 +20,7 @@ from tlproxy.pricing import (
     reference_model,
     usage_from_openai,
 )
+from tlproxy.pricing import CACHE_WRITE_TOKENS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tlproxy.toml"
 ENV = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "y", "GEMINI_API_KEY": "z"}
@@ -52,6 +53,16 @@ USAGE_CASES: list[tuple[str, Any, Usage | None]] = [
     ("more cached than prompt is capped", {"prompt_tokens": 10, "completion_tokens": 1,
                                            "prompt_tokens_details": {"cached_tokens": 99}},
      Usage(10, 10, 1)),
+    ("cache writes", {"prompt_tokens": 3000, "completion_tokens": 5,
+                      "prompt_tokens_details": {"cached_tokens": 1000},
+                      CACHE_WRITE_TOKENS: 1500},
+     Usage(3000, 1000, 5, cache_write_tokens=1500)),
+    ("more written than not cached is capped",
+     {"prompt_tokens": 10, "completion_tokens": 1,
+      "prompt_tokens_details": {"cached_tokens": 4}, CACHE_WRITE_TOKENS: 99},
+     Usage(10, 4, 1, cache_write_tokens=6)),
+    ("cache writes not a count", {"prompt_tokens": 10, CACHE_WRITE_TOKENS: -1},
+     Usage(10, 0, 0)),
     ("embeddings", {"prompt_tokens": 8, "total_tokens": 8}, Usage(8, 0, 0)),
     ("completion from total", {"prompt_tokens": 8, "total_tokens": 11}, Usage(8, 0, 3)),
 ]
@@ -105,6 +116,21 @@ def test_cached_tokens_at_the_cache_price(catalog: Config) -> None:
     gpt = model(catalog, "gpt-5.4")  # 2.50 / 0.25 cached / 15.00 per 1M
     usage = Usage(prompt_tokens=1_000, cached_tokens=400, completion_tokens=200)
     assert cost_usd(gpt, usage) == pytest.approx((600 * 2.5 + 400 * 0.25 + 200 * 15.0) / 1e6)
+
+
+def test_cache_writes_at_the_cache_write_price(catalog: Config) -> None:
+    sonnet = model(catalog, "claude-sonnet-4-6")  # 3 / 0.30 read / 3.75 write / 15 per 1M
+    usage = Usage(prompt_tokens=10_000, cached_tokens=6_000, completion_tokens=100,
+                  cache_write_tokens=3_000)
+    assert cost_usd(sonnet, usage) == pytest.approx(
+        (1_000 * 3.0 + 6_000 * 0.30 + 3_000 * 3.75 + 100 * 15.0) / 1e6)
+
+
+def test_cache_writes_without_a_surcharge_cost_input() -> None:
+    plain = ModelConfig(id="m", provider="p", tier="economy",
+                        prices=Prices(input=1.0, output=2.0))
+    assert cost_usd(plain, Usage(1_000_000, 0, 0, cache_write_tokens=1_000_000)) == (
+        pytest.approx(1.0))
 
 
 def test_no_cache_discount_costs_input() -> None:

@@ -30,8 +30,9 @@ def build_providers(config: Config) -> dict[str, Provider]:
         adapter = _ADAPTERS.get(provider.kind)
         if adapter is None:
             raise ValueError(f"provider kind {provider.kind!r} is not available")
+        options = {"prompt_cache": True} if provider.prompt_cache else {}
         providers[name] = adapter(
             name, base_url=provider.base_url, api_key=provider.api_key,
-            client=make_client(provider), owns_client=True,
+            client=make_client(provider), owns_client=True, **options,
         )
     return providers

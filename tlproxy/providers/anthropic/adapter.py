@@ -46,6 +46,7 @@ class AnthropicProvider(HTTPProvider):
         api_key: str | None,
         client: httpx.AsyncClient,
         default_max_tokens: int = 4096,
+        prompt_cache: bool = False,
         owns_client: bool = False,
     ) -> None:
         base = base_url.rstrip("/")
@@ -59,6 +60,7 @@ class AnthropicProvider(HTTPProvider):
         )
         self._url = base + "/messages"
         self._default_max_tokens = default_max_tokens
+        self._prompt_cache = prompt_cache
         self._no_sampling: set[str] = set()  # models that refused temperature / top_p
 
     def _payload(self, body: JSON, model: str, *, stream: bool) -> bytes:
@@ -69,6 +71,10 @@ class AnthropicProvider(HTTPProvider):
             default_max_tokens=self._default_max_tokens,
             sampling=model not in self._no_sampling,
         )
+        if self._prompt_cache:
+            # Automatic caching: Anthropic puts the breakpoint on the last
+            # cacheable block, so each turn reads the conversation so far.
+            request["cache_control"] = {"type": "ephemeral"}
         return orjson.dumps(request)
 
     async def _send(

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ...errors import UpstreamError
+from ...pricing import CACHE_WRITE_TOKENS
 from .._envelopes import (
     ROLE_DELTA,
     assistant_message,
@@ -92,10 +93,15 @@ def _completion_id(message_id: Any) -> str:
 
 def _usage(usage: Any) -> JSON:
     cached = count(usage, "cache_read_input_tokens")
+    written = count(usage, "cache_creation_input_tokens")
     # Anthropic's input_tokens excludes cache reads and writes; OpenAI's
     # prompt_tokens is the whole prompt, with the cached part broken out.
-    prompt = count(usage, "input_tokens") + cached + count(usage, "cache_creation_input_tokens")
-    return openai_usage(prompt=prompt, completion=count(usage, "output_tokens"), cached=cached)
+    prompt = count(usage, "input_tokens") + cached + written
+    out = openai_usage(prompt=prompt, completion=count(usage, "output_tokens"), cached=cached)
+    if written:
+        # Billed above the input price; for the pricing only (see CACHE_WRITE_TOKENS).
+        out[CACHE_WRITE_TOKENS] = written
+    return out
 
 
 class AnthropicStreamTranslator:
