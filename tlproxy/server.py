@@ -13,10 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import serve as hypercorn_serve
 
 from .app import App, create_app
@@ -39,6 +42,30 @@ class Running(msgspec.Struct, frozen=True):
     @property
     def url(self) -> str:
         return self.addresses[0]
+
+
+def _release_h2_sends_on_close() -> None:
+    """Mend hypercorn 0.18: a closed h2 connection must release its streams' senders.
+
+    When an h2 connection closes, `H2Protocol.handle(Closed())` closes its
+    streams but not their send buffers. An app that was sending (waiting for
+    its buffer to drain) then waits until the graceful timeout cancels it. A
+    request that arrives just as the drain closes idle connections meets this,
+    and the server's exit waits the whole grace period. Closing the buffers
+    too lets those sends return at once. Idempotent.
+    """
+    original = H2Protocol.handle
+    if getattr(original, "tlproxy_mended", False):
+        return
+
+    async def handle(self: Any, event: Any) -> None:
+        await original(self, event)
+        if isinstance(event, Closed):
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
+
+    handle.tlproxy_mended = True  # type: ignore[attr-defined]
+    H2Protocol.handle = handle  # type: ignore[method-assign]
 
 
 def _hypercorn_config(host: str, port: int, *, graceful_timeout: float = 30.0) -> HypercornConfig:
@@ -96,6 +123,7 @@ async def serve(
     Reports a `Running` (bound addresses such as ``http://127.0.0.1:8080``, the
     app, the simulated upstreams) once the socket listens.
     """
+    _release_h2_sends_on_close()
     async with trio.open_nursery() as nursery:
         config, sims = await start_sims(nursery, config)
         app = create_app(config)

@@ -149,21 +149,23 @@ async def test_a_request_on_an_idle_keep_alive_connection_during_drain_never_han
             with trio.fail_after(5):
                 answer = await trio.to_thread.run_sync(_exchange, sock, request)
         assert answer == b"" or answer.startswith(b"HTTP/1.1 200"), answer
-        assert await trio.to_thread.run_sync(server.wait, 20.0) == 0
+        # Well inside the 20 s grace period: nothing was left waiting for it.
+        assert await trio.to_thread.run_sync(server.wait, 10.0) == 0
     finally:
         server.kill()
 
 
-def _h2c_after_drain(url: str, server: ServerProcess, after: float) -> int | str:
-    """One h2c request, SIGTERM, another on the same connection: its status or error."""
+def _h2c_after_drain(url: str, server: ServerProcess, after: float) -> int | None:
+    """One h2c request, SIGTERM, another on the same connection: its status, or
+    None when the server closed the connection (with or without a GOAWAY first)."""
     with httpx.Client(http1=False, http2=True, base_url=url, timeout=10) as client:
         assert client.get("/healthz").http_version == "HTTP/2"
         server.terminate()
         time.sleep(after)
         try:
             return client.get("/healthz").status_code
-        except httpx.RemoteProtocolError as exc:
-            return str(exc)
+        except httpx.TransportError:  # closed: a GOAWAY, a reset or a plain close
+            return None
 
 
 @pytest.mark.parametrize("after", [0.0, 0.05])
@@ -175,7 +177,8 @@ async def test_an_h2c_request_during_drain_never_hangs(tmp_path: Path, after: fl
         await trio.to_thread.run_sync(server.wait_ready)
         with trio.fail_after(5):
             outcome = await trio.to_thread.run_sync(_h2c_after_drain, server.url, server, after)
-        assert outcome in (200, "Server disconnected"), outcome
-        assert await trio.to_thread.run_sync(server.wait, 20.0) == 0
+        assert outcome in (200, None), outcome
+        # Well inside the 20 s grace period: nothing was left waiting for it.
+        assert await trio.to_thread.run_sync(server.wait, 10.0) == 0
     finally:
         server.kill()
