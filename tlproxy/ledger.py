@@ -366,8 +366,15 @@ class PostgresWriter(_ThreadWriter):
             raise LedgerError("a PostgreSQL ledger needs psycopg: "
                               "pip install 'psycopg[binary]'") from exc
         try:
-            return psycopg.connect(self.url, autocommit=True,
-                                   connect_timeout=max(1, round(self.connect_timeout)))
+            return psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout)),
+                # A server cut off by the network fails the write within about
+                # 30 s (then it is retried) instead of leaving it hanging.
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                tcp_user_timeout=30_000,
+                # No server-side prepared statements: they break PgBouncer's
+                # transaction pooling, and a batch insert gains little from them.
+                prepare_threshold=None)
         except psycopg.Error as exc:
             raise LedgerError(f"cannot connect to the PostgreSQL ledger: {exc}") from exc
 

@@ -325,3 +325,16 @@ async def test_the_proxy_writes_its_ledger_to_postgres(nursery: trio.Nursery, ur
         assert winner.kind == "chat" and winner.status == "ok"
         assert winner.cost_usd > 0 and winner.prompt_tokens > 0 and winner.completion_tokens > 0
         assert winner.reference_cost_usd > 0
+
+
+async def test_connections_detect_a_partition_and_suit_pgbouncer(url: str) -> None:
+    writer = PostgresWriter(url)
+    await writer.migrate()
+    conn = writer._conn
+    assert conn is not None
+    try:
+        assert conn.prepare_threshold is None
+        params = conn.info.get_parameters()
+        assert (params["keepalives_idle"], params["tcp_user_timeout"]) == ("10", "30000")
+    finally:
+        await writer.aclose()

@@ -12,6 +12,7 @@ import pytest
 from tlproxy.catalog import default_config
 from tlproxy.config import Config, LongContextPrices, ModelConfig, Prices, load_config
 from tlproxy.pricing import (
+    CACHE_WRITE_TOKENS,
     Usage,
     cost_usd,
     estimate_usage,
@@ -20,7 +21,6 @@ from tlproxy.pricing import (
     reference_model,
     usage_from_openai,
 )
-from tlproxy.pricing import CACHE_WRITE_TOKENS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tlproxy.toml"
 ENV = {"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "y", "GEMINI_API_KEY": "z"}
