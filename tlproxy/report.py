@@ -1,9 +1,12 @@
 """Spend reports from the ledger: by tier, model, key, day or rule.
 
-Reads the SQLite ledger that `tlproxy.ledger.SQLiteWriter` writes, read-only
-and while the proxy is running (WAL lets readers and the writer work at
-once). Sums are done by SQLite; TTFT percentiles in Python over the
-winners' TTFTs of the window, which is cheap next to reading them.
+Reads either ledger `tlproxy.ledger` writes, read-only and while the proxy
+is running: a SQLite file (WAL lets readers and the writer work at once) or
+a PostgreSQL database, named by a *ledger source*, a path or a
+``postgresql://`` URL (`connect_ledger`). Both run the same SQL; the
+placeholder and the UTC day are the only differences (`Dialect`). Sums are
+done by the database; TTFT percentiles in Python over the winners' TTFTs of
+the window, which is cheap next to reading them.
 
 What the columns mean (docs/accounting.md has the long form):
 
@@ -19,8 +22,9 @@ What the columns mean (docs/accounting.md has the long form):
 * ``shadow_usd``: spend of shadow calls; ``estimated_usd``: spend priced
   from estimated usage rather than reported usage.
 
-The admin endpoint serves `usage_json`; it does blocking file I/O, so call
-it through ``trio.to_thread.run_sync``.
+The admin endpoint serves `usage_json`; it does blocking I/O, so call it
+through ``trio.to_thread.run_sync``. A PostgreSQL URL may hold a password:
+no message raised here contains it (`LedgerReadError`).
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import csv
 import datetime as dt
 import io
 import math
+import os
 import re
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote
 
 import msgspec
 
@@ -48,10 +54,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GROUPS",
+    "POSTGRES",
+    "SQLITE",
     "TABLE_COLUMNS",
+    "Dialect",
+    "LedgerReadError",
+    "LedgerSource",
+    "connect_ledger",
     "connect_readonly",
+    "dialect_of",
+    "is_postgres_url",
+    "ledger_source",
     "parse_time",
     "percentile",
+    "reading_ledger",
+    "redact",
     "render_table",
     "report_main",
     "summarize",
@@ -60,7 +77,8 @@ __all__ = [
     "usage_json",
 ]
 
-# What `by` may be, and the SQL expression each groups on. Days are UTC.
+# What `by` may be, and the SQL expression each groups on. Days are UTC; the
+# day's expression is SQLite's, `Dialect.day` is each database's (`_group_sql`).
 GROUPS = {
     "tier": "tier",
     "model": "model",
@@ -70,16 +88,21 @@ GROUPS = {
     "all": "'all'",
 }
 
+# SQL both databases run. A group has at least one row and these columns are
+# NOT NULL, so no SUM is NULL (COALESCE is a guard); the ELSE 0.0 keeps a sum
+# of dollars a float in SQLite even when no row of the group matches (SUM of
+# integer 0s is an integer there), as TOTAL did. Token sums are ints in both.
 _SUMS = """
     COUNT(DISTINCT CASE WHEN winner THEN request_id END),
     COUNT(*),
-    TOTAL(prompt_tokens), TOTAL(cached_tokens), TOTAL(completion_tokens),
-    TOTAL(cost_usd),
-    TOTAL(CASE WHEN winner THEN reference_cost_usd ELSE 0 END),
-    TOTAL(CASE WHEN wasted THEN cost_usd ELSE 0 END),
-    TOTAL(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0 END),
-    TOTAL(CASE WHEN estimated THEN cost_usd ELSE 0 END),
-    TOTAL(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END)
+    COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_tokens), 0),
+    COALESCE(SUM(completion_tokens), 0),
+    COALESCE(SUM(cost_usd), 0.0),
+    COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)
 """
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -115,47 +138,193 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
-    """Open a ledger for reading; FileNotFoundError when there is none (never creates one)."""
+# -- reading either ledger ---------------------------------------------------
+
+LedgerSource = str | os.PathLike[str]
+
+
+class LedgerReadError(Exception):
+    """The ledger's database cannot be reached or read. The message never holds a password."""
+
+
+class Dialect(NamedTuple):
+    """What the reports' SQL needs to know about the database it runs on."""
+
+    name: str
+    param: str  # the DB-API placeholder
+    day: str  # the UTC date of ``ts`` as YYYY-MM-DD
+
+
+SQLITE = Dialect("sqlite", "?", "date(ts, 'unixepoch')")
+POSTGRES = Dialect("postgresql", "%s",
+                   "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<netloc>[^/?#]*)")
+_PASSWORD_PARAM = re.compile(r"[?&]([^=&#]*password[^=&#]*)=([^&#]*)", re.IGNORECASE)
+_CONNECT_TIMEOUT = 10
+
+
+def is_postgres_url(source: LedgerSource) -> bool:
+    return isinstance(source, str) and source.lower().startswith(_POSTGRES_SCHEMES)
+
+
+def dialect_of(source: LedgerSource) -> Dialect:
+    """The dialect of a ledger source, without connecting; ValueError for another URL scheme."""
+    if is_postgres_url(source):
+        return POSTGRES
+    if isinstance(source, str) and (url := _URL.match(source)):
+        # Not a path: a typo'd or unsupported URL, which may hold a password.
+        raise ValueError(f"a ledger is a SQLite path or a postgresql:// URL, not a "
+                         f"{url.group('scheme')}:// URL")
+    return SQLITE
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords in a URL (user info and query), as written and percent-decoded."""
+    found: list[str] = []
+    if match := _URL.match(url):
+        userinfo = match.group("netloc").rpartition("@")[0]
+        found.append(userinfo.partition(":")[2])
+    found += [value for _, value in _PASSWORD_PARAM.findall(url)]
+    found += [unquote(value) for value in found]
+    return sorted({value for value in found if value}, key=len, reverse=True)
+
+
+def redact(text: str, url: str) -> str:
+    """`text` with every password of `url` replaced by ``***``."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def connect_readonly(db_path: LedgerSource) -> sqlite3.Connection:
+    """Open a SQLite ledger read-only; FileNotFoundError when there is none (never makes one)."""
     path = Path(db_path)
     if not path.is_file():
         raise FileNotFoundError(f"no ledger at {path}")
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
-def time_window(since: TimeArg, until: TimeArg) -> tuple[str, list[float]]:
-    """A WHERE clause on ``ts`` and its parameters, half-open: since <= ts < until."""
+def _connect_postgres(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise LedgerReadError("a PostgreSQL ledger needs psycopg: "
+                              "pip install 'psycopg[binary]'") from None
+    try:
+        # The writer's settings (tlproxy.ledger.PostgresWriter): a server cut off
+        # by the network fails the report in about 30 s rather than hanging
+        # it, and no server-side prepared statements, for PgBouncer's
+        # transaction pooling.
+        conn = psycopg.connect(
+            url, connect_timeout=_CONNECT_TIMEOUT,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            tcp_user_timeout=30_000, prepare_threshold=None)
+    except psycopg.Error as exc:
+        # psycopg names the host and the user, not the password; mask it anyway,
+        # and drop the chained exception, which a traceback would print.
+        raise LedgerReadError(
+            redact(f"cannot connect to the PostgreSQL ledger: {exc}".rstrip(), url)) from None
+    # Every transaction psycopg begins is BEGIN READ ONLY ISOLATION LEVEL
+    # REPEATABLE READ: the server refuses writes, and one report's queries
+    # see one snapshot.
+    conn.read_only = True
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    return conn
+
+
+def connect_ledger(source: LedgerSource) -> tuple[Any, Dialect]:
+    """A read-only DB-API connection to a ledger source, and the dialect to write its SQL in.
+
+    `source` is a SQLite path or a ``postgresql://`` (``postgres://``) URL. A
+    missing SQLite file raises FileNotFoundError (none is ever created); a
+    PostgreSQL server that cannot be reached, LedgerReadError. The queries
+    run on one connection read one snapshot of the ledger.
+    """
+    dialect = dialect_of(source)
+    if dialect is POSTGRES:
+        return _connect_postgres(str(source)), dialect
+    conn = connect_readonly(source)
+    try:
+        conn.execute("BEGIN")  # the snapshot starts at the first read
+    except sqlite3.Error as exc:
+        conn.close()
+        raise LedgerReadError(f"cannot read the ledger {source}: {exc}") from exc
+    return conn, dialect
+
+
+@contextlib.contextmanager
+def reading_ledger(source: LedgerSource) -> Iterator[tuple[Any, Dialect]]:
+    """`connect_ledger` for a ``with`` block: closed at its end, and the database's
+    errors (a missing table, a dropped connection) raised as LedgerReadError."""
+    conn, dialect = connect_ledger(source)
+    try:
+        yield conn, dialect
+    except Exception as exc:
+        if isinstance(exc, sqlite3.Error):
+            raise LedgerReadError(f"cannot read the ledger {source}: {exc}") from exc
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is not None and isinstance(exc, psycopg.Error):
+            # The server's message without the SQL excerpt ("LINE 12: ...") under it.
+            message = exc.diag.message_primary or str(exc).strip()
+            raise LedgerReadError(
+                redact(f"cannot read the PostgreSQL ledger: {message}", str(source))) from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()  # end the read transaction cleanly (a pooler sees it end)
+        conn.close()
+
+
+def time_window(since: TimeArg, until: TimeArg, param: str = "?") -> tuple[str, list[float]]:
+    """A WHERE clause on ``ts`` and its parameters, half-open: since <= ts < until.
+
+    `param` is the placeholder (`Dialect.param`)."""
     now = time.time()
-    clauses, params = ["1"], []
+    clauses, params = ["1 = 1"], []
     for op, value in ((">=", since), ("<", until)):
         bound = parse_time(value, now=now)
         if bound is not None:
-            clauses.append(f"ts {op} ?")
+            clauses.append(f"ts {op} {param}")
             params.append(bound)
     return " AND ".join(clauses), params
 
 
+def _group_sql(by: str, dialect: Dialect) -> str:
+    if by not in GROUPS:
+        raise ValueError(f"by must be one of {', '.join(GROUPS)}, not {by!r}")
+    return dialect.day if by == "day" else GROUPS[by]
+
+
 def summarize(
-    db_path: str | Path,
+    db_path: LedgerSource,
     *,
     since: TimeArg = None,
     until: TimeArg = None,
     by: str = "tier",
 ) -> list[dict[str, Any]]:
-    """Spend and savings per group (`GROUPS`); by day in date order, else most spend first."""
-    if by not in GROUPS:
-        raise ValueError(f"by must be one of {', '.join(GROUPS)}, not {by!r}")
-    group = GROUPS[by]
-    where, params = time_window(since, until)
-    with contextlib.closing(connect_readonly(db_path)) as conn:
-        sums = conn.execute(
-            f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params
-        ).fetchall()
-        ttfts: dict[str, list[float]] = {}
-        for name, ttft in conn.execute(
-            f"SELECT {group}, ttft_ms FROM ledger WHERE {where} AND winner "
-            "AND ttft_ms IS NOT NULL", params):
-            ttfts.setdefault(name, []).append(ttft)
+    """Spend and savings per group (`GROUPS`); by day in date order, else most spend first.
+
+    `db_path` is a ledger source: a SQLite path or a PostgreSQL URL (`connect_ledger`).
+    """
+    dialect = dialect_of(db_path)
+    group = _group_sql(by, dialect)
+    where, params = time_window(since, until, dialect.param)
+    with reading_ledger(db_path) as (conn, _):
+        return _summarize(conn, by, group, where, params)
+
+
+def _summarize(conn: Any, by: str, group: str, where: str,
+               params: list[float]) -> list[dict[str, Any]]:
+    cursor = conn.cursor()
+    cursor.execute(f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params)
+    sums = cursor.fetchall()
+    ttfts: dict[str, list[float]] = {}
+    cursor.execute(f"SELECT {group}, ttft_ms FROM ledger WHERE {where} AND winner "
+                   "AND ttft_ms IS NOT NULL", params)
+    for name, ttft in cursor.fetchall():
+        ttfts.setdefault(name, []).append(ttft)
     rows = [_summary_row(by, values, ttfts.get(values[0], [])) for values in sums]
     if by == "day":
         return sorted(rows, key=lambda r: r["day"])
@@ -190,11 +359,13 @@ def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def usage_json(db_path: str | Path, **filters: Any) -> dict[str, Any]:
+def usage_json(db_path: LedgerSource, **filters: Any) -> dict[str, Any]:
     """The ``GET /v1/tlproxy/usage`` body: the groups and the total for the same window.
 
-    `filters` are `summarize`'s (``since``, ``until``, ``by``). Raises
-    FileNotFoundError with no ledger and ValueError on a bad filter.
+    `db_path` is a ledger source: a SQLite path or a PostgreSQL URL. `filters`
+    are `summarize`'s (``since``, ``until``, ``by``). Raises ValueError on a
+    bad filter, FileNotFoundError with no SQLite ledger, LedgerReadError when
+    the database cannot be reached or read.
     """
     by = filters.pop("by", "tier") or "tier"
     now = time.time()
@@ -203,8 +374,13 @@ def usage_json(db_path: str | Path, **filters: Any) -> dict[str, Any]:
     until = parse_time(filters.pop("until", None), now=now)
     if filters:
         raise ValueError(f"unknown filter(s): {', '.join(sorted(filters))}")
-    groups = summarize(db_path, since=since, until=until, by=by)
-    total = summarize(db_path, since=since, until=until, by="all")
+    dialect = dialect_of(db_path)
+    group = _group_sql(by, dialect)
+    where, params = time_window(since, until, dialect.param)
+    # One connection, one snapshot: the groups add up to the total.
+    with reading_ledger(db_path) as (conn, _):
+        groups = _summarize(conn, by, group, where, params)
+        total = _summarize(conn, "all", GROUPS["all"], where, params)
     return {
         "object": "tlproxy.usage",
         "by": by,
@@ -333,21 +509,32 @@ def print_report(
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--db/--config/--since/--until/--format, shared with ``tlproxy shadow report``."""
-    parser.add_argument("--db", help="the SQLite ledger (default: [ledger] path of --config, "
-                        f"else {LedgerConfig().path})")
-    parser.add_argument("--config", help="a tlproxy config whose [ledger] path to read")
+    parser.add_argument("--db", help="the ledger: a SQLite file or a postgresql:// URL "
+                        "(default: the [ledger] of --config, else "
+                        f"{LedgerConfig().path})")
+    parser.add_argument("--config", help="a tlproxy config whose [ledger] to read: its "
+                        "postgres_url when set, else its path")
     parser.add_argument("--since", help="ISO 8601 date or time (UTC if no zone), or a span "
                         "back from now: 90m, 24h, 7d")
     parser.add_argument("--until", help="same forms as --since (default: now)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
-def ledger_path(args: argparse.Namespace) -> str:
+def ledger_source(args: argparse.Namespace) -> str:
+    """The ledger source the command line names: --db (a path or a URL), else the
+    [ledger] of --config (``postgres_url`` when set, else ``path``), else the default."""
     if args.db:
         return str(args.db)
     if args.config:
-        return load_config(args.config).ledger.path
+        ledger = load_config(args.config).ledger
+        return ledger.postgres_url or ledger.path
     return LedgerConfig().path
+
+
+ledger_path = ledger_source  # its name when the ledger was always a SQLite file
+
+# What the commands report as "tlproxy: <message>" rather than a traceback.
+COMMAND_ERRORS = (OSError, ValueError, ConfigError, sqlite3.Error, LedgerReadError)
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
@@ -357,8 +544,9 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--by", choices=[g for g in GROUPS if g != "all"], default="tier")
     args = parser.parse_args(argv)
     try:
-        document = usage_json(ledger_path(args), since=args.since, until=args.until, by=args.by)
-    except (OSError, ValueError, ConfigError, sqlite3.Error) as exc:
+        document = usage_json(ledger_source(args), since=args.since, until=args.until,
+                              by=args.by)
+    except COMMAND_ERRORS as exc:
         print(f"tlproxy: {exc}", file=sys.stderr)
         return 1
     return print_report(document["groups"], args.format, title=f"Spend by {args.by}",

@@ -27,27 +27,27 @@ pairs so a person can read them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import random
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from .config import ClientKey, Config, ConfigError, ShadowConfig
+from .config import ClientKey, Config, ShadowConfig
 from .report import (
+    COMMAND_ERRORS,
+    LedgerSource,
     add_common_arguments,
-    connect_readonly,
-    ledger_path,
+    dialect_of,
+    ledger_source,
     percentile,
     print_report,
+    reading_ledger,
     time_window,
 )
 
@@ -330,7 +330,7 @@ def _clip(text: str | None) -> str | None:
 
 
 def shadow_report(
-    db_path: str | Path,
+    db_path: LedgerSource,
     *,
     since: Any = None,
     until: Any = None,
@@ -339,15 +339,19 @@ def shadow_report(
     """Per rule: pairs, both sides' cost and latency, agreement, and example pairs.
 
     Examples prefer the most recent pairs whose answers differ, since those
-    are the ones worth reading. Rates are percentages.
+    are the ones worth reading. Rates are percentages. `db_path` is a ledger
+    source: a SQLite path or a PostgreSQL URL (`tlproxy.report.connect_ledger`).
     """
-    where, params = time_window(since, until)
-    with contextlib.closing(connect_readonly(db_path)) as conn:
-        rows = conn.execute(
+    where, params = time_window(since, until, dialect_of(db_path).param)
+    with reading_ledger(db_path) as (conn, _):
+        cursor = conn.cursor()
+        # Newest first; id breaks ties in ts, so both databases list pairs alike.
+        cursor.execute(
             "SELECT rule, request_id, prompt, primary_model, primary_text, primary_ttft_ms, "
             "primary_duration_ms, primary_cost_usd, shadow_model, shadow_text, shadow_ttft_ms, "
             f"shadow_duration_ms, shadow_cost_usd, shadow_ok FROM shadow_pairs WHERE {where} "
-            "ORDER BY ts DESC", params).fetchall()
+            "ORDER BY ts DESC, id DESC", params)
+        rows = cursor.fetchall()
     by_rule: dict[str, list[tuple[Any, ...]]] = {}
     for row in rows:
         by_rule.setdefault(row[0], []).append(row)
@@ -399,9 +403,9 @@ def shadow_main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--examples", type=int, default=3, help="example pairs per rule")
     args = parser.parse_args(argv)
     try:
-        rows = shadow_report(ledger_path(args), since=args.since, until=args.until,
+        rows = shadow_report(ledger_source(args), since=args.since, until=args.until,
                              examples=args.examples)
-    except (OSError, ValueError, ConfigError, sqlite3.Error) as exc:
+    except COMMAND_ERRORS as exc:
         print(f"tlproxy: {exc}", file=sys.stderr)
         return 1
     status = print_report(rows, args.format, title="Shadow comparison by rule",

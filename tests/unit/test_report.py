@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,16 @@ import pytest
 from tests.unit.test_ledger import running
 from tlproxy.ledger import Ledger, LedgerRow, SQLiteWriter
 from tlproxy.report import (
+    GROUPS,
+    POSTGRES,
+    SQLITE,
+    LedgerReadError,
+    dialect_of,
+    ledger_path,
+    ledger_source,
     parse_time,
     percentile,
+    redact,
     render_table,
     report_main,
     summarize,
@@ -172,3 +183,91 @@ def test_parse_time(value: Any, expected: float | None) -> None:
 ])
 def test_percentile_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
     assert percentile(values, q) == expected
+
+
+# -- types, sources and errors ------------------------------------------------
+
+@pytest.mark.parametrize("by", list(GROUPS))
+async def test_json_types(db: Path, by: str) -> None:
+    """Dollars are floats even in a group with nothing to sum (the embedding group has
+    no waste, shadow or estimate), counts are ints: the JSON says 0.0, never 0."""
+    for row in summarize(db, by=by):
+        for column, value in row.items():
+            if column.endswith("_usd"):
+                assert type(value) is float, (column, value)
+            elif column in ("requests", "attempts", "errors") or column.endswith("_tokens"):
+                assert type(value) is int, (column, value)
+    assert '"wasted_usd": 0.0,' in json.dumps(usage_json(db, by="tier")["groups"][2], indent=0)
+
+
+@pytest.mark.parametrize(("source", "dialect"), [
+    ("tlproxy-ledger.db", SQLITE), ("/var/lib/tlproxy/ledger.db", SQLITE),
+    (Path("postgresql:/not-a-url.db"), SQLITE), ("file:ledger.db", SQLITE),
+    ("postgresql://u:p@db.internal:5432/tlproxy", POSTGRES), ("postgres://db/tlproxy", POSTGRES),
+    ("PostgreSQL://db/tlproxy", POSTGRES),
+])
+def test_dialect_of(source: str | Path, dialect: object) -> None:
+    assert dialect_of(source) is dialect
+
+
+@pytest.mark.parametrize("source", ["mysql://u:hunter22@h/db", "postgresq://u:hunter22@h/db"])
+def test_another_url_is_not_taken_for_a_path(source: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # "no ledger at postgresq://u:hunter22@..." would print the password.
+    with pytest.raises(ValueError, match="SQLite path or a postgresql:// URL"):
+        dialect_of(source)
+    assert report_main(["--db", source]) == 1
+    err = capsys.readouterr().err
+    assert "postgresql:// URL" in err and "hunter22" not in err
+
+
+@pytest.mark.parametrize(("url", "text", "expected"), [
+    ("postgresql://u:s3cret@h/db", "failed: s3cret at postgresql://u:s3cret@h/db",
+     "failed: *** at postgresql://u:***@h/db"),
+    ("postgresql://u:p%40ss%2Fw@h/db", "raw p%40ss%2Fw, decoded p@ss/w", "raw ***, decoded ***"),
+    ("postgresql://u@h/db?sslmode=require&password=s3cret", "s3cret", "***"),
+    ("postgres://u:a:b@h:5/db", "a:b", "***"),
+    ("postgresql://u@h/db", "user u, no password", "user u, no password"),
+    ("postgresql://h/db?password=", "nothing to hide", "nothing to hide"),
+])
+def test_redact(url: str, text: str, expected: str) -> None:
+    assert redact(text, url) == expected
+
+
+def test_postgres_without_psycopg(monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    url = "postgresql://tlproxy:hunter22@127.0.0.1:1/tlproxy"
+    with pytest.raises(LedgerReadError, match=r"pip install 'psycopg\[binary\]'"):
+        usage_json(url)
+    assert report_main(["--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "needs psycopg" in err and "hunter22" not in err
+
+
+@pytest.mark.parametrize(("ledger", "db", "expected"), [
+    ("", None, "tlproxy-ledger.db"),
+    ('path = "/data/l.db"', None, "/data/l.db"),
+    ('path = "/data/l.db"\npostgres_url = "postgresql://h/tlproxy"', None,
+     "postgresql://h/tlproxy"),
+    ('postgres_url = "${LEDGER_URL}"', None, "postgresql://from-env/tlproxy"),
+    ('postgres_url = "postgresql://h/tlproxy"', "other.db", "other.db"),  # --db wins
+])
+def test_ledger_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: str,
+                       db: str | None, expected: str) -> None:
+    monkeypatch.setenv("LEDGER_URL", "postgresql://from-env/tlproxy")
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(f"[ledger]\n{ledger}\n")
+    args = argparse.Namespace(db=db, config=str(config))
+    assert ledger_source(args) == ledger_path(args) == expected
+    assert ledger_source(argparse.Namespace(db=None, config=None)) == "tlproxy-ledger.db"
+
+
+def test_a_file_without_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()  # a database, but no table
+    with pytest.raises(LedgerReadError, match="no such table: ledger"):
+        summarize(path)
+    assert report_main(["--db", str(path)]) == 1
+    assert "cannot read the ledger" in capsys.readouterr().err
+

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -293,3 +295,20 @@ async def test_shadow_main(shadow_db: Path, capsys: pytest.CaptureFixture[str]) 
 def test_shadow_main_without_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert shadow_main(["report", "--db", str(tmp_path / "none.db")]) == 1
     assert "no ledger" in capsys.readouterr().err
+
+
+async def test_shadow_examples_break_ts_ties_by_insertion(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(SQLiteWriter(path))
+    for i in (1, 2, 3):  # one instant, written in this order
+        ledger.record_shadow(msgspec.structs.replace(pair(i, "r", "a", "b"), ts=1_700_000_000.0))
+    await ledger.aclose()
+    (report,) = shadow_report(path, examples=3)
+    assert [e["request_id"] for e in report["examples"]] == ["req_3", "req_2", "req_1"]
+
+
+def test_shadow_main_without_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    assert shadow_main(["report", "--db", str(path)]) == 1
+    assert "no such table: shadow_pairs" in capsys.readouterr().err
