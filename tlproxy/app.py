@@ -437,7 +437,7 @@ class App:
         """``GET /v1/tlproxy/usage?since=7d&by=model``: the report, as JSON."""
         from urllib.parse import parse_qsl
 
-        from .report import usage_json
+        from .report import LedgerReadError, usage_json
 
         if self.ledger is None:
             raise NotFound("The ledger is disabled ([ledger] enabled = false).",
@@ -448,13 +448,18 @@ class App:
         with trio.move_on_after(2.0):
             while self.ledger.statistics().queued:  # noqa: ASYNC110 - the writer's state
                 await trio.sleep(0.02)
+        source = self.config.ledger.postgres_url or self.config.ledger.path
         try:
             body = await trio.to_thread.run_sync(
-                functools.partial(usage_json, self.config.ledger.path, **filters))
+                functools.partial(usage_json, source, **filters))
         except ValueError as exc:
             raise InvalidRequest(str(exc), code="invalid_value") from None
         except FileNotFoundError:
             body = {"object": "tlproxy.usage", "groups": [], "total": None}
+        except LedgerReadError as exc:
+            # The message never holds the database password.
+            raise ProxyError(f"The ledger cannot be read: {exc}", status=503,
+                             code="ledger_unavailable") from None
         await request.respond(200, _encode(body))
 
     @staticmethod

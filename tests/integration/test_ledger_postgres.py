@@ -13,13 +13,15 @@ import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
+import msgspec
 import openai
 import psycopg
 import pytest
 import trio
 
 from tests.integration.conftest import fast_config, start_proxy
-from tests.integration.test_ledger_e2e import HELLO
+from tests.integration.test_ledger_e2e import ADMIN, ADMIN_HASH, HELLO
 from tests.unit.test_ledger import row, running
 from tlproxy.config import LedgerConfig
 from tlproxy.ledger import MIGRATIONS, Ledger, LedgerError, LedgerRow, PostgresWriter
@@ -295,7 +297,8 @@ async def test_a_restarted_server_loses_nothing(retry_log: pytest.LogCaptureFixt
 # -- the proxy ----------------------------------------------------------------
 
 async def test_the_proxy_writes_its_ledger_to_postgres(nursery: trio.Nursery, url: str) -> None:
-    config = fast_config(ledger=LedgerConfig(postgres_url=url, flush_interval=0.05))
+    config = fast_config(ledger=LedgerConfig(postgres_url=url, flush_interval=0.05),
+                         admin_keys=[ADMIN_HASH])
     proxy = await start_proxy(nursery, config)
     answered = {}
     async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x",
@@ -325,6 +328,33 @@ async def test_the_proxy_writes_its_ledger_to_postgres(nursery: trio.Nursery, ur
         assert winner.kind == "chat" and winner.status == "ok"
         assert winner.cost_usd > 0 and winner.prompt_tokens > 0 and winner.completion_tokens > 0
         assert winner.reference_cost_usd > 0
+    # The usage endpoint reads the same PostgreSQL ledger.
+    async with httpx.AsyncClient(base_url=proxy.url) as http:
+        usage = await http.get("/v1/tlproxy/usage?by=model",
+                               headers={"authorization": f"Bearer {ADMIN}"})
+    assert usage.status_code == 200
+    total = usage.json()["total"]
+    assert total["requests"] == 2
+    assert total["spend_usd"] == pytest.approx(
+        sum(r.cost_usd for r in await ledger_rows(url)), abs=1e-6)
+
+
+async def test_the_usage_endpoint_says_when_the_ledger_cannot_be_read(
+    nursery: trio.Nursery, url: str
+) -> None:
+    proxy = await start_proxy(nursery, fast_config(
+        ledger=LedgerConfig(postgres_url=url, flush_interval=0.05), admin_keys=[ADMIN_HASH]))
+    # Point the running app's reports at a database that does not exist, with a
+    # password in the URL (the URL looks like postgresql://user@host:port/name).
+    user, rest = url.removeprefix("postgresql://").split("@", 1)
+    missing = f"postgresql://{user}:s3cret-pw@{rest.rsplit('/', 1)[0]}/no_such_database"
+    proxy.app.config = msgspec.structs.replace(
+        proxy.app.config, ledger=LedgerConfig(postgres_url=missing))
+    async with httpx.AsyncClient(base_url=proxy.url) as http:
+        usage = await http.get("/v1/tlproxy/usage", headers={"authorization": f"Bearer {ADMIN}"})
+    assert usage.status_code == 503
+    assert usage.json()["error"]["code"] == "ledger_unavailable"
+    assert "s3cret-pw" not in usage.text
 
 
 async def test_connections_detect_a_partition_and_suit_pgbouncer(url: str) -> None:
