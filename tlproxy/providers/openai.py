@@ -20,6 +20,7 @@ from ..sse import SSEDecoder
 from ._http import (
     HTTPProvider,
     credentials_rejected,
+    encode_body,
     json_answer,
     transport_error,
     unavailable,
@@ -100,7 +101,7 @@ class OpenAIProvider(HTTPProvider):
             out["stream_options"] = options
         else:
             out.pop("stream_options", None)
-        return orjson.dumps(out)
+        return encode_body(out)
 
     async def chat(self, body: JSON, *, model: str) -> JSON:
         try:
@@ -144,7 +145,7 @@ class OpenAIProvider(HTTPProvider):
         out["model"] = model
         try:
             response = await self._client.post(
-                self._embed_url, content=orjson.dumps(out), headers=self._headers
+                self._embed_url, content=encode_body(out), headers=self._headers
             )
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from None

@@ -13,10 +13,9 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-import orjson
 
 from ...errors import InvalidRequest
-from .._http import HTTPProvider, json_answer, translate_sse, transport_error
+from .._http import HTTPProvider, encode_body, json_answer, translate_sse, transport_error
 from ..base import JSON, Chunk
 from .answer import AnthropicStreamTranslator, from_anthropic_response, map_anthropic_error
 from .request import to_anthropic_request
@@ -75,7 +74,7 @@ class AnthropicProvider(HTTPProvider):
             # Automatic caching: Anthropic puts the breakpoint on the last
             # cacheable block, so each turn reads the conversation so far.
             request["cache_control"] = {"type": "ephemeral"}
-        return orjson.dumps(request)
+        return encode_body(request)
 
     async def _send(
         self, stack: contextlib.AsyncExitStack, body: JSON, model: str, *, stream: bool

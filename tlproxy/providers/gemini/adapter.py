@@ -14,9 +14,8 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-import orjson
 
-from .._http import HTTPProvider, json_answer, translate_sse, transport_error
+from .._http import HTTPProvider, encode_body, json_answer, translate_sse, transport_error
 from ..base import JSON, Chunk
 from .answer import (
     GeminiStreamTranslator,
@@ -66,7 +65,7 @@ class GeminiProvider(HTTPProvider):
     async def _post(self, url: str, payload: JSON) -> JSON:
         try:
             response = await self._client.post(
-                url, content=orjson.dumps(payload), headers=self._headers
+                url, content=encode_body(payload), headers=self._headers
             )
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
@@ -81,7 +80,7 @@ class GeminiProvider(HTTPProvider):
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
-        payload = orjson.dumps(to_gemini_request(body, model=model))
+        payload = encode_body(to_gemini_request(body, model=model))
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
         translator = GeminiStreamTranslator(model=model, created=int(time.time()))
         async with contextlib.AsyncExitStack() as stack:
