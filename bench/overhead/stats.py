@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.ttft.stats import percentile
 
 MODEL = "gpt-5-nano"
 QUANTILES = (0.5, 0.9, 0.99)
@@ -32,21 +33,6 @@ _OTHER_CPU_WARNING = 20.0
 
 
 # -- pure functions ----------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-quantile (0..1) of sorted values, linear between closest ranks (numpy's default).
-
-    Raises ValueError for no values: a NaN would travel silently into a table.
-    """
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile {q} is outside [0, 1]")
-    h = (len(sorted_values) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
 
 
 def distribution_ms(seconds: Sequence[float]) -> dict[str, float | int | None]:
