@@ -195,6 +195,11 @@ def openai_duration(seconds: float) -> str:
     return f"{text}s"
 
 
+def _spend_ttl(now: float, end: float) -> int:
+    """Seconds a period's spend is kept: to the period's `end`, then a grace day."""
+    return max(math.ceil(end - now), 0) + _SPEND_GRACE
+
+
 def budget_window(now: float, period: Period) -> tuple[str, float]:
     """The UTC period containing `now`: its label (``2026-11-27`` / ``2026-11``) and its end."""
     moment = datetime.fromtimestamp(now, tz=UTC)
@@ -375,7 +380,9 @@ return {allowed and 1 or 0, num(requests), num(tokens), num(spend)}
 """
 
 # KEYS: tokens bucket, spend. ARGV: now ('' = Redis time), tpm ('' = none),
-# token correction, cost ('' = none), Unix time at which the spend key expires.
+# token correction, cost ('' = none), seconds the spend key lives. The lifetime is
+# relative, not an EXPIREAT: the period's end follows the caller's clock, and an
+# absolute time would be read on Redis's own clock, which may differ from it.
 _SETTLE_LUA = _LUA_COMMON + """
 local tpm, delta = tonumber(ARGV[2]), tonumber(ARGV[3])
 if tpm and delta ~= 0 then
@@ -384,7 +391,7 @@ if tpm and delta ~= 0 then
 end
 if ARGV[4] ~= '' then
   redis.call('INCRBYFLOAT', KEYS[2], ARGV[4])
-  redis.call('EXPIREAT', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
 return 1
 """
@@ -502,7 +509,7 @@ class RedisLimiter(_Counting):
             return
         period, end = budget_window(now, limits.budget_period)
         args = [_arg(now if self.clock == "caller" else None), _arg(limits.tpm), str(delta),
-                _arg(cost_usd) if charge else "", str(int(end) + _SPEND_GRACE)]
+                _arg(cost_usd) if charge else "", str(_spend_ttl(now, end))]
         await self._call(self._settle, self.keys(key, period)[1:], args)
 
     async def _call(self, script: Script[bytes], keys: list[str],

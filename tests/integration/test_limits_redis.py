@@ -17,9 +17,16 @@ from typing import Literal
 import pytest
 import trio
 
-from tests.unit.test_limits import EPOCH, SCENARIOS
+from tests.unit.test_limits import EPOCHS, SCENARIOS
 from tlproxy.errors import ProxyError
-from tlproxy.limits import KeyLimits, MemoryLimiter, RedisLimiter, Verdict, redis_client
+from tlproxy.limits import (
+    KeyLimits,
+    MemoryLimiter,
+    RedisLimiter,
+    Verdict,
+    budget_window,
+    redis_client,
+)
 
 from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, requires_redis
 
@@ -127,15 +134,18 @@ async def test_spend_and_tokens_settled_on_one_instance_count_on_the_other(
         assert second.statistics().refused_budget == 1
 
 
+@pytest.mark.parametrize("epoch", EPOCHS)
 @pytest.mark.parametrize("name", SCENARIOS)
 async def test_lua_scripts_match_memory_limiter_step_by_step(
-    name: str, server: RedisServer
+    name: str, epoch: str, server: RedisServer
 ) -> None:
+    """At an epoch ahead of Redis's clock and one a year behind it: the spend keys
+    live relative to `now`, so Redis's own clock never expires them early."""
     limits, steps = SCENARIOS[name]
     memory = MemoryLimiter()
     async with RedisLimiter(server.url, clock="caller", timeout=2.0) as redis:
         for step in steps:
-            now = EPOCH + step.t
+            now = EPOCHS[epoch] + step.t
             if step.settle is not None:
                 used, estimated, cost = step.settle
                 for limiter in (memory, redis):
@@ -231,3 +241,17 @@ async def test_cluster_starts_when_its_nodes_are_down_and_retries() -> None:
 ])
 def test_client_kind_follows_scheme_or_option(url: str, cluster: bool | None, kind: str) -> None:
     assert type(redis_client(url, cluster=cluster)).__name__ == kind
+
+
+@pytest.mark.parametrize("epoch", EPOCHS)
+async def test_spend_key_lives_to_the_period_end_plus_a_day_on_any_clock(
+    epoch: str, server: RedisServer,
+) -> None:
+    limits = KeyLimits(budget_usd=1.0, budget_period="day")
+    now = EPOCHS[epoch]  # noon UTC: twelve hours before the period ends
+    async with RedisLimiter(server.url, clock="caller", timeout=2.0) as limiter:
+        await limiter.settle("k", limits, tokens=0, estimated_tokens=0, cost_usd=0.25, now=now)
+        period, _ = budget_window(now, "day")
+        async with redis_client(server.url) as client:
+            ttl = await client.ttl(limiter.keys("k", period)[2])
+    assert ttl in range(43_200 + 86_400 - 2, 43_200 + 86_400 + 1)

@@ -7,6 +7,7 @@ sleeps until its time, so every number below is exact.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,8 +26,42 @@ from tlproxy.limits import (
     openai_duration,
 )
 
-# 2026-11-27 12:00:00 UTC: half a day before the daily budget resets.
-EPOCH = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
+
+
+def scenario_epoch(today: float, *, years_back: int = 0) -> float:
+    """Noon UTC three and a half days before the month after next begins.
+
+    Half a day before the daily budget resets and 3.5 days before the monthly
+    one, as the scenarios expect. It moves with `today` (always ahead of it), so
+    no scenario depends on the date it runs on; `years_back` gives the same
+    moment a year or more earlier, in the past of any clock.
+    """
+    moment = datetime.fromtimestamp(today, tz=UTC)
+    month = moment.month + 2
+    year = moment.year + (month - 1) // 12 - years_back
+    first = datetime(year, (month - 1) % 12 + 1, 1, tzinfo=UTC)
+    return first.timestamp() - 3.5 * 86400
+
+
+# The scenarios run at two epochs a year apart: one ahead of the real clock, one
+# behind it. A store that reads its own clock (Redis's expiries) sees both.
+EPOCHS = {"ahead": scenario_epoch(time.time()),
+          "a-year-before": scenario_epoch(time.time(), years_back=1)}
+EPOCH = EPOCHS["ahead"]
+
+
+@pytest.mark.parametrize(("today", "expected"), [
+    (datetime(2026, 12, 3, 9, tzinfo=UTC), datetime(2027, 1, 28, 12, tzinfo=UTC)),
+    (datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 12, 28, 12, tzinfo=UTC)),
+    (datetime(2027, 2, 10, tzinfo=UTC), datetime(2027, 3, 28, 12, tzinfo=UTC)),
+    (datetime(2027, 11, 30, 23, tzinfo=UTC), datetime(2027, 12, 28, 12, tzinfo=UTC)),
+])
+def test_scenario_epoch_is_ahead_of_today_at_noon_before_a_month_end(
+    today: datetime, expected: datetime,
+) -> None:
+    assert scenario_epoch(today.timestamp()) == expected.timestamp()
+    a_year_before = expected.replace(year=expected.year - 1).timestamp()
+    assert scenario_epoch(today.timestamp(), years_back=1) == a_year_before
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -157,14 +192,17 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.parametrize("epoch", EPOCHS)
 @pytest.mark.parametrize("name", SCENARIOS)
-async def test_memory_limiter_scenarios(name: str, autojump_clock: trio.testing.MockClock) -> None:
+async def test_memory_limiter_scenarios(
+    name: str, epoch: str, autojump_clock: trio.testing.MockClock,
+) -> None:
     limits, steps = SCENARIOS[name]
     limiter = MemoryLimiter()
     start = trio.current_time()
     for index, step in enumerate(steps):
         await trio.sleep_until(start + step.t)
-        now = EPOCH + (trio.current_time() - start)
+        now = EPOCHS[epoch] + (trio.current_time() - start)
         if step.settle is not None:
             used, estimated, cost = step.settle
             await limiter.settle("k", limits, tokens=used, estimated_tokens=estimated,
