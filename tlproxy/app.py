@@ -42,6 +42,7 @@ from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
 from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
+from .readiness import Readiness, assess, shutting_down
 from .router import Plan
 from .shadow import Shadow
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
@@ -470,15 +471,22 @@ class App:
         await request.respond(200, b'{"status":"ok"}')
 
     async def readyz(self, request: Request) -> None:
-        problems = [] if self.ready else ["shutting down"]
-        if self.ready:
+        readiness = await self.readiness() if self.ready else shutting_down()
+        await request.respond(200 if readiness.ready else 503, _encode(readiness.body()))
+
+    async def readiness(self) -> Readiness:
+        """Ping every provider at once and judge whether every tier can answer."""
+        reachable: dict[str, bool] = {}
+
+        async def ping(name: str, provider: Provider) -> None:
+            reachable[name] = await provider.ping()
+
+        async with trio.open_nursery() as nursery:
             for name, provider in self.providers.items():
-                if not await provider.ping():
-                    problems.append(f"provider {name} is unreachable")
-        if problems:
-            await request.respond(503, _encode({"status": "unavailable", "problems": problems}))
-        else:
-            await request.respond(200, _encode({"status": "ready", "time": int(time.time())}))
+                nursery.start_soon(ping, name, provider)
+        now = trio.current_time()
+        return assess(self.config.models, reachable,
+                      lambda model: self.engine.stats[model].available(now))
 
 
 def _ignore(_pair: object) -> None:

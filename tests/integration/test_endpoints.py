@@ -6,13 +6,16 @@ import base64
 import struct
 
 import httpx
+import msgspec
 import openai
 import pytest
 import trio
 
-from tests.integration.conftest import start_proxy
+from tests.integration.conftest import fast_config, start_proxy
 from tests.openai_schema import validate
 from tlproxy.config import Config, ModelConfig, ProviderConfig, SimModelProfile
+
+HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 async def test_embeddings_float(raw: httpx.AsyncClient) -> None:
@@ -99,6 +102,46 @@ async def test_health_and_readiness(raw: httpx.AsyncClient) -> None:
     assert (await raw.get("/healthz")).json() == {"status": "ok"}
     ready = await raw.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def _with_dead_provider(premium_on_sim: bool) -> Config:
+    """The default catalog on the sim, plus a premium model on a provider that is down."""
+    base = fast_config()
+    dead = ProviderConfig(kind="openai", base_url="http://127.0.0.1:9/v1", connect_timeout=1.0)
+    models = [m for m in base.models if premium_on_sim or m.tier != "premium"]
+    models.insert(0, ModelConfig(id="dead-premium", provider="dead", tier="premium"))
+    return msgspec.structs.replace(
+        base, providers={**base.providers, "dead": dead}, models=models)
+
+
+async def test_one_provider_down_leaves_the_instance_ready(nursery: trio.Nursery) -> None:
+    running = await start_proxy(nursery, _with_dead_provider(premium_on_sim=True))
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready" and body["providers_down"] == ["dead"]
+    assert "dead-premium" not in body["tiers"]["premium"] and body["tiers"]["premium"]
+    # ...and it is telling the truth: premium requests are answered through the others.
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x",
+                                  max_retries=0) as client:
+        answer = await client.chat.completions.with_raw_response.create(
+            model="premium", messages=HELLO)
+    assert answer.headers["x-tlproxy-tier"] == "premium"
+    assert answer.headers["x-tlproxy-model"] != "dead-premium"
+
+
+async def test_a_tier_with_every_model_down_makes_the_instance_unready(
+    nursery: trio.Nursery,
+) -> None:
+    running = await start_proxy(nursery, _with_dead_provider(premium_on_sim=False))
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "unavailable" and body["providers_down"] == ["dead"]
+    assert body["problems"] == ["no healthy model in tier premium"]
+    assert body["tiers"]["economy"]
 
 
 @pytest.mark.parametrize(("method", "path"), [
