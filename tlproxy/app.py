@@ -39,6 +39,7 @@ from .errors import (
 from .keys import KeyStore
 from .ledger import Ledger
 from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
+from .limits_file import SharedFileLimiter
 from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
@@ -169,7 +170,8 @@ class App:
         self.limiter: Limiter = (
             RedisLimiter(limits.redis_url, timeout=limits.redis_timeout,
                          on_failure=limits.on_redis_failure)
-            if limits.redis_url else MemoryLimiter())
+            if limits.redis_url else SharedFileLimiter(limits.shared_file)
+            if limits.shared_file else MemoryLimiter())
         self._key_limits: dict[str, KeyLimits] = {}
         self._background: trio.Nursery | None = None
         self.engine.admit = self._admit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -11,10 +12,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from .catalog import default_config
@@ -95,6 +98,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else config.server.workers
     workers = workers or os.cpu_count() or 1
     if args.fd is not None:
+        if args.limits_file is not None:
+            config = msgspec.structs.replace(config, limits=msgspec.structs.replace(
+                config.limits, shared_file=args.limits_file))
         trio.run(_serve_main, config, host, port, [f"fd://{args.fd}"], False)
         return 0
     if workers <= 1:
@@ -113,10 +119,20 @@ def _run_workers(
     sock.bind((host, port))
     sock.listen(4096)
     sock.set_inheritable(True)
-    bound = sock.getsockname()[1]
     command = [sys.executable, "-m", "tlproxy.cli", "serve", "--fd", str(sock.fileno())]
     if args.config:
         command += ["--config", args.config]
+    with contextlib.ExitStack() as cleanup:
+        if config.limits.redis_url is None and config.limits.shared_file is None:
+            # Without Redis the workers share their limits through one file of this run's.
+            folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tlproxy-limits-"))
+            command += ["--limits-file", os.path.join(folder, "limits.db")]
+        return _start_workers(command, sock, config, host, workers)
+
+
+def _start_workers(command: list[str], sock: socket.socket, config: Config, host: str,
+                   workers: int) -> int:
+    bound = sock.getsockname()[1]
     children = [subprocess.Popen(command, pass_fds=(sock.fileno(),)) for _ in range(workers)]
     # The workers hold the socket now. Were the parent to keep its copy, the
     # kernel would go on queueing connections after the workers stopped
@@ -303,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int,
                        help="worker processes (default: one per CPU core)")
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--limits-file", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     config = sub.add_parser("config", help="work with config files")

@@ -271,6 +271,9 @@ class LedgerConfig(_Strict):
 class LimitsConfig(_Strict):
     # Shared state across workers and instances; None keeps limits in memory.
     redis_url: str | None = None
+    # Without Redis, the workers of one `tlproxy serve --workers N` share their
+    # limits through this SQLite file; serve makes one for each run (no need to set it).
+    shared_file: str | None = None
     # When Redis is unreachable: "open" serves (and counts it), "closed" answers 503.
     on_redis_failure: Literal["open", "closed"] = "open"
     redis_timeout: float = 0.25

@@ -66,8 +66,8 @@ if TYPE_CHECKING:
     from coredis.commands import Script
 
 __all__ = [
-    "KeyLimits", "Limiter", "LimiterStatistics", "MemoryLimiter", "RedisLimiter", "Verdict",
-    "budget_window", "openai_duration", "redis_client",
+    "KeyLimits", "KeyState", "Limiter", "LimiterStatistics", "MemoryLimiter", "RedisLimiter",
+    "Verdict", "admit_state", "budget_window", "openai_duration", "redis_client", "settle_state",
 ]
 
 log = logging.getLogger("tlproxy.limits")
@@ -281,15 +281,55 @@ class _Counting:
         return verdict
 
 
+class KeyState(msgspec.Struct):
+    """One key's counters: each bucket's (level, time), and (period label, spend)."""
+
+    requests: tuple[float, float] | None = None
+    tokens: tuple[float, float] | None = None
+    spend: tuple[str, float] | None = None
+
+
+def admit_state(state: KeyState, limits: KeyLimits, *, estimated_tokens: int,
+                now: float) -> Verdict:
+    """Check one request against `state` and count it there if it fits (pure but for
+    `state`, which a refused request leaves as it was)."""
+    reserve = limits.reserve(estimated_tokens)
+    requests, requests_at = _drain(state.requests, now, limits.rpm or 1)
+    tokens, tokens_at = _drain(state.tokens, now, limits.tpm or 1)
+    label, end = budget_window(now, limits.budget_period)
+    spent_label, spent = state.spend or (label, 0.0)
+    failing = _failing(limits, requests=requests, tokens=tokens, reserve=reserve,
+                       spend=spent if spent_label == label else 0.0, budget_wait=end - now)
+    if not failing:
+        if limits.rpm is not None:
+            requests += 1
+            state.requests = (requests, requests_at)
+        if limits.tpm is not None:
+            tokens += reserve
+            state.tokens = (tokens, tokens_at)
+    return _verdict(limits, requests, tokens, failing)
+
+
+def settle_state(state: KeyState, limits: KeyLimits, *, tokens: int, estimated_tokens: int,
+                 cost_usd: float, now: float) -> None:
+    """Correct the token reservation and add the spend, in `state`."""
+    if limits.tpm is not None:
+        level, at = _drain(state.tokens, now, limits.tpm)
+        delta = tokens - limits.reserve(estimated_tokens)
+        state.tokens = (max(level + delta, 0.0), at)
+    if limits.budget_usd is not None and cost_usd:
+        label, _ = budget_window(now, limits.budget_period)
+        spent_label, spent = state.spend or (label, 0.0)
+        state.spend = (label, (spent if spent_label == label else 0.0) + cost_usd)
+
+
 class MemoryLimiter(_Counting):
-    """Limits kept in this process: exact for one worker, never shared with another."""
+    """Limits kept in this process: exact for one worker, never shared with another
+    (several workers share theirs through `SharedFileLimiter`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._requests: dict[str, tuple[float, float]] = {}
-        self._tokens: dict[str, tuple[float, float]] = {}
-        # key -> (period label, spend in it)
-        self._spend: dict[str, tuple[str, float]] = {}
+        self._state: dict[str, KeyState] = {}
 
     async def admit(
         self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
@@ -297,35 +337,19 @@ class MemoryLimiter(_Counting):
         await trio.lowlevel.checkpoint()
         if limits.unlimited:
             return self._count(Verdict(allowed=True))
-        reserve = limits.reserve(estimated_tokens)
-        requests, requests_at = _drain(self._requests.get(key), now, limits.rpm or 1)
-        tokens, tokens_at = _drain(self._tokens.get(key), now, limits.tpm or 1)
-        label, end = budget_window(now, limits.budget_period)
-        spent_label, spent = self._spend.get(key, (label, 0.0))
-        failing = _failing(limits, requests=requests, tokens=tokens, reserve=reserve,
-                           spend=spent if spent_label == label else 0.0, budget_wait=end - now)
-        if not failing:
-            if limits.rpm is not None:
-                requests += 1
-                self._requests[key] = (requests, requests_at)
-            if limits.tpm is not None:
-                tokens += reserve
-                self._tokens[key] = (tokens, tokens_at)
-        return self._count(_verdict(limits, requests, tokens, failing))
+        state = self._state.setdefault(key, KeyState())
+        return self._count(admit_state(state, limits, estimated_tokens=estimated_tokens,
+                                       now=now))
 
     async def settle(
         self, key: str, limits: KeyLimits, *, tokens: int, estimated_tokens: int,
         cost_usd: float, now: float,
     ) -> None:
         await trio.lowlevel.checkpoint()
-        if limits.tpm is not None:
-            level, at = _drain(self._tokens.get(key), now, limits.tpm)
-            delta = tokens - limits.reserve(estimated_tokens)
-            self._tokens[key] = (max(level + delta, 0.0), at)
-        if limits.budget_usd is not None and cost_usd:
-            label, _ = budget_window(now, limits.budget_period)
-            spent_label, spent = self._spend.get(key, (label, 0.0))
-            self._spend[key] = (label, (spent if spent_label == label else 0.0) + cost_usd)
+        if limits.tpm is None and limits.budget_usd is None:
+            return
+        settle_state(self._state.setdefault(key, KeyState()), limits, tokens=tokens,
+                     estimated_tokens=estimated_tokens, cost_usd=cost_usd, now=now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -133,3 +133,19 @@ async def test_concurrent_stream_cap_per_key(nursery: trio.Nursery) -> None:
             await client.chat.completions.create(model="auto", messages=HELLO, stream=True)
         assert caught.value.code == "too_many_concurrent_streams"
         await stream.close()
+
+
+@pytest.mark.slow
+async def test_workers_without_redis_hold_a_keys_limit_as_written(tmp_path: Path) -> None:
+    """Two worker processes and no Redis: rpm=3 admits 3 of 40, not 3 per worker."""
+    config = tmp_path / "tlproxy.toml"
+    text = CONFIG.format(redis="", failure="open", digest=DIGEST, rpm=3)
+    config.write_text(text.replace('redis_url = ""\n', ""))
+    server = ServerProcess(config, workers=2)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        counts: dict[int, int] = {}
+        await _count(server.url, 40, counts)
+        assert counts == {200: 3, 429: 37}
+    finally:
+        server.kill()

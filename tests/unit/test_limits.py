@@ -27,7 +27,6 @@ from tlproxy.limits import (
 )
 
 
-
 def scenario_epoch(today: float, *, years_back: int = 0) -> float:
     """Noon UTC three and a half days before the month after next begins.
 
