@@ -29,6 +29,13 @@ next one, staggered, and a failure starts the next one at once. When the
 decision names a tier, everything outside it is cancelled; the first
 candidate of that tier with a first token wins and the rest are cancelled.
 
+What counts as a first token is the caller's to say (`first_token_kind`):
+any chunk that shows progress, whatever it carries (content, a refusal, a
+tool call, reasoning, audio), and the record keeps which kind it was, so the
+statistics and the ledger never mix a reasoning model's first thought with
+another's first word unawares. A role-only chunk is not progress: a model
+that sends one at once and then thinks for seconds has not answered.
+
 The guarantees:
 
 1. the caller sees nothing (the `async with` does not enter) until the
@@ -103,6 +110,9 @@ class AttemptRecord(msgspec.Struct):
     error: Exception | None
     chunks: int
     usage: dict[str, Any] | None
+    # What the first token carried, as `first_token_kind` named it: "content",
+    # "refusal", "tool_calls", "reasoning", "audio", ...; None without one.
+    first_token_kind: str | None = None
 
 
 class Winner(msgspec.Struct, frozen=True):
@@ -258,7 +268,7 @@ class _Race:
         *,
         candidates: Mapping[str, Sequence[Candidate]],
         open_stream: Callable[[Candidate], AbstractAsyncContextManager[AsyncIterator[Chunk]]],
-        is_first_token: Callable[[Chunk], bool],
+        first_token_kind: Callable[[Chunk], str | None],
         fanout: int,
         max_attempts: int,
         hedge: bool,
@@ -267,7 +277,7 @@ class _Race:
     ) -> None:
         self.lanes = {tier: _Lane(ranked) for tier, ranked in candidates.items()}
         self.open_stream = open_stream
-        self.is_first_token = is_first_token
+        self.first_token_kind = first_token_kind
         self.fanout = fanout
         self.max_attempts = max_attempts
         self.hedge = hedge
@@ -524,8 +534,10 @@ class _Race:
                 await attempt.send.send(chunk)  # blocks when the buffer is full
             return
         attempt.first_chunks.append(chunk)
-        if self.is_first_token(chunk):
+        kind = self.first_token_kind(chunk)
+        if kind is not None:
             record.first_token_at = trio.current_time()
+            record.first_token_kind = kind
             assert attempt.deadline_scope is not None
             attempt.deadline_scope.deadline = math.inf
             # What this attempt holds in all: first chunks, the channel, one in hand.
@@ -543,7 +555,7 @@ async def race(
     candidates: Mapping[str, Sequence[Candidate]],
     decide: Callable[[], Awaitable[str]] | str,
     open_stream: Callable[[Candidate], AbstractAsyncContextManager[AsyncIterator[Chunk]]],
-    is_first_token: Callable[[Chunk], bool],
+    first_token_kind: Callable[[Chunk], str | None],
     fanout: int = 2,
     max_attempts: int = 4,
     hedge: bool = True,
@@ -556,6 +568,9 @@ async def race(
     `candidates` maps each tier still possible to its candidates, best first,
     in the order tiers should be tried; `decide` is the slow decision (a
     plain string when already made: then only that tier is called).
+    `first_token_kind` names what a chunk's first token carries, or None
+    when the chunk carries none (a role-only chunk, usage, filter results);
+    the record of the attempt keeps the name.
 
     Speculation starts the best candidate of each tier, at most `fanout`
     attempts running at once until the decision; with several tiers possible
@@ -573,7 +588,7 @@ async def race(
     cancels every attempt still running, the winner's included.
     """
     state = _Race(
-        candidates=candidates, open_stream=open_stream, is_first_token=is_first_token,
+        candidates=candidates, open_stream=open_stream, first_token_kind=first_token_kind,
         fanout=max(1, fanout), max_attempts=max_attempts, hedge=hedge,
         buffer_limit=buffer_limit, on_record=on_record)
     # Tiers that may start before the decision (None: all of them). A tier left
