@@ -261,16 +261,28 @@ class Engine:
 
     def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
                    stream: bool) -> Candidate:
+        if not stream:
+            # A JSON answer arrives whole: its "first token" is its last, so
+            # neither a first-token deadline nor a hedge delay drawn from
+            # TTFTs applies to it. Its bound is the total timeout. It is not
+            # hedged at all: its duration grows with the answer's length
+            # (max_tokens, reasoning effort), so a quantile of past durations
+            # would start a second, fully billed copy of every long answer
+            # rather than rescue a slow upstream. A failure or the total
+            # timeout still hands over to the next candidate.
+            total = model.total_timeout
+            if total is None:
+                total = self.config.providers[model.provider].total_timeout
+            return Candidate(key=model.id, tier=tier, hedge_delay=math.inf,
+                             answer_deadline=total)
         stats = self.stats[model.id]
         delay = math.inf
-        # A JSON answer takes its whole generation time, which TTFT
-        # statistics do not predict: JSON requests are not hedged.
-        if stream and tier in policy.hedge_tiers:
+        if tier in policy.hedge_tiers:
             quantile = stats.quantile(policy.hedge_quantile)
             delay = (policy.hedge_initial_ms / 1000 if quantile is None
                      else max(policy.hedge_floor_ms / 1000, quantile))
         deadline = model.first_token_timeout
-        if deadline is None and stream and stats.samples >= 20:
+        if deadline is None and stats.samples >= 20:
             p99 = stats.quantile(0.99)
             # Generous: a burst of load raises every TTFT at once, and a deadline
             # that fires on all candidates together turns slowness into errors.

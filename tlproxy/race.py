@@ -90,6 +90,11 @@ class Candidate(msgspec.Struct, frozen=True):
     hedge_delay: float
     # Seconds after which an attempt with no first token fails ("deadline").
     first_token_deadline: float | None = None
+    # Seconds after which an attempt whose stream has not ended fails
+    # ("deadline"), first token or not: the bound of a non-streamed answer,
+    # whose one chunk is the whole answer. The winner's time counts too,
+    # including time its consumer spends not reading.
+    answer_deadline: float | None = None
 
 
 class AttemptRecord(msgspec.Struct):
@@ -218,6 +223,7 @@ class _Attempt:
         self.index = index
         self.scope = trio.CancelScope()
         self.deadline_scope: trio.CancelScope | None = None
+        self.answer_deadline_at = math.inf
         self.first_chunks: list[Chunk] = []
         self.send: trio.MemorySendChannel[Chunk | _Failure] | None = None
         self.receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None = None
@@ -500,19 +506,26 @@ class _Race:
     async def _stream(self, attempt: _Attempt) -> tuple[Exception | None, str]:
         """Read the upstream stream; return (error or None, outcome if it failed)."""
         candidate = attempt.record.candidate
-        timeout = candidate.first_token_deadline
-        deadline = math.inf if timeout is None else attempt.record.started_at + timeout
-        with trio.CancelScope(deadline=deadline) as attempt.deadline_scope:
+        first, whole = candidate.first_token_deadline, candidate.answer_deadline
+        started = attempt.record.started_at
+        first_at = math.inf if first is None else started + first
+        attempt.answer_deadline_at = math.inf if whole is None else started + whole
+        with trio.CancelScope(deadline=min(first_at, attempt.answer_deadline_at)) as scope:
+            attempt.deadline_scope = scope
             try:
                 async with self.open_stream(candidate) as chunks:
                     async for chunk in chunks:
                         await self._take(attempt, chunk)
             except Exception as exc:
                 return exc, "failed"
-        if attempt.deadline_scope.cancelled_caught:
+        if scope.cancelled_caught:
+            if attempt.record.first_token_at is None and first_at <= attempt.answer_deadline_at:
+                return UpstreamError(
+                    f"{candidate.key} sent no first token within {first:g} s.", status=504,
+                    code="first_token_timeout"), "deadline"
             return UpstreamError(
-                f"{candidate.key} sent no first token within {timeout:g} s.", status=504,
-                code="first_token_timeout"), "deadline"
+                f"{candidate.key} did not complete its answer within {whole:g} s.",
+                status=504, code="total_timeout"), "deadline"
         if attempt.record.first_token_at is None:
             return UpstreamError(
                 f"{candidate.key} ended its stream without a token.", status=502), "failed"
@@ -539,7 +552,7 @@ class _Race:
             record.first_token_at = trio.current_time()
             record.first_token_kind = kind
             assert attempt.deadline_scope is not None
-            attempt.deadline_scope.deadline = math.inf
+            attempt.deadline_scope.deadline = attempt.answer_deadline_at
             # What this attempt holds in all: first chunks, the channel, one in hand.
             room = max(0, self.buffer_limit - len(attempt.first_chunks) - 1)
             attempt.send, attempt.receive = trio.open_memory_channel[Chunk | _Failure](room)

@@ -647,6 +647,68 @@ def test_token_kind(chunk: Chunk, kind: str | None) -> None:
     assert token_kind(chunk) == kind
 
 
+# -- the whole answer's deadline ------------------------------------------------
+
+
+def whole(key: str, seconds: float) -> list[Step]:
+    """A non-streamed answer: nothing for `seconds`, then all of it in one chunk."""
+    return [("sleep", seconds), ("chunk", {
+        "object": "chat.completion", "model": key,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                     "finish_reason": "stop"}]})]
+
+
+def answers(total: float | None, first: float | None = None,
+            **ranked: Sequence[str]) -> dict[str, list[Candidate]]:
+    return {tier: [Candidate(key, tier, math.inf, first_token_deadline=first,
+                             answer_deadline=total) for key in keys]
+            for tier, keys in ranked.items()}
+
+
+async def test_a_whole_answer_within_its_deadline_wins_when_it_arrives(
+    autojump_clock: MockClock,
+) -> None:
+    upstream = Upstream({"p1": whole("p1", 4.0), "p2": whole("p2", 0.1)})
+    result = await run(upstream, answers(5.0, premium=["p1", "p2"]), "premium",
+                       first_token_kind=lambda _: "answer")
+    assert upstream.opened == {"p1": 0}
+    p1 = result.record("p1")
+    assert (result.won_at, p1.outcome, p1.first_token_kind) == (4.0, "won", "answer")
+
+
+@pytest.mark.parametrize(("first", "total", "failed_at", "code"), [
+    (None, 2.0, 2.0, "total_timeout"),
+    (1.0, 2.0, 1.0, "first_token_timeout"),
+    (3.0, 2.0, 2.0, "total_timeout"),
+])
+async def test_the_earlier_deadline_fails_the_attempt_and_names_itself(
+    autojump_clock: MockClock, first: float | None, total: float, failed_at: float, code: str,
+) -> None:
+    upstream = Upstream({"p1": answer("p1", 100.0), "p2": answer("p2", 0.5)})
+    result = await run(upstream, answers(total, first, premium=["p1", "p2"]), "premium")
+    assert upstream.opened == {"p1": 0, "p2": failed_at}
+    p1 = result.record("p1")
+    assert (p1.outcome, p1.ended_at) == ("deadline", failed_at)
+    assert isinstance(p1.error, UpstreamError)
+    assert (p1.error.status, p1.error.code, p1.error.retryable) == (504, code, True)
+    assert result.won_at == failed_at + 0.5
+
+
+async def test_answer_deadline_keeps_running_after_the_first_token(
+    autojump_clock: MockClock,
+) -> None:
+    upstream = Upstream({"p1": answer("p1", 0.5, tail=10.0, words=["a", "b"])})
+    async with race(candidates=answers(2.0, premium=["p1"]), decide="premium",
+                    open_stream=upstream.open, first_token_kind=token_kind) as winner:
+        assert trio.current_time() == 0.5
+        with pytest.raises(UpstreamError) as caught:
+            async for _chunk in winner.chunks:
+                pass
+    assert trio.current_time() == 2.0
+    assert (caught.value.status, caught.value.code) == (504, "total_timeout")
+    assert upstream.ended["p1"] == (2.0, "cancelled")
+
+
 # -- accounting ---------------------------------------------------------------
 
 
