@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import httpx2
 import openai
 import pytest
@@ -113,6 +114,13 @@ async def test_a_thinking_stream_wins_at_its_first_delta_and_reaches_the_client_
     # Neither the hedge timer nor the first-token deadline fired.
     assert [model for _, model, _ in upstream.calls] == ["thinker"]
     assert headers["x-tlproxy-model"] == "thinker"
+    # The live TTFT statistics say which kind of first token they measured.
+    stats = running.app.engine.stats["thinker"]
+    assert (stats.samples, stats.first_token_kinds()) == (1, {kind: 1})
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert f'tlproxy_upstream_ttft_seconds_sum{{kind="{kind}",model="thinker"}} {THINK_AT}' in (
+        metrics)
 
 
 @pytest.mark.parametrize(("kind", "make"), KINDS, ids=IDS)
