@@ -34,7 +34,10 @@ any chunk that shows progress, whatever it carries (content, a refusal, a
 tool call, reasoning, audio), and the record keeps which kind it was, so the
 statistics and the ledger never mix a reasoning model's first thought with
 another's first word unawares. A role-only chunk is not progress: a model
-that sends one at once and then thinks for seconds has not answered.
+that sends one at once and then thinks for seconds has not answered. A
+non-streamed answer is one chunk, its first token and its last at once, so a
+first-token deadline means nothing to it: its bound is the candidate's
+`answer_deadline`, on the whole attempt.
 
 The guarantees:
 
