@@ -458,8 +458,9 @@ def token_kind(chunk: Chunk) -> str | None:
     A choice that finishes without any of these is ``finish``, so an empty
     answer is not waited on forever.
     """
+    choices = chunk.get("choices")
     finished = False
-    for choice in chunk.get("choices") or ():
+    for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict):
             continue
         delta = choice.get("delta")

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from tlproxy.engine import token_kind
@@ -645,6 +647,22 @@ async def test_thinking_before_the_decision_is_held_not_failed(
 ])
 def test_token_kind(chunk: Chunk, kind: str | None) -> None:
     assert token_kind(chunk) == kind
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "delta", "content", "reasoning", "reasoning_content",
+                         "refusal", "tool_calls", "audio", "data", "transcript",
+                         "finish_reason", "role", "index"]), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(_JSON)
+def test_token_kind_of_any_json_is_a_known_kind_or_none(chunk: Any) -> None:
+    # Whatever an upstream sends in a chunk object, naming its kind never raises.
+    kind = token_kind({"choices": chunk} if not isinstance(chunk, dict) else chunk)
+    assert kind in {None, "content", "refusal", "tool_calls", "reasoning", "audio", "finish"}
 
 
 # -- the whole answer's deadline ------------------------------------------------
