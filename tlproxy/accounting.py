@@ -90,7 +90,7 @@ class Accounting:
             estimated=usage.estimated, ttft_ms=ttft,
             duration_ms=(ended - record.started_at) * 1000, status=status,  # type: ignore[arg-type]
             winner=winner, hedge=record.hedge, wasted=not winner and cost > 0,
-            reference_cost_usd=reference,
+            reference_cost_usd=reference, first_token_kind=record.first_token_kind,
         ))
 
     def embedding(self, request: Request, body: dict[str, Any], model: ModelConfig,

@@ -80,6 +80,11 @@ class ProviderConfig(_Strict):
     http2: bool = False
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
+    # Seconds a non-streamed (JSON) answer may take in all before the next
+    # model is tried, for this provider's models without a `total_timeout`.
+    # Such an answer sends nothing until it is complete, so `read_timeout`
+    # bounds it as well: raise both for long answers.
+    total_timeout: float = 120.0
     max_connections: int = 1000
     # For ``kind = "anthropic"``: ask for Anthropic's automatic prompt caching.
     prompt_cache: bool = False
@@ -128,7 +133,11 @@ class ModelConfig(_Strict):
     prices: Prices = Prices()
     # Seconds to wait for a first token before trying another model; None
     # derives it from live statistics (4x the recent p99, at least 5 s).
+    # Streams only: a JSON answer's first token is its last.
     first_token_timeout: float | None = None
+    # Seconds a non-streamed (JSON) answer may take in all before trying
+    # another model; None: the provider's `total_timeout`.
+    total_timeout: float | None = None
 
     @property
     def upstream_id(self) -> str:
@@ -380,10 +389,15 @@ def validate(config: Config) -> None:
             )
         if model.id in seen:
             raise ConfigError(f"models[{index}].id: duplicate model id {model.id!r}")
+        if model.total_timeout is not None and not model.total_timeout > 0:
+            raise ConfigError(f"models[{index}].total_timeout: must be more than 0 seconds "
+                              "(leave it out for the provider's)")
         seen.add(model.id)
     for name, provider in config.providers.items():
         if provider.kind != "sim" and not provider.base_url:
             raise ConfigError(f"providers.{name}.base_url: required for kind {provider.kind!r}")
+        if not provider.total_timeout > 0:
+            raise ConfigError(f"providers.{name}.total_timeout: must be more than 0 seconds")
         if provider.prompt_cache and provider.kind != "anthropic":
             raise ConfigError(
                 f"providers.{name}.prompt_cache: only for kind 'anthropic' (OpenAI and Gemini "

@@ -42,7 +42,7 @@ from .wire import ChatRequest, EmbeddingRequest
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Engine", "Route", "has_token"]
+__all__ = ["Engine", "Route", "token_kind"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -246,7 +246,7 @@ class Engine:
                 candidates=candidates,
                 decide=decide if slow else final["tier"],
                 open_stream=open_stream,
-                is_first_token=has_token if stream else _always,
+                first_token_kind=token_kind if stream else _whole_answer,
                 fanout=policy.fanout,
                 max_attempts=policy.max_attempts,
                 hedge=True,
@@ -261,16 +261,28 @@ class Engine:
 
     def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
                    stream: bool) -> Candidate:
+        if not stream:
+            # A JSON answer arrives whole: its "first token" is its last, so
+            # neither a first-token deadline nor a hedge delay drawn from
+            # TTFTs applies to it. Its bound is the total timeout. It is not
+            # hedged at all: its duration grows with the answer's length
+            # (max_tokens, reasoning effort), so a quantile of past durations
+            # would start a second, fully billed copy of every long answer
+            # rather than rescue a slow upstream. A failure or the total
+            # timeout still hands over to the next candidate.
+            total = model.total_timeout
+            if total is None:
+                total = self.config.providers[model.provider].total_timeout
+            return Candidate(key=model.id, tier=tier, hedge_delay=math.inf,
+                             answer_deadline=total)
         stats = self.stats[model.id]
         delay = math.inf
-        # A JSON answer takes its whole generation time, which TTFT
-        # statistics do not predict: JSON requests are not hedged.
-        if stream and tier in policy.hedge_tiers:
+        if tier in policy.hedge_tiers:
             quantile = stats.quantile(policy.hedge_quantile)
             delay = (policy.hedge_initial_ms / 1000 if quantile is None
                      else max(policy.hedge_floor_ms / 1000, quantile))
         deadline = model.first_token_timeout
-        if deadline is None and stream and stats.samples >= 20:
+        if deadline is None and stats.samples >= 20:
             p99 = stats.quantile(0.99)
             # Generous: a burst of load raises every TTFT at once, and a deadline
             # that fires on all candidates together turns slowness into errors.
@@ -286,7 +298,10 @@ class Engine:
         self.metrics.race.labels(record.outcome, start).inc()
         # A JSON attempt's "first token" is its whole answer: not a TTFT.
         if stream and record.first_token_at is not None:
-            stats.record_ttft(record.first_token_at - record.started_at)
+            ttft, kind = record.first_token_at - record.started_at, record.first_token_kind
+            assert kind is not None
+            stats.record_ttft(ttft, kind=kind)
+            self.metrics.upstream_ttft.labels(record.candidate.key, kind).observe(ttft)
         elif stream and record.outcome in _CUT and record.ended_at is not None:
             stats.record_no_token(record.ended_at - record.started_at)
         if record.outcome in ("failed", "deadline"):
@@ -395,8 +410,9 @@ class _single:
         return answer
 
 
-def _always(_chunk: Chunk) -> bool:
-    return True
+def _whole_answer(_answer: Chunk) -> str:
+    """The first token of a JSON answer is the whole answer."""
+    return "answer"
 
 
 def _total_tokens(usage: Any) -> int | None:
@@ -417,20 +433,46 @@ def last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def has_token(chunk: Chunk) -> bool:
-    """Whether a chunk carries a first token: content, refusal or a tool-call delta.
+# Delta fields that carry a token, and the kind each is counted as, in the
+# order a delta holding several is named by.
+_DELTA_KINDS = (
+    ("content", "content"),
+    ("refusal", "refusal"),
+    ("tool_calls", "tool_calls"),
+    ("function_call", "tool_calls"),  # the legacy single call
+    ("reasoning_content", "reasoning"),  # vLLM, DeepSeek
+    ("reasoning", "reasoning"),  # OpenRouter, Groq, vLLM's newer name
+    ("reasoning_details", "reasoning"),  # OpenRouter's structured form
+)
 
-    A role-only chunk (``{"role": "assistant", "content": ""}``) does not count,
-    nor does the usage chunk. A finish without any token counts, so an empty
+
+def token_kind(chunk: Chunk) -> str | None:
+    """What a stream chunk's first token carries, or None when it carries none.
+
+    Any delta with something in it is progress: ``content``, ``refusal``,
+    ``tool_calls`` (or the legacy ``function_call``), ``reasoning`` (the
+    ``reasoning_content``, ``reasoning`` or ``reasoning_details`` field) and
+    ``audio`` (an ``audio`` delta with ``data`` or a ``transcript``). A
+    role-only chunk (``{"role": "assistant", "content": ""}``), the usage
+    chunk and a chunk with no choices (Azure's filter results) carry none.
+    A choice that finishes without any of these is ``finish``, so an empty
     answer is not waited on forever.
     """
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
-            return True
-        if delta.get("function_call") or choice.get("finish_reason"):
-            return True
-    return False
+    choices = chunk.get("choices")
+    finished = False
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for field, kind in _DELTA_KINDS:
+                if delta.get(field):
+                    return kind
+            audio = delta.get("audio")
+            if isinstance(audio, dict) and (audio.get("data") or audio.get("transcript")):
+                return "audio"
+        finished = finished or bool(choice.get("finish_reason"))
+    return "finish" if finished else None
 
 
 async def _send(request: Request, data: bytes, *, more: bool = True) -> None:

@@ -98,6 +98,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     wasted: bool = False  # a loser or cancelled attempt that was billed anyway
     reference_cost_usd: float = 0.0  # the same usage priced all-premium; 0 for losers
     cache_write_tokens: int = 0  # prompt tokens written to the provider's prompt cache
+    # What the first token carried (content, refusal, tool_calls, reasoning,
+    # audio, finish; "answer" for a non-streamed answer); None without one.
+    first_token_kind: str | None = None
 
 
 class LedgerStatistics(msgspec.Struct, kw_only=True):
@@ -169,6 +172,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         "ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "ALTER TABLE ledger ADD COLUMN first_token_kind TEXT",
     ),
 )
 

@@ -38,6 +38,11 @@ class Metrics:
         self.ttft = Histogram(
             "tlproxy_ttft_seconds", "Time to first token of streamed answers, as sent.",
             ["tier", "model"], buckets=_TTFT_BUCKETS, registry=r)
+        self.upstream_ttft = Histogram(
+            "tlproxy_upstream_ttft_seconds",
+            "Time to first token of streamed upstream attempts, by model and by what the "
+            "first token carried (content, refusal, tool_calls, reasoning, audio, finish).",
+            ["model", "kind"], buckets=_TTFT_BUCKETS, registry=r)
         self.duration = Histogram(
             "tlproxy_request_duration_seconds", "Time from request to the last byte.",
             ["endpoint", "tier"], buckets=_DURATION_BUCKETS, registry=r)

@@ -29,6 +29,16 @@ next one, staggered, and a failure starts the next one at once. When the
 decision names a tier, everything outside it is cancelled; the first
 candidate of that tier with a first token wins and the rest are cancelled.
 
+What counts as a first token is the caller's to say (`first_token_kind`):
+any chunk that shows progress, whatever it carries (content, a refusal, a
+tool call, reasoning, audio), and the record keeps which kind it was, so the
+statistics and the ledger never mix a reasoning model's first thought with
+another's first word unawares. A role-only chunk is not progress: a model
+that sends one at once and then thinks for seconds has not answered. A
+non-streamed answer is one chunk, its first token and its last at once, so a
+first-token deadline means nothing to it: its bound is the candidate's
+`answer_deadline`, on the whole attempt.
+
 The guarantees:
 
 1. the caller sees nothing (the `async with` does not enter) until the
@@ -83,6 +93,11 @@ class Candidate(msgspec.Struct, frozen=True):
     hedge_delay: float
     # Seconds after which an attempt with no first token fails ("deadline").
     first_token_deadline: float | None = None
+    # Seconds after which an attempt whose stream has not ended fails
+    # ("deadline"), first token or not: the bound of a non-streamed answer,
+    # whose one chunk is the whole answer. The winner's time counts too,
+    # including time its consumer spends not reading.
+    answer_deadline: float | None = None
 
 
 class AttemptRecord(msgspec.Struct):
@@ -103,6 +118,9 @@ class AttemptRecord(msgspec.Struct):
     error: Exception | None
     chunks: int
     usage: dict[str, Any] | None
+    # What the first token carried, as `first_token_kind` named it: "content",
+    # "refusal", "tool_calls", "reasoning", "audio", ...; None without one.
+    first_token_kind: str | None = None
 
 
 class Winner(msgspec.Struct, frozen=True):
@@ -208,6 +226,7 @@ class _Attempt:
         self.index = index
         self.scope = trio.CancelScope()
         self.deadline_scope: trio.CancelScope | None = None
+        self.answer_deadline_at = math.inf
         self.first_chunks: list[Chunk] = []
         self.send: trio.MemorySendChannel[Chunk | _Failure] | None = None
         self.receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None = None
@@ -258,7 +277,7 @@ class _Race:
         *,
         candidates: Mapping[str, Sequence[Candidate]],
         open_stream: Callable[[Candidate], AbstractAsyncContextManager[AsyncIterator[Chunk]]],
-        is_first_token: Callable[[Chunk], bool],
+        first_token_kind: Callable[[Chunk], str | None],
         fanout: int,
         max_attempts: int,
         hedge: bool,
@@ -267,7 +286,7 @@ class _Race:
     ) -> None:
         self.lanes = {tier: _Lane(ranked) for tier, ranked in candidates.items()}
         self.open_stream = open_stream
-        self.is_first_token = is_first_token
+        self.first_token_kind = first_token_kind
         self.fanout = fanout
         self.max_attempts = max_attempts
         self.hedge = hedge
@@ -490,19 +509,26 @@ class _Race:
     async def _stream(self, attempt: _Attempt) -> tuple[Exception | None, str]:
         """Read the upstream stream; return (error or None, outcome if it failed)."""
         candidate = attempt.record.candidate
-        timeout = candidate.first_token_deadline
-        deadline = math.inf if timeout is None else attempt.record.started_at + timeout
-        with trio.CancelScope(deadline=deadline) as attempt.deadline_scope:
+        first, whole = candidate.first_token_deadline, candidate.answer_deadline
+        started = attempt.record.started_at
+        first_at = math.inf if first is None else started + first
+        attempt.answer_deadline_at = math.inf if whole is None else started + whole
+        with trio.CancelScope(deadline=min(first_at, attempt.answer_deadline_at)) as scope:
+            attempt.deadline_scope = scope
             try:
                 async with self.open_stream(candidate) as chunks:
                     async for chunk in chunks:
                         await self._take(attempt, chunk)
             except Exception as exc:
                 return exc, "failed"
-        if attempt.deadline_scope.cancelled_caught:
+        if scope.cancelled_caught:
+            if attempt.record.first_token_at is None and first_at <= attempt.answer_deadline_at:
+                return UpstreamError(
+                    f"{candidate.key} sent no first token within {first:g} s.", status=504,
+                    code="first_token_timeout"), "deadline"
             return UpstreamError(
-                f"{candidate.key} sent no first token within {timeout:g} s.", status=504,
-                code="first_token_timeout"), "deadline"
+                f"{candidate.key} did not complete its answer within {whole:g} s.",
+                status=504, code="total_timeout"), "deadline"
         if attempt.record.first_token_at is None:
             return UpstreamError(
                 f"{candidate.key} ended its stream without a token.", status=502), "failed"
@@ -524,10 +550,12 @@ class _Race:
                 await attempt.send.send(chunk)  # blocks when the buffer is full
             return
         attempt.first_chunks.append(chunk)
-        if self.is_first_token(chunk):
+        kind = self.first_token_kind(chunk)
+        if kind is not None:
             record.first_token_at = trio.current_time()
+            record.first_token_kind = kind
             assert attempt.deadline_scope is not None
-            attempt.deadline_scope.deadline = math.inf
+            attempt.deadline_scope.deadline = attempt.answer_deadline_at
             # What this attempt holds in all: first chunks, the channel, one in hand.
             room = max(0, self.buffer_limit - len(attempt.first_chunks) - 1)
             attempt.send, attempt.receive = trio.open_memory_channel[Chunk | _Failure](room)
@@ -543,7 +571,7 @@ async def race(
     candidates: Mapping[str, Sequence[Candidate]],
     decide: Callable[[], Awaitable[str]] | str,
     open_stream: Callable[[Candidate], AbstractAsyncContextManager[AsyncIterator[Chunk]]],
-    is_first_token: Callable[[Chunk], bool],
+    first_token_kind: Callable[[Chunk], str | None],
     fanout: int = 2,
     max_attempts: int = 4,
     hedge: bool = True,
@@ -556,6 +584,9 @@ async def race(
     `candidates` maps each tier still possible to its candidates, best first,
     in the order tiers should be tried; `decide` is the slow decision (a
     plain string when already made: then only that tier is called).
+    `first_token_kind` names what a chunk's first token carries, or None
+    when the chunk carries none (a role-only chunk, usage, filter results);
+    the record of the attempt keeps the name.
 
     Speculation starts the best candidate of each tier, at most `fanout`
     attempts running at once until the decision; with several tiers possible
@@ -573,7 +604,7 @@ async def race(
     cancels every attempt still running, the winner's included.
     """
     state = _Race(
-        candidates=candidates, open_stream=open_stream, is_first_token=is_first_token,
+        candidates=candidates, open_stream=open_stream, first_token_kind=first_token_kind,
         fanout=max(1, fanout), max_attempts=max_attempts, hedge=hedge,
         buffer_limit=buffer_limit, on_record=on_record)
     # Tiers that may start before the decision (None: all of them). A tier left

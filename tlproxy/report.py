@@ -20,7 +20,12 @@ What the columns mean (docs/accounting.md has the long form):
 * ``wasted_usd``: spend of attempts that were billed but not used (race
   losers, hedges, cancelled speculation): the price of speed;
 * ``shadow_usd``: spend of shadow calls; ``estimated_usd``: spend priced
-  from estimated usage rather than reported usage.
+  from estimated usage rather than reported usage;
+* ``ttft_kinds``: what the first tokens behind the TTFT columns carried
+  (``content``, ``reasoning``, ...; several joined by ``+``, most frequent
+  first), since a reasoning model's first thought comes long before its
+  first word; ``ttft_by_kind`` has the percentiles of each kind (JSON
+  only), and ``by="first_token"`` groups by the kind.
 
 The admin endpoint serves `usage_json`; it does blocking I/O, so call it
 through ``trio.to_thread.run_sync``. A PostgreSQL URL may hold a password:
@@ -85,6 +90,7 @@ GROUPS = {
     "key": "COALESCE(key, '-')",
     "rule": "rule",
     "day": "date(ts, 'unixepoch')",
+    "first_token": "COALESCE(first_token_kind, '-')",
     "all": "'all'",
 }
 
@@ -315,26 +321,47 @@ def summarize(
         return _summarize(conn, by, group, where, params)
 
 
+def _kind_column(cursor: Any) -> str:
+    """``first_token_kind``, or ``NULL`` in a ledger written before it was kept.
+
+    A report only reads: it cannot migrate an older ledger, so it asks which
+    columns there are (one empty SELECT, the same SQL on both databases).
+    """
+    cursor.execute("SELECT * FROM ledger WHERE 1 = 0")
+    names = {column[0] for column in cursor.description}
+    cursor.fetchall()
+    return "first_token_kind" if "first_token_kind" in names else "NULL"
+
+
 def _summarize(conn: Any, by: str, group: str, where: str,
                params: list[float]) -> list[dict[str, Any]]:
     cursor = conn.cursor()
+    kind = _kind_column(cursor)
+    group = group.replace("first_token_kind", kind)
     cursor.execute(f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params)
     sums = cursor.fetchall()
-    ttfts: dict[str, list[float]] = {}
-    cursor.execute(f"SELECT {group}, ttft_ms FROM ledger WHERE {where} AND winner "
-                   "AND ttft_ms IS NOT NULL", params)
-    for name, ttft in cursor.fetchall():
-        ttfts.setdefault(name, []).append(ttft)
+    ttfts: dict[str, list[tuple[float, str]]] = {}
+    cursor.execute(f"SELECT {group}, ttft_ms, COALESCE({kind}, '-') FROM ledger "
+                   f"WHERE {where} AND winner AND ttft_ms IS NOT NULL", params)
+    for name, ttft, first_token in cursor.fetchall():
+        ttfts.setdefault(name, []).append((ttft, first_token))
     rows = [_summary_row(by, values, ttfts.get(values[0], [])) for values in sums]
     if by == "day":
         return sorted(rows, key=lambda r: r["day"])
     return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[by])))
 
 
-def _summary_row(by: str, values: Sequence[Any], ttfts: list[float]) -> dict[str, Any]:
+def _summary_row(by: str, values: Sequence[Any],
+                 ttfts: list[tuple[float, str]]) -> dict[str, Any]:
     (name, requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
      estimated, errors) = values
     saving = reference - spend
+    by_kind: dict[str, list[float]] = {}
+    for ttft, kind in ttfts:
+        by_kind.setdefault(kind, []).append(ttft)
+    # Most frequent first; ties by name, so the order is stable.
+    kinds = sorted(by_kind, key=lambda k: (-len(by_kind[k]), k))
+    times = [ttft for ttft, _ in ttfts]
     return {
         by: name,
         "requests": requests,
@@ -350,8 +377,14 @@ def _summary_row(by: str, values: Sequence[Any], ttfts: list[float]) -> dict[str
         "shadow_usd": round(shadow, 6),
         "estimated_usd": round(estimated, 6),
         "errors": int(errors),
-        "ttft_p50_ms": _round(percentile(ttfts, 0.50)),
-        "ttft_p95_ms": _round(percentile(ttfts, 0.95)),
+        "ttft_p50_ms": _round(percentile(times, 0.50)),
+        "ttft_p95_ms": _round(percentile(times, 0.95)),
+        "ttft_kinds": "+".join(kinds) or None,
+        "ttft_by_kind": {
+            kind: {"requests": len(by_kind[kind]),
+                   "ttft_p50_ms": _round(percentile(by_kind[kind], 0.50)),
+                   "ttft_p95_ms": _round(percentile(by_kind[kind], 0.95))}
+            for kind in kinds},
     }
 
 
@@ -420,7 +453,7 @@ TABLE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "spend_usd", 
 _LABELS = {"requests": "reqs", "prompt_tokens": "tok in", "completion_tokens": "tok out",
            "spend_usd": "spend", "saving_usd": "saved", "saving_pct": "saved %",
            "wasted_usd": "wasted", "shadow_usd": "shadow", "ttft_p50_ms": "p50 ms",
-           "ttft_p95_ms": "p95 ms"}
+           "ttft_p95_ms": "p95 ms", "ttft_kinds": "1st token"}
 
 
 def render_table(
@@ -441,7 +474,9 @@ def render_table(
     from rich import box
     from rich.table import Table
 
-    columns = list(columns or (rows[0] if rows else total or {}))
+    # By default every column but the nested ones (which CSV leaves out too).
+    columns = list(columns or [c for c, v in (rows[0] if rows else total or {}).items()
+                               if not isinstance(v, list | dict)])
     body = [[format_value(c, row.get(c)) for c in columns] for row in rows]
     if total is not None:
         body.append(["total", *(format_value(c, total.get(c)) for c in columns[1:])])
@@ -507,6 +542,17 @@ def print_report(
     return 0
 
 
+def _kinds_column(document: dict[str, Any]) -> tuple[str, ...]:
+    """The table's `ttft_kinds` column, when any first token was not plain content.
+
+    Then the TTFT columns may mix a reasoning model's first thought with
+    another's first word, and the table says so; otherwise it stays narrow.
+    """
+    rows = [*document["groups"], *([document["total"]] if document["total"] else [])]
+    plain = all(row["ttft_kinds"] in (None, "content") for row in rows)
+    return () if plain else ("ttft_kinds",)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--db/--config/--since/--until/--format, shared with ``tlproxy shadow report``."""
     parser.add_argument("--db", help="the ledger: a SQLite file or a postgresql:// URL "
@@ -551,4 +597,4 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         return 1
     return print_report(document["groups"], args.format, title=f"Spend by {args.by}",
                         total=document["total"], document=document,
-                        columns=(args.by, *TABLE_COLUMNS))
+                        columns=(args.by, *TABLE_COLUMNS, *_kinds_column(document)))

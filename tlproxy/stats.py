@@ -19,6 +19,13 @@ the logic is deterministic under test. What is kept:
   with nothing censored it is the plain nearest-rank quantile. When the
   censored tail hides the quantile asked for, the answer is the longest time
   seen: a lower bound, the best the window can say.
+  A first token is the first delta that carries anything (content, a
+  refusal, a tool call, reasoning, audio), because that is what the race
+  waits for: the hedge delay and the derived deadline ask "how long until
+  this model shows progress", whatever its kind. So one window holds them
+  all, each observation labelled with its kind: a reasoning model's first
+  reasoning delta and a chat model's first word are never mixed unawares,
+  and `first_token_kinds` says what the quantiles measured.
   The moving average (for ranking) takes a cut attempt into account only
   when it ran longer than the average: its TTFT was at least that long, so
   the average moves towards the time it ran, as if that were its TTFT (a
@@ -55,8 +62,9 @@ class ModelStats:
         self.attempts = 0
         self.failures = 0
         self.consecutive_failures = 0
-        # (seconds, observed): a TTFT, or a time it was cut without one.
-        self._window: deque[tuple[float, bool]] = deque(maxlen=window)
+        # (seconds, observed, kind): a TTFT and its first token's kind, or
+        # a time it was cut without one (kind None).
+        self._window: deque[tuple[float, bool, str | None]] = deque(maxlen=window)
         self._observed = 0
         # The Kaplan-Meier curve of the window, until the next observation.
         self._curve: tuple[list[float], list[float]] | None = None
@@ -65,8 +73,9 @@ class ModelStats:
 
     # -- feeding ---------------------------------------------------------
 
-    def record_ttft(self, seconds: float) -> None:
-        self._observe(seconds, True)
+    def record_ttft(self, seconds: float, *, kind: str = "content") -> None:
+        """A first token after `seconds`; `kind` is what it carried (``reasoning``, ...)."""
+        self._observe(seconds, kind)
         if self.ttft_ewma is None:
             self.ttft_ewma = seconds
         else:
@@ -74,16 +83,17 @@ class ModelStats:
 
     def record_no_token(self, seconds: float) -> None:
         """An attempt cut after `seconds` without a first token: its TTFT is longer."""
-        self._observe(seconds, False)
+        self._observe(seconds, None)
         if self.ttft_ewma is None:
             self.ttft_ewma = seconds
         elif seconds > self.ttft_ewma:
             self.ttft_ewma += self.alpha * (seconds - self.ttft_ewma)
 
-    def _observe(self, seconds: float, observed: bool) -> None:
+    def _observe(self, seconds: float, kind: str | None) -> None:
+        observed = kind is not None
         if len(self._window) == self._window.maxlen and self._window[0][1]:
             self._observed -= 1
-        self._window.append((seconds, observed))
+        self._window.append((seconds, observed, kind))
         self._observed += observed
         self._curve = None
 
@@ -122,6 +132,14 @@ class ModelStats:
         """Attempts in the window cut before a first token (censored)."""
         return len(self._window) - self._observed
 
+    def first_token_kinds(self) -> dict[str, int]:
+        """Observed TTFTs in the window by their first token's kind: what `quantile` measures."""
+        counts: dict[str, int] = {}
+        for _, _, kind in self._window:
+            if kind is not None:
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile of recent TTFTs, or None before the first one is observed.
 
@@ -134,7 +152,7 @@ class ModelStats:
         # Tolerance: the product of (1 - 1/n) terms lands a hair under k/n.
         index = bisect.bisect_left(cumulative, q - 1e-9)
         if index == len(times):
-            return max(seconds for seconds, _ in self._window)
+            return max(seconds for seconds, _, _ in self._window)
         return times[index]
 
     def _kaplan_meier(self) -> tuple[list[float], list[float]]:
@@ -147,7 +165,7 @@ class ModelStats:
             survival = 1.0
             times: list[float] = []
             cumulative: list[float] = []
-            for seconds, observed in ordered:
+            for seconds, observed, _ in ordered:
                 if observed:
                     survival *= 1 - 1 / at_risk
                     times.append(seconds)

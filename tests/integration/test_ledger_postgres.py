@@ -119,8 +119,9 @@ async def test_schema_has_the_sqlite_columns_with_native_types(url: str) -> None
                                "reference_cost_usd")} == {"double precision"}
     assert {types[c] for c in ("prompt_tokens", "cached_tokens",
                                "completion_tokens")} == {"integer"}
+    assert types["first_token_kind"] == "text"
     nullable = {name for name, _, null, _ in columns if null == "YES"}
-    assert nullable == {"key", "ttft_ms"}
+    assert nullable == {"key", "ttft_ms", "first_token_kind"}
     pair_columns = [c for (c,) in await fetch(
         url, "SELECT column_name FROM information_schema.columns "
         "WHERE table_name = 'shadow_pairs' ORDER BY ordinal_position")]
@@ -198,7 +199,7 @@ ODD_ROWS = [
         wasted=True, reference_cost_usd=0.0),
     # Doubles must come back bit for bit: PostgreSQL prints them shortest-exact.
     row(8, ts=1_700_000_000.123456, cost_usd=0.1 + 0.2, duration_ms=1e-9,
-        reference_cost_usd=math.pi, ttft_ms=2.5e-300),
+        reference_cost_usd=math.pi, ttft_ms=2.5e-300, first_token_kind="reasoning"),
     row(9, key="équipe 日本 🚀", kind="embedding", tier="embedding", status="error",
         prompt_tokens=2**31 - 1, cached_tokens=0, completion_tokens=0),
     row(10, kind="shadow", status="cancelled", winner=False, model="o'reilly \"quoted\""),

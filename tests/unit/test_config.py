@@ -46,3 +46,17 @@ def test_prompt_cache_on_anthropic_is_accepted(tmp_path: Path) -> None:
     path = write(tmp_path)
     path.write_text(path.read_text().replace('api_key = "k"', 'api_key = "k"\nprompt_cache = true'))
     assert load_config(path).providers["anthropic"].prompt_cache
+
+
+@pytest.mark.parametrize(("models", "tables", "message"), [
+    ('[[models]]\nid = "n"\nprovider = "sim"\ntier = "economy"\ntotal_timeout = 0.0\n', "",
+     r"models\[1\]\.total_timeout: must be more than 0 seconds"),
+    ("", '[providers.openai]\nkind = "openai"\nbase_url = "https://x"\ntotal_timeout = -1.0\n',
+     r"providers\.openai\.total_timeout: must be more than 0 seconds"),
+])
+def test_a_total_timeout_must_leave_time_to_answer(
+    tmp_path: Path, models: str, tables: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, models, tables))
+

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import pytest
 import trio
 
+from tlproxy import ledger as ledger_module
 from tlproxy.config import LedgerConfig
 from tlproxy.ledger import MIGRATIONS, Ledger, LedgerError, LedgerRow, SQLiteWriter
 from tlproxy.shadow import ShadowPair, ShadowResult
@@ -302,7 +303,7 @@ async def test_schema_has_indexes_and_wal(tmp_path: Path) -> None:
 async def test_rows_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     original = row(7, key=None, estimated=True, ttft_ms=None, status="cut", winner=False,
-                   hedge=True, wasted=True, reference_cost_usd=0.0)
+                   hedge=True, wasted=True, reference_cost_usd=0.0, first_token_kind="reasoning")
     writer = SQLiteWriter(path)
     await writer.migrate()
     await writer.write([original])
@@ -310,6 +311,46 @@ async def test_rows_round_trip(tmp_path: Path) -> None:
     (stored,) = db_rows(path, f"SELECT {', '.join(LedgerRow.__struct_fields__)} FROM ledger")
     assert LedgerRow(**dict(zip(LedgerRow.__struct_fields__, stored, strict=True)),
                      ) == original
+
+
+def version_before(column: str) -> int:
+    """The last schema version without `column`."""
+    return next(version for version, steps in enumerate(MIGRATIONS)
+                if any(column in step for step in steps))
+
+
+async def ledger_of_version(path: Path, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite ledger as a tlproxy of schema `version` left it, with one chat row."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:version])
+        writer = SQLiteWriter(path)
+        await writer.migrate()
+        await writer.aclose()
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO ledger (request_id, ts, key, kind, tier, model, provider, rule, "
+                "prompt_tokens, cached_tokens, completion_tokens, cost_usd, estimated, ttft_ms, "
+                "duration_ms, status, winner, hedge, wasted, reference_cost_usd) VALUES "
+                "('req_old', 1700000000.0, 'team-a', 'chat', 'economy', 'gpt-5-nano', "
+                "'openai', 'default', 100, 0, 10, 0.0001, 0, 120.0, 900.0, 'ok', 1, 0, 0, 0.002)")
+    finally:
+        conn.close()
+
+
+async def test_an_older_ledger_gains_the_first_token_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "l.db"
+    await ledger_of_version(path, version_before("first_token_kind"), monkeypatch)
+    ledger = Ledger(SQLiteWriter(path))
+    async with running(ledger):
+        ledger.record(row(1, first_token_kind="reasoning"))
+    assert db_rows(path, "SELECT request_id, first_token_kind FROM ledger ORDER BY id") == [
+        ("req_old", None), ("req_1", "reasoning")]
+    versions = db_rows(path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(v,) for v in range(1, len(MIGRATIONS) + 1)]
 
 
 async def test_shadow_pairs_share_the_queue(tmp_path: Path) -> None:

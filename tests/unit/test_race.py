@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from tlproxy.engine import has_token
+from tlproxy.engine import token_kind
 from tlproxy.errors import UpstreamError
 from tlproxy.race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, _Failure, race
 
@@ -168,9 +170,9 @@ async def run(upstream: Upstream, candidates: Mapping[str, Sequence[Candidate]],
               decide: Callable[[], Awaitable[str]] | str, **options: Any) -> Result:
     """Race, stream the whole winner, and note when things happened."""
     result = Result()
+    options.setdefault("first_token_kind", token_kind)
     async with race(candidates=candidates, decide=decide, open_stream=upstream.open,
-                    is_first_token=has_token, on_record=result.reported.append,
-                    **options) as winner:
+                    on_record=result.reported.append, **options) as winner:
         result.won_at = trio.current_time()
         result.winner = winner
         result.chunks = list(winner.first_chunks)
@@ -483,7 +485,7 @@ async def test_error_event_after_first_token_failure(autojump_clock: MockClock) 
     reported: list[AttemptRecord] = []
     with pytest.raises(UpstreamError) as info:
         async with race(candidates=tiers(premium=["p1"]), decide="premium",
-                        open_stream=upstream.open, is_first_token=has_token,
+                        open_stream=upstream.open, first_token_kind=token_kind,
                         on_record=reported.append) as winner:
             assert trio.current_time() == 0.1
             async for chunk in winner.chunks:
@@ -502,7 +504,7 @@ async def test_client_disconnect_cancels_every_attempt(autojump_clock: MockClock
     with trio.move_on_after(0.3) as scope:
         async with race(candidates=tiers(premium=["p1"], economy=["e1"]),
                         decide=after(5.0, "premium"), open_stream=upstream.open,
-                        is_first_token=has_token, on_record=reported.append):
+                        first_token_kind=token_kind, on_record=reported.append):
             raise AssertionError("never entered")  # pragma: no cover
     assert scope.cancelled_caught
     assert upstream.ended == {"p1": (0.3, "cancelled"), "e1": (0.3, "cancelled")}
@@ -518,7 +520,7 @@ async def test_client_disconnect_mid_stream_cancels_the_winner_upstream(
                          "q2": answer("q2", 5.0)})
     with trio.move_on_after(1.0) as scope:
         async with race(candidates=tiers(0.05, premium=["q1", "q2"]), decide="premium",
-                        open_stream=upstream.open, is_first_token=has_token) as winner:
+                        open_stream=upstream.open, first_token_kind=token_kind) as winner:
             async for _ in winner.chunks:
                 pass  # pragma: no cover
     assert scope.cancelled_caught
@@ -530,7 +532,7 @@ async def test_caller_exception_leaves_unwrapped(autojump_clock: MockClock) -> N
     upstream = Upstream({"p1": answer("p1", 0.1, tail=5.0, words=["a", "b"])})
     with pytest.raises(KeyError):
         async with race(candidates=tiers(premium=["p1"]), decide="premium",
-                        open_stream=upstream.open, is_first_token=has_token):
+                        open_stream=upstream.open, first_token_kind=token_kind):
             raise KeyError("caller")
     assert upstream.ended == {"p1": (0.1, "cancelled")}
 
@@ -559,6 +561,170 @@ async def test_stream_without_a_token_within_the_buffer_limit_fails(
     assert upstream.sent["p1"] == [0, 0, 0]
     assert result.record("p1").outcome == "failed"
     assert result.won_at == 0.1
+
+
+# -- what counts as a first token ----------------------------------------------
+
+THOUGHT = 1 / 128  # seconds between two thinking deltas (exact in binary)
+
+# A delta of each kind a model may stream before (or instead of) content.
+KIND_DELTAS: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
+    ("reasoning", lambda i: {"reasoning_content": f"step {i}. "}),  # vLLM, DeepSeek
+    ("reasoning", lambda i: {"reasoning": f"step {i}. "}),  # OpenRouter, Groq
+    ("refusal", lambda i: {"refusal": f"no {i} "}),
+    ("audio", lambda i: {"audio": {"id": "audio_1", "transcript": f"word {i} "}}),
+    ("audio", lambda i: {"audio": {"id": "audio_1", "data": "UklGRg=="}}),
+    ("tool_calls", lambda i: {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}),
+    ("content", lambda i: {"content": f"w{i} "}),
+]
+
+
+def delta(key: str, fields: dict[str, Any]) -> Chunk:
+    return {"object": "chat.completion.chunk", "model": key,
+            "choices": [{"index": 0, "delta": fields}]}
+
+
+def thinking(key: str, make: Callable[[int], dict[str, Any]], *, after: float,
+             deltas: int) -> list[Step]:
+    """A role chunk at once, `deltas` deltas from `after` on, then a word and the end."""
+    steps: list[Step] = [("chunk", role(key)), ("sleep", after)]
+    for i in range(deltas):
+        steps += [("chunk", delta(key, make(i))), ("sleep", THOUGHT)]
+    return [*steps, ("chunk", text(key, "Done")), ("chunk", finish(key)), ("chunk", usage(key))]
+
+
+@pytest.mark.parametrize(("kind", "make"), KIND_DELTAS,
+                         ids=[f"{k}-{next(iter(m(0)))}" for k, m in KIND_DELTAS])
+async def test_a_delta_of_any_kind_is_the_first_token(
+    autojump_clock: MockClock, kind: str, make: Callable[[int], dict[str, Any]],
+) -> None:
+    # 300 deltas, more than the buffer limit; a hedge after 0.3 s and a
+    # first-token deadline of 0.35 s, both after p1's first delta at 0.25 s:
+    # counted as nothing, they would have failed p1 and handed over to p2.
+    upstream = Upstream({"p1": thinking("p1", make, after=0.25, deltas=300),
+                         "p2": answer("p2", 0.01)})
+    result = await run(upstream, tiers(0.3, 0.35, premium=["p1", "p2"]), "premium")
+    assert upstream.opened == {"p1": 0}
+    assert result.won_at == 0.25
+    p1 = result.record("p1")
+    assert (p1.outcome, p1.first_token_at, p1.first_token_kind) == ("won", 0.25, kind)
+    assert result.done_at == 0.25 + 300 * THOUGHT
+    # Every delta reaches the caller, unchanged and in order.
+    assert [c["choices"][0]["delta"] for c in result.chunks if c["choices"]] == [
+        {"role": "assistant", "content": ""}, *(make(i) for i in range(300)),
+        {"content": "Done"}, {}]
+
+
+async def test_thinking_before_the_decision_is_held_not_failed(
+    autojump_clock: MockClock,
+) -> None:
+    # 300 reasoning deltas by 0.25 + 300/128 s, the decision only at 3 s: the
+    # buffer fills (backpressure), the attempt waits and then wins as of its
+    # first reasoning delta.
+    reason = KIND_DELTAS[0][1]
+    upstream = Upstream({"p1": thinking("p1", reason, after=0.25, deltas=300)})
+    result = await run(upstream, tiers(premium=["p1"]), after(3.0, "premium"))
+    p1 = result.record("p1")
+    assert (p1.outcome, p1.first_token_at, p1.first_token_kind) == ("won", 0.25, "reasoning")
+    assert result.won_at == 3.0
+    assert len(result.chunks) == 1 + 300 + 3
+
+
+@pytest.mark.parametrize(("chunk", "kind"), [
+    (role("m"), None),
+    (usage("m"), None),
+    ({"choices": [], "prompt_filter_results": [{"prompt_index": 0}]}, None),
+    (delta("m", {"content": "", "reasoning_content": None, "refusal": None}), None),
+    (delta("m", {"audio": {"id": "audio_1"}}), None),  # an id alone carries nothing yet
+    (delta("m", {"reasoning_details": [{"type": "reasoning.text", "text": "Hm"}]}),
+     "reasoning"),
+    (delta("m", {"function_call": {"name": "f"}}), "tool_calls"),
+    (delta("m", {"content": "Hi", "reasoning_content": "so"}), "content"),
+    (finish("m"), "finish"),  # an empty answer is not waited on forever
+    ({"choices": [{"index": 0, "delta": {}}, {"index": 1, "delta": {"refusal": "No"}}]},
+     "refusal"),
+    ({"choices": ["garbage", {"index": 0, "delta": None}]}, None),
+])
+def test_token_kind(chunk: Chunk, kind: str | None) -> None:
+    assert token_kind(chunk) == kind
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "delta", "content", "reasoning", "reasoning_content",
+                         "refusal", "tool_calls", "audio", "data", "transcript",
+                         "finish_reason", "role", "index"]), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(_JSON)
+def test_token_kind_of_any_json_is_a_known_kind_or_none(chunk: Any) -> None:
+    # Whatever an upstream sends in a chunk object, naming its kind never raises.
+    kind = token_kind({"choices": chunk} if not isinstance(chunk, dict) else chunk)
+    assert kind in {None, "content", "refusal", "tool_calls", "reasoning", "audio", "finish"}
+
+
+# -- the whole answer's deadline ------------------------------------------------
+
+
+def whole(key: str, seconds: float) -> list[Step]:
+    """A non-streamed answer: nothing for `seconds`, then all of it in one chunk."""
+    return [("sleep", seconds), ("chunk", {
+        "object": "chat.completion", "model": key,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                     "finish_reason": "stop"}]})]
+
+
+def answers(total: float | None, first: float | None = None,
+            **ranked: Sequence[str]) -> dict[str, list[Candidate]]:
+    return {tier: [Candidate(key, tier, math.inf, first_token_deadline=first,
+                             answer_deadline=total) for key in keys]
+            for tier, keys in ranked.items()}
+
+
+async def test_a_whole_answer_within_its_deadline_wins_when_it_arrives(
+    autojump_clock: MockClock,
+) -> None:
+    upstream = Upstream({"p1": whole("p1", 4.0), "p2": whole("p2", 0.1)})
+    result = await run(upstream, answers(5.0, premium=["p1", "p2"]), "premium",
+                       first_token_kind=lambda _: "answer")
+    assert upstream.opened == {"p1": 0}
+    p1 = result.record("p1")
+    assert (result.won_at, p1.outcome, p1.first_token_kind) == (4.0, "won", "answer")
+
+
+@pytest.mark.parametrize(("first", "total", "failed_at", "code"), [
+    (None, 2.0, 2.0, "total_timeout"),
+    (1.0, 2.0, 1.0, "first_token_timeout"),
+    (3.0, 2.0, 2.0, "total_timeout"),
+])
+async def test_the_earlier_deadline_fails_the_attempt_and_names_itself(
+    autojump_clock: MockClock, first: float | None, total: float, failed_at: float, code: str,
+) -> None:
+    upstream = Upstream({"p1": answer("p1", 100.0), "p2": answer("p2", 0.5)})
+    result = await run(upstream, answers(total, first, premium=["p1", "p2"]), "premium")
+    assert upstream.opened == {"p1": 0, "p2": failed_at}
+    p1 = result.record("p1")
+    assert (p1.outcome, p1.ended_at) == ("deadline", failed_at)
+    assert isinstance(p1.error, UpstreamError)
+    assert (p1.error.status, p1.error.code, p1.error.retryable) == (504, code, True)
+    assert result.won_at == failed_at + 0.5
+
+
+async def test_answer_deadline_keeps_running_after_the_first_token(
+    autojump_clock: MockClock,
+) -> None:
+    upstream = Upstream({"p1": answer("p1", 0.5, tail=10.0, words=["a", "b"])})
+    async with race(candidates=answers(2.0, premium=["p1"]), decide="premium",
+                    open_stream=upstream.open, first_token_kind=token_kind) as winner:
+        assert trio.current_time() == 0.5
+        with pytest.raises(UpstreamError) as caught:
+            async for _chunk in winner.chunks:
+                pass
+    assert trio.current_time() == 2.0
+    assert (caught.value.status, caught.value.code) == (504, "total_timeout")
+    assert upstream.ended["p1"] == (2.0, "cancelled")
 
 
 # -- accounting ---------------------------------------------------------------
@@ -645,7 +811,7 @@ async def test_winner_chunks_of_one_read_reach_the_consumer_together(
     batches: list[int] = []
     async with race(candidates={"economy": [Candidate("a", "economy", math.inf)]},
                     decide="economy", open_stream=open_stream,
-                    is_first_token=has_token) as winner:
+                    first_token_kind=token_kind) as winner:
         assert len(winner.first_chunks) == 1
         async for _chunk in winner.chunks:
             batches.append(1 + len(winner.chunks.buffered()))
@@ -681,7 +847,7 @@ async def test_tier_left_out_of_speculation_starts_only_once_decided(
     }
     start = trio.current_time()
     async with race(candidates=candidates, decide=decide, open_stream=open_stream,
-                    is_first_token=has_token, speculate={"economy"}) as winner:
+                    first_token_kind=token_kind, speculate={"economy"}) as winner:
         assert winner.candidate.key == "p"
         assert trio.current_time() - start == pytest.approx(0.15)
     # Economy started at once; premium only when the decision named it.

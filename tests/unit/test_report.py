@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_ledger import running
+from tests.unit.test_ledger import ledger_of_version, running, version_before
 from tlproxy.ledger import Ledger, LedgerRow, SQLiteWriter
 from tlproxy.report import (
     GROUPS,
@@ -48,15 +48,16 @@ def attempt(request_id: str, ts: float, tier: str, model: str, *, key: str | Non
 ROWS = [
     # req_1: premium served it.
     attempt("req_1", DAY1, "premium", "claude-sonnet-4-6", rule="first-turn", cost=0.01,
-            reference=0.01, ttft=300.0),
+            reference=0.01, ttft=300.0, first_token_kind="content"),
     # req_2: economy won; a hedge on another economy model lost but was billed.
+    # A reasoning model's first token is a thought, not a word.
     attempt("req_2", DAY1 + 60, "economy", "gpt-5-nano", cost=0.001, reference=0.02,
-            ttft=100.0),
+            ttft=100.0, first_token_kind="reasoning"),
     attempt("req_2", DAY1 + 60, "economy", "gemini-2.5-flash", cost=0.0005, ttft=None,
             winner=False, hedge=True, wasted=True, status="cancelled"),
     # req_3: speculation on premium lost to economy once the decision came.
     attempt("req_3", DAY2, "economy", "gpt-5-nano", key="b", rule="summarize-extract",
-            cost=0.002, reference=0.03, ttft=200.0),
+            cost=0.002, reference=0.03, ttft=200.0, first_token_kind="content"),
     attempt("req_3", DAY2, "premium", "claude-sonnet-4-6", key="b", rule="summarize-extract",
             cost=0.003, ttft=None, winner=False, wasted=True, status="cancelled",
             estimated=True),
@@ -87,7 +88,9 @@ async def test_by_tier(db: Path) -> None:
         "cached_tokens": 200, "completion_tokens": 100, "spend_usd": 0.013,
         "reference_usd": 0.01, "saving_usd": -0.003, "saving_pct": -30.0,
         "wasted_usd": 0.003, "shadow_usd": 0.0, "estimated_usd": 0.003, "errors": 0,
-        "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0,
+        "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0, "ttft_kinds": "content",
+        "ttft_by_kind": {
+            "content": {"requests": 1, "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0}},
     }
     assert (economy["requests"], economy["attempts"]) == (2, 4)
     assert economy["spend_usd"] == pytest.approx(0.0039)
@@ -95,7 +98,13 @@ async def test_by_tier(db: Path) -> None:
     assert (economy["wasted_usd"], economy["shadow_usd"]) == (0.0005, 0.0004)
     # Winners only: the shadow call's 80 ms is not the client's TTFT.
     assert (economy["ttft_p50_ms"], economy["ttft_p95_ms"]) == (100.0, 200.0)
+    # Which kinds of first token those percentiles mix, and each kind's own.
+    assert economy["ttft_kinds"] == "content+reasoning"
+    assert economy["ttft_by_kind"] == {
+        "content": {"requests": 1, "ttft_p50_ms": 200.0, "ttft_p95_ms": 200.0},
+        "reasoning": {"requests": 1, "ttft_p50_ms": 100.0, "ttft_p95_ms": 100.0}}
     assert (embedding["saving_usd"], embedding["ttft_p50_ms"]) == (0.0, None)
+    assert (embedding["ttft_kinds"], embedding["ttft_by_kind"]) == (None, {})
 
 
 async def test_total_and_usage_json(db: Path) -> None:
@@ -115,6 +124,8 @@ async def test_total_and_usage_json(db: Path) -> None:
     ("key", {"a": 2, "b": 1, "-": 1}),  # '-': requests without a client key
     ("rule", {"first-turn": 1, "default": 1, "summarize-extract": 1, "default-embedding": 1}),
     ("day", {"2026-01-01": 2, "2026-01-02": 2}),
+    # '-': winners with no first token (the embedding); req_1 also has a shadow row.
+    ("first_token", {"content": 2, "reasoning": 1, "-": 1}),
 ])
 async def test_other_groupings(db: Path, by: str, groups: dict[str, int]) -> None:
     rows = summarize(db, by=by)
@@ -149,6 +160,37 @@ async def test_report_main_formats(db: Path, capsys: pytest.CaptureFixture[str])
     assert report_main(["--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Spend by tier" in out and "total" in out and "$0.0130" in out
+
+
+async def test_the_table_names_the_first_token_kinds_when_they_are_mixed(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("rich")
+    monkeypatch.setenv("COLUMNS", "160")
+    assert report_main(["--db", str(db)]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()[1:]
+    assert header.split()[-2:] == ["1st", "token"]
+    economy = next(line for line in lines if line.startswith("economy"))
+    assert economy.split()[-3:] == ["100", "200", "content+reasoning"]
+    # Plain content only (the second day): the TTFT columns need no label.
+    assert report_main(["--db", str(db), "--since", "2026-01-02"]) == 0
+    assert "1st token" not in capsys.readouterr().out
+    assert report_main(["--db", str(db), "--by", "first_token", "--format", "csv"]) == 0
+    groups = {line.split(",")[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(groups) == {"content", "reasoning", "-"}
+    assert groups["reasoning"].endswith(",100.0,100.0,reasoning")
+
+
+async def test_a_ledger_from_before_first_token_kinds_is_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "old.db"
+    await ledger_of_version(path, version_before("first_token_kind"), monkeypatch)
+    (economy,) = summarize(path, by="tier")
+    assert (economy["requests"], economy["ttft_p50_ms"]) == (1, 120.0)
+    assert (economy["ttft_kinds"], economy["ttft_by_kind"]) == (
+        "-", {"-": {"requests": 1, "ttft_p50_ms": 120.0, "ttft_p95_ms": 120.0}})
+    assert [g["first_token"] for g in summarize(path, by="first_token")] == ["-"]
 
 
 def test_report_main_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -128,3 +128,18 @@ def test_cut_attempts_raise_the_moving_average_only_when_longer(
     for seconds, observed in events:
         (stats.record_ttft if observed else stats.record_no_token)(seconds)
     assert stats.ttft_ewma == expected
+
+
+def test_first_tokens_are_labelled_with_their_kind_and_leave_the_window() -> None:
+    stats = ModelStats(window=4)
+    stats.record_ttft(0.2, kind="reasoning")
+    stats.record_ttft(0.3, kind="reasoning")
+    stats.record_no_token(1.0)
+    stats.record_ttft(0.9, kind="content")
+    assert stats.first_token_kinds() == {"reasoning": 2, "content": 1}
+    # One window for every kind: the race waits for the first delta of any kind.
+    assert (stats.samples, stats.cut, stats.quantile(0.5)) == (3, 1, 0.3)
+    stats.record_ttft(0.4, kind="tool_calls")
+    stats.record_ttft(0.5, kind="content")
+    # Both reasoning TTFTs have left: the cut, 0.9, 0.4 and 0.5 remain.
+    assert stats.first_token_kinds() == {"content": 2, "tool_calls": 1}
