@@ -48,9 +48,18 @@ _FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-# What a stream `error` event's type means for the client (HTTP statuses of
-# the same types come from `map_anthropic_error`).
-_STREAM_ERROR_STATUS = {"overloaded_error": 503, "rate_limit_error": 429, "api_error": 502}
+# The HTTP status Anthropic answers each error type with (its errors page):
+# a stream `error` event of that type means what that status means.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def from_anthropic_response(resp: JSON, *, model: str, created: int) -> JSON:
@@ -228,10 +237,20 @@ class AnthropicStreamTranslator:
 
 
 def _stream_error(error: Any) -> UpstreamError:
+    """A stream ``error`` event, mapped as the HTTP error of its type.
+
+    ``overloaded_error`` is a retryable 503 (upstream status 529),
+    ``rate_limit_error`` a 429, a request's fault a 400 that is not retried;
+    a server error, or a type Anthropic does not document, a retryable 502:
+    the stream broke, the upstream is not known to be down.
+    """
     error = error if isinstance(error, dict) else {}
     kind = str(error.get("type", "api_error"))
-    message = str(error.get("message") or "the upstream provider failed mid-stream")
-    return UpstreamError(message, status=_STREAM_ERROR_STATUS.get(kind, 502), type=kind)
+    status = _ERROR_TYPE_STATUS.get(kind)
+    if status is None or status == 500:
+        message = str(error.get("message") or "the upstream provider failed mid-stream")
+        return UpstreamError(message, status=502, type=kind, upstream_status=status)
+    return map_anthropic_error(status, orjson.dumps({"type": "error", "error": error}), {})
 
 
 def map_anthropic_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
