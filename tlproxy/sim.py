@@ -20,6 +20,14 @@ protocol:
 * ``[sim:status=429]`` (or any status): answer with that HTTP error;
 * ``[sim:cut=N]``: stream N content chunks, then drop the stream without its end;
 * ``[sim:stall]``: never send a first token.
+
+Each model's profile may also turn on habits of real upstreams (``habits``,
+none by default), so the proxy's adapters, race and engine meet them in
+tests: Azure's filter-only first chunk, SSE comments, reasoning and refusal
+deltas, usage in a vendor field or on the finish chunk, gzip, an error event
+in place of the first chunk, no ``[DONE]``, Anthropic's pings and 529s,
+Gemini's SAFETY and RECITATION stops, headers long before the first event.
+docs/configuration.md says what each one sends.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import math
 import random
 import struct
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -89,14 +98,30 @@ class SimRequest(msgspec.Struct, frozen=True):
     send: Any
 
 
-def _usage(answer: Answer) -> dict[str, Any]:
+# What the reasoning habits think aloud before each answer, and what the
+# refusal habit says instead of answering.
+REASONING = ("Let", " me", " think", " about", " this", ".")
+REFUSAL = ("I'm", " sorry", ",", " I", " can't", " help", " with", " that", ".")
+# Azure OpenAI's first chunk when its content filter is on: no choices.
+AZURE_FILTER_CHUNK = {
+    "choices": [], "created": 0, "id": "", "model": "", "object": "",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+        kind: {"filtered": False, "severity": "safe"}
+        for kind in ("hate", "self_harm", "sexual", "violence")}}],
+}
+# OpenRouter's keep-alive comment.
+SSE_COMMENT = b": OPENROUTER PROCESSING\n\n"
+
+
+def _usage(answer: Answer, reasoning: int = 0) -> dict[str, Any]:
+    completion = answer.completion_tokens + reasoning
     return {
         "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": answer.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -105,6 +130,8 @@ def _usage(answer: Answer) -> dict[str, Any]:
 
 
 Headers = list[tuple[bytes, bytes]]
+Habits = frozenset[str]
+_NONE: Habits = frozenset()
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -121,6 +148,8 @@ class Wire(abc.ABC):
 
     # The statuses a profile's `error_rate` draws from.
     transient: tuple[int, ...] = (429, 500, 503)
+    # The status of the `overloaded` habit.
+    overloaded: int = 503
 
     @classmethod
     @abc.abstractmethod
@@ -128,12 +157,18 @@ class Wire(abc.ABC):
         """The body (JSON-able) and extra headers of an HTTP error."""
 
     @abc.abstractmethod
-    def message(self, answer: Answer) -> Any:
+    def message(self, answer: Answer, habits: Habits = _NONE) -> Any:
         """The whole answer as one JSON body."""
 
     @abc.abstractmethod
-    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    def stream(
+        self, answer: Answer, habits: Habits = _NONE
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """The answer as (head, steps, tail) framed events."""
+
+    @abc.abstractmethod
+    def error_event(self) -> bytes:
+        """The framed event that reports an overloaded upstream inside a 200 stream."""
 
 
 class OpenAIWire(Wire):
@@ -160,15 +195,25 @@ class OpenAIWire(Wire):
         message = "Rate limit reached" if status == 429 else "The server had an error"
         return _error(message, "server_error"), headers
 
-    def message(self, answer: Answer) -> Any:
+    def error_event(self) -> bytes:
+        # What OpenAI sends when a stream fails after its 200.
+        message = "The server had an error while processing your request. Sorry about that!"
+        return encode_data(_encode(_error(message, "server_error")))
+
+    def message(self, answer: Answer, habits: Habits = _NONE) -> Any:
         choices = []
+        refuses = "refusal" in habits
+        reasoning = _reasoning_field(habits)
         for index, plan in enumerate(answer.choices):
+            text = "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None,
-                "refusal": None,
+                "content": None if refuses else text,
+                "refusal": "".join(REFUSAL) if refuses else None,
                 "annotations": [],
             }
+            if reasoning:
+                message[reasoning] = "".join(REASONING)
             if plan.tool_calls:
                 message["tool_calls"] = [
                     {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
@@ -179,27 +224,46 @@ class OpenAIWire(Wire):
                  "finish_reason": plan.finish_reason}
             )
         base = {k: v for k, v in self.base.items() if k != "usage"}
-        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(answer)}
+        usage = _usage(answer, _reasoning_tokens(answer, habits))
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
-    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        def chunk(choices: list[dict[str, Any]]) -> bytes:
-            return encode_data(_encode({**self.base, "choices": choices}))
+    def stream(
+        self, answer: Answer, habits: Habits = _NONE
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return encode_data(_encode({**self.base, "choices": choices, **extra}))
 
         def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-        role = {"role": "assistant", "content": "", "refusal": None}
+        refuses = "refusal" in habits
+        role = {"role": "assistant", "content": None if refuses else "", "refusal": None}
+        if refuses:
+            role["refusal"] = ""
         head = [chunk([choice(i, role) for i in range(len(answer.choices))])]
-        per_choice = [_deltas(plan) for plan in answer.choices]
+        if "azure_filter_chunk" in habits:
+            head.insert(0, encode_data(_encode(AZURE_FILTER_CHUNK)))
+        per_choice = [_deltas(plan, habits) for plan in answer.choices]
         steps = [
             chunk([choice(index, deltas[step])
                    for index, deltas in enumerate(per_choice) if step < len(deltas)])
             for step in range(max(map(len, per_choice), default=0))
         ]
-        tail = [chunk([choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)])]
-        if self.include_usage:
-            tail.append(encode_data(_encode({**self.base, "choices": [], "usage": _usage(answer)})))
-        tail.append(DONE)
+        usage = _usage(answer, _reasoning_tokens(answer, habits))
+        finishes = [choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)]
+        if "usage_in_x_groq" in habits:
+            # Groq's older streams: usage only in its own field of the finish chunk.
+            groq = {**usage, "queue_time": 0.01, "prompt_time": 0.002,
+                    "completion_time": 0.05, "total_time": 0.062}
+            tail = [chunk(finishes, x_groq={"id": "req_sim", "usage": groq})]
+        elif "usage_on_finish_chunk" in habits:
+            tail = [chunk(finishes, usage=usage)]
+        else:
+            tail = [chunk(finishes)]
+            if self.include_usage:
+                tail.append(chunk([], usage=usage))
+        if "no_done" not in habits:
+            tail.append(DONE)
         return head, steps, tail
 
 
@@ -364,23 +428,33 @@ class SimUpstream:
         answer and is counted in `SimStats.cancelled`.
         """
         profile = self.profile(model)
+        habits = frozenset(profile.habits)
         answer = plan_answer(body, profile)
+        if habits & {"safety_stop", "recitation_stop"}:
+            _filtered(answer)
         status = answer.fail_status
+        if status is None and "overloaded" in habits:
+            status = wire.overloaded
         if status is None and profile.error_rate and self._rng.random() < profile.error_rate:
             status = self._rng.choice(wire.transient)
+        gzip = "gzip" in habits
         if status is not None:
-            await send_json(request.send, status, *wire.error(status))
+            await send_json(request.send, status, *wire.error(status), gzip=gzip)
             return
         if stream:
             self.stats.streams_started += 1
-            head, steps, tail = wire.stream(answer)
+            if "error_first" in habits:
+                head, steps, tail = [], [], [wire.error_event()]
+            else:
+                head, steps, tail = wire.stream(answer, habits)
             async with self._watching(request.receive) as done:
-                await self._paced(request.send, answer, profile, head, steps, tail, done)
+                await self._paced(request.send, answer, profile, habits, (head, steps, tail),
+                                  done)
             return
         delay = self.ttft(profile) + profile.inter_token_ms / 1000 * answer.completion_tokens
         async with self._watching(request.receive):
             await trio.sleep(3600.0 if answer.stall else delay)
-        await send_json(request.send, 200, wire.message(answer))
+        await send_json(request.send, 200, wire.message(answer, habits), gzip=gzip)
 
     @contextlib.asynccontextmanager
     async def _watching(self, receive: Any) -> AsyncIterator[list[bool]]:
@@ -413,19 +487,39 @@ class SimUpstream:
         send: Any,
         answer: Answer,
         profile: SimModelProfile,
-        head: list[bytes],
-        steps: list[bytes],
-        tail: list[bytes],
+        habits: Habits,
+        events: tuple[list[bytes], list[bytes], list[bytes]],
         done: list[bool],
     ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        head, steps, tail = events
+        headers = _SSE_HEADERS
+        compressor = None
+        if "gzip" in habits:
+            headers = [*headers, (b"content-encoding", b"gzip")]
+            compressor = zlib.compressobj(wbits=31)  # 31: the gzip container
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        comments = "sse_comments" in habits
 
-        async def emit(data: bytes, more: bool = True) -> None:
+        async def write(data: bytes, more: bool = True) -> None:
+            if compressor is not None:
+                # A sync flush per write: each event leaves at once, as a
+                # streaming server's compressor sends it.
+                data = compressor.compress(data) + compressor.flush(
+                    zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
             await send({"type": "http.response.body", "body": data, "more_body": more})
 
-        for data in head:
+        async def emit(data: bytes, more: bool = True) -> None:
+            # With `sse_comments`, a keep-alive comment before every event.
+            await write(SSE_COMMENT + data if comments and data else data, more)
+
+        late = "late_first_event" in habits
+        if comments:
+            await write(SSE_COMMENT)
+        for data in [] if late else head:
             await emit(data)
         await trio.sleep(3600.0 if answer.stall else self.ttft(profile))
+        for data in head if late else []:
+            await emit(data)
         itl = profile.inter_token_ms / 1000
         for sent, data in enumerate(steps):
             if sent and itl:
@@ -472,11 +566,37 @@ class SimUpstream:
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def _deltas(plan: ChoicePlan) -> list[dict[str, Any]]:
+def _reasoning_field(habits: Habits) -> str | None:
+    """Where the reasoning habits put the thinking: DeepSeek's and vLLM's field, or
+    OpenRouter's and Groq's."""
+    if "reasoning_content" in habits:
+        return "reasoning_content"
+    return "reasoning" if "reasoning" in habits else None
+
+
+def _reasoning_tokens(answer: Answer, habits: Habits) -> int:
+    return len(REASONING) * len(answer.choices) if _reasoning_field(habits) else 0
+
+
+def _filtered(answer: Answer) -> None:
+    """The `safety_stop` and `recitation_stop` habits: the answer is stopped half-way."""
+    for plan in answer.choices:
+        if not plan.tool_calls:
+            kept = plan.tokens[: max(1, len(plan.tokens) // 2)]
+            answer.completion_tokens -= len(plan.tokens) - len(kept)
+            plan.tokens = kept
+            plan.finish_reason = "content_filter"
+
+
+def _deltas(plan: ChoicePlan, habits: Habits = _NONE) -> list[dict[str, Any]]:
     """The deltas OpenAI would stream for one choice, after its role chunk."""
+    field = _reasoning_field(habits)
+    thinking = [{"content": None, field: token} for token in REASONING] if field else []
+    if "refusal" in habits and not plan.tool_calls:
+        return [*thinking, *({"refusal": token} for token in REFUSAL)]
     if not plan.tool_calls:
-        return [{"content": token} for token in plan.tokens]
-    deltas: list[dict[str, Any]] = []
+        return [*thinking, *({"content": token} for token in plan.tokens)]
+    deltas: list[dict[str, Any]] = thinking
     # Each call: a first fragment with id, type and name, then argument pieces.
     for index, (call_id, name, arguments) in enumerate(plan.tool_calls):
         head = {"index": index, "id": call_id, "type": "function",
@@ -497,11 +617,19 @@ def _error(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-async def send_json(send: Any, status: int, payload: Any, headers: Headers | None = None) -> None:
-    """Send a whole JSON response."""
+async def send_json(
+    send: Any, status: int, payload: Any, headers: Headers | None = None, *, gzip: bool = False
+) -> None:
+    """Send a whole JSON response (gzip-encoded with `gzip`)."""
+    body = _encode(payload)
+    extra = list(headers or [])
+    if gzip:
+        compressor = zlib.compressobj(wbits=31)
+        body = compressor.compress(body) + compressor.flush()
+        extra.append((b"content-encoding", b"gzip"))
     await send({
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        "headers": [(b"content-type", b"application/json"), *extra],
     })
-    await send({"type": "http.response.body", "body": _encode(payload)})
+    await send({"type": "http.response.body", "body": body})
