@@ -10,9 +10,10 @@ optionally lognormal from a median and a p99, inter-token delay, token count,
 error rate) drawn from a seeded generator.
 
 The planner (`plan_answer`) is protocol-neutral; `SimUpstream` renders its
-plans in OpenAI's wire format here, and in Anthropic's and Gemini's in
-`tlproxy.sim_anthropic` and `tlproxy.sim_gemini` (which convert their
-requests into the OpenAI-shaped dict the planner reads), chosen by path. A
+plans in OpenAI's wire format (`tlproxy.sim_openai`), Anthropic's and
+Gemini's (`tlproxy.sim_anthropic` and `tlproxy.sim_gemini`, which convert
+their requests into the OpenAI-shaped dict the planner reads), chosen by
+path, and paces them here (latency, cuts, compression, comments). A
 request can script a failure with a marker in its last user message, so the
 proxy's error paths can be driven through the real server, whatever the
 protocol:
@@ -40,7 +41,6 @@ import hmac
 import math
 import random
 import struct
-import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,19 +50,25 @@ import trio
 
 from .asgi import lifespan
 from .config import SimModelProfile
-from .sim_plan import Answer, ChoicePlan, embedding_vector, example_from_schema, plan_answer
-from .sse import DONE, encode_data
+from .sim_plan import (
+    Answer,
+    ChoicePlan,
+    embedding_vector,
+    example_from_schema,
+    plan_answer,
+    stop_by_filters,
+)
 
 __all__ = [
     "Answer",
     "ChoicePlan",
-    "OpenAIWire",
     "PlannerTurn",
     "SimRequest",
     "SimStats",
     "SimUpstream",
     "Wire",
     "embedding_vector",
+    "error_body",
     "example_from_schema",
     "plan_answer",
 ]
@@ -98,35 +104,8 @@ class SimRequest(msgspec.Struct, frozen=True):
     send: Any
 
 
-# What the reasoning habits think aloud before each answer, and what the
-# refusal habit says instead of answering.
-REASONING = ("Let", " me", " think", " about", " this", ".")
-REFUSAL = ("I'm", " sorry", ",", " I", " can't", " help", " with", " that", ".")
-# Azure OpenAI's first chunk when its content filter is on: no choices.
-AZURE_FILTER_CHUNK = {
-    "choices": [], "created": 0, "id": "", "model": "", "object": "",
-    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
-        kind: {"filtered": False, "severity": "safe"}
-        for kind in ("hate", "self_harm", "sexual", "violence")}}],
-}
 # OpenRouter's keep-alive comment.
 SSE_COMMENT = b": OPENROUTER PROCESSING\n\n"
-
-
-def _usage(answer: Answer, reasoning: int = 0) -> dict[str, Any]:
-    completion = answer.completion_tokens + reasoning
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": answer.prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -169,102 +148,6 @@ class Wire(abc.ABC):
     @abc.abstractmethod
     def error_event(self) -> bytes:
         """The framed event that reports an overloaded upstream inside a 200 stream."""
-
-
-class OpenAIWire(Wire):
-    """OpenAI's Chat Completions format."""
-
-    def __init__(self, *, model: str, ident: str, created: int, include_usage: bool) -> None:
-        self.model = model
-        self.base: dict[str, Any] = {
-            "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-            "service_tier": "default", "system_fingerprint": "fp_sim"}
-        self.include_usage = include_usage
-        if include_usage:
-            self.base["usage"] = None
-
-    @classmethod
-    def error(cls, status: int, message: str | None = None) -> tuple[Any, Headers]:
-        if status == 401:
-            body = _error(message or "Incorrect API key provided.", "invalid_request_error")
-            body["error"]["code"] = "invalid_api_key"
-            return body, []
-        if message is not None:
-            return _error(message, "invalid_request_error" if status < 500 else "server_error"), []
-        headers = [(b"retry-after", b"1")] if status == 429 else []
-        message = "Rate limit reached" if status == 429 else "The server had an error"
-        return _error(message, "server_error"), headers
-
-    def error_event(self) -> bytes:
-        # What OpenAI sends when a stream fails after its 200.
-        message = "The server had an error while processing your request. Sorry about that!"
-        return encode_data(_encode(_error(message, "server_error")))
-
-    def message(self, answer: Answer, habits: Habits = _NONE) -> Any:
-        choices = []
-        refuses = "refusal" in habits
-        reasoning = _reasoning_field(habits)
-        for index, plan in enumerate(answer.choices):
-            text = "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None
-            message: dict[str, Any] = {
-                "role": "assistant",
-                "content": None if refuses else text,
-                "refusal": "".join(REFUSAL) if refuses else None,
-                "annotations": [],
-            }
-            if reasoning:
-                message[reasoning] = "".join(REASONING)
-            if plan.tool_calls:
-                message["tool_calls"] = [
-                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
-                    for i, n, a in plan.tool_calls
-                ]
-            choices.append(
-                {"index": index, "message": message, "logprobs": None,
-                 "finish_reason": plan.finish_reason}
-            )
-        base = {k: v for k, v in self.base.items() if k != "usage"}
-        usage = _usage(answer, _reasoning_tokens(answer, habits))
-        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
-
-    def stream(
-        self, answer: Answer, habits: Habits = _NONE
-    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return encode_data(_encode({**self.base, "choices": choices, **extra}))
-
-        def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-        refuses = "refusal" in habits
-        role = {"role": "assistant", "content": None if refuses else "", "refusal": None}
-        if refuses:
-            role["refusal"] = ""
-        head = [chunk([choice(i, role) for i in range(len(answer.choices))])]
-        if "azure_filter_chunk" in habits:
-            head.insert(0, encode_data(_encode(AZURE_FILTER_CHUNK)))
-        per_choice = [_deltas(plan, habits) for plan in answer.choices]
-        steps = [
-            chunk([choice(index, deltas[step])
-                   for index, deltas in enumerate(per_choice) if step < len(deltas)])
-            for step in range(max(map(len, per_choice), default=0))
-        ]
-        usage = _usage(answer, _reasoning_tokens(answer, habits))
-        finishes = [choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)]
-        if "usage_in_x_groq" in habits:
-            # Groq's older streams: usage only in its own field of the finish chunk.
-            groq = {**usage, "queue_time": 0.01, "prompt_time": 0.002,
-                    "completion_time": 0.05, "total_time": 0.062}
-            tail = [chunk(finishes, x_groq={"id": "req_sim", "usage": groq})]
-        elif "usage_on_finish_chunk" in habits:
-            tail = [chunk(finishes, usage=usage)]
-        else:
-            tail = [chunk(finishes)]
-            if self.include_usage:
-                tail.append(chunk([], usage=usage))
-        if "no_done" not in habits:
-            tail.append(DONE)
-        return head, steps, tail
 
 
 class PlannerTurn:
@@ -383,7 +266,7 @@ class SimUpstream:
         request = SimRequest(path=path, query=self.stats.last_query, headers=headers, raw=body,
                              receive=receive, send=send)
         # Imported here: the protocol modules build on this one.
-        from . import sim_anthropic, sim_gemini
+        from . import sim_anthropic, sim_gemini, sim_openai
 
         if path.endswith("/v1/messages") or (
             path.endswith("/models") and "anthropic-version" in headers
@@ -392,9 +275,9 @@ class SimUpstream:
         elif sim_gemini.handles(path, headers):
             await sim_gemini.serve(self, request)
         elif not self.key_ok(_bearer(headers), required=False):
-            await send_json(send, 401, *OpenAIWire.error(401))
+            await send_json(send, 401, *sim_openai.OpenAIWire.error(401))
         elif path.endswith("/chat/completions"):
-            await self._chat(request)
+            await sim_openai.serve(self, request)
         elif path.endswith("/embeddings"):
             await self._embeddings(body, send)
         elif path.endswith("/models"):
@@ -404,19 +287,7 @@ class SimUpstream:
             ]
             await send_json(send, 200, {"object": "list", "data": data})
         else:
-            await send_json(send, 404, _error(f"Unknown path {path}", "invalid_request_error"))
-
-    async def _chat(self, request: SimRequest) -> None:
-        body = decode_object(request.raw)
-        if body is None:
-            await send_json(request.send, 400, _error("invalid JSON", "invalid_request_error"))
-            return
-        self.stats.last_body = body
-        model = body.get("model", "sim")
-        wire = OpenAIWire(
-            model=model, ident="chatcmpl-" + ident(request.raw), created=int(time.time()),
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
-        await self.respond(request, wire, body, model, stream=bool(body.get("stream")))
+            await send_json(send, 404, error_body(f"Unknown path {path}", "invalid_request_error"))
 
     async def respond(
         self, request: SimRequest, wire: Wire, body: dict[str, Any], model: str, *, stream: bool
@@ -431,7 +302,7 @@ class SimUpstream:
         habits = frozenset(profile.habits)
         answer = plan_answer(body, profile)
         if habits & {"safety_stop", "recitation_stop"}:
-            _filtered(answer)
+            stop_by_filters(answer)
         status = answer.fail_status
         if status is None and "overloaded" in habits:
             status = wire.overloaded
@@ -538,14 +409,14 @@ class SimUpstream:
     async def _embeddings(self, raw: bytes, send: Any) -> None:
         body = decode_object(raw)
         if body is None:
-            await send_json(send, 400, _error("invalid JSON", "invalid_request_error"))
+            await send_json(send, 400, error_body("invalid JSON", "invalid_request_error"))
             return
         self.stats.last_body = body
         model = body.get("model", "")
         profile = self.profile(model)
         await trio.sleep(self.ttft(profile))
         if profile.error_rate and self._rng.random() < profile.error_rate:
-            await send_json(send, 503, _error("The server is overloaded.", "server_error"))
+            await send_json(send, 503, error_body("The server is overloaded.", "server_error"))
             return
         inputs = body.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
@@ -566,54 +437,12 @@ class SimUpstream:
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def _reasoning_field(habits: Habits) -> str | None:
-    """Where the reasoning habits put the thinking: DeepSeek's and vLLM's field, or
-    OpenRouter's and Groq's."""
-    if "reasoning_content" in habits:
-        return "reasoning_content"
-    return "reasoning" if "reasoning" in habits else None
-
-
-def _reasoning_tokens(answer: Answer, habits: Habits) -> int:
-    return len(REASONING) * len(answer.choices) if _reasoning_field(habits) else 0
-
-
-def _filtered(answer: Answer) -> None:
-    """The `safety_stop` and `recitation_stop` habits: the answer is stopped half-way."""
-    for plan in answer.choices:
-        if not plan.tool_calls:
-            kept = plan.tokens[: max(1, len(plan.tokens) // 2)]
-            answer.completion_tokens -= len(plan.tokens) - len(kept)
-            plan.tokens = kept
-            plan.finish_reason = "content_filter"
-
-
-def _deltas(plan: ChoicePlan, habits: Habits = _NONE) -> list[dict[str, Any]]:
-    """The deltas OpenAI would stream for one choice, after its role chunk."""
-    field = _reasoning_field(habits)
-    thinking = [{"content": None, field: token} for token in REASONING] if field else []
-    if "refusal" in habits and not plan.tool_calls:
-        return [*thinking, *({"refusal": token} for token in REFUSAL)]
-    if not plan.tool_calls:
-        return [*thinking, *({"content": token} for token in plan.tokens)]
-    deltas: list[dict[str, Any]] = thinking
-    # Each call: a first fragment with id, type and name, then argument pieces.
-    for index, (call_id, name, arguments) in enumerate(plan.tool_calls):
-        head = {"index": index, "id": call_id, "type": "function",
-                "function": {"name": name, "arguments": ""}}
-        deltas.append({"tool_calls": [head]})
-        for start in range(0, len(arguments), 8):
-            piece = arguments[start : start + 8]
-            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    return deltas
-
-
 def _bearer(headers: dict[str, str]) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _error(message: str, kind: str) -> dict[str, Any]:
+def error_body(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from tlproxy.config import SimHabit, SimModelProfile
-from tlproxy.sim import AZURE_FILTER_CHUNK, REASONING, REFUSAL, SimUpstream
+from tlproxy.sim import SimUpstream
+from tlproxy.sim_openai import AZURE_FILTER_CHUNK, REASONING, REFUSAL
 from tlproxy.sse import SSEDecoder
 
 PROMPT = [{"role": "user", "content": "Tell me about routing"}]
