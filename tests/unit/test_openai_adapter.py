@@ -161,6 +161,39 @@ def test_an_error_event_raises_a_retryable_error(event: dict[str, Any]) -> None:
     assert (caught.value.status, caught.value.retryable) == (502, True)
 
 
+USAGES = st.builds(usage, st.integers(0, 9), st.integers(0, 9))
+EVENTS = st.one_of(
+    st.just(AZURE_FILTER),
+    st.builds(lambda u: chunk(delta(content="x"), usage=u), st.none() | USAGES),
+    st.builds(lambda u: chunk(delta(finish="stop"), usage=u), st.none() | USAGES),
+    st.builds(lambda u: chunk(delta(content="x"), x_groq={"id": "r", "usage": u}), USAGES),
+    st.builds(lambda u: chunk(usage=u), USAGES),
+    st.just(chunk({"index": 0, "finish_reason": None, "content_filter_results": {}})),
+)
+
+
+def usage_in(event: dict[str, Any]) -> Any:
+    if isinstance(event.get("usage"), dict):
+        return event["usage"]
+    return (event.get("x_groq") or {}).get("usage")
+
+
+@given(st.lists(EVENTS, max_size=12))
+def test_whatever_the_upstream_does_usage_comes_once_and_last(
+    events: list[dict[str, Any]]
+) -> None:
+    out, _ = translate(events)
+    seen = [u for u in map(usage_in, events) if u is not None]
+    *body, last = out or [{}]
+    # Every chunk but a final usage chunk has choices, each with a delta or a finish.
+    assert all(c["choices"] and c.get("usage") is None for c in body)
+    assert all("delta" in ch or ch["finish_reason"] for c in out for ch in c["choices"])
+    if seen:
+        assert (last["choices"], last["usage"]) == ([], seen[-1])
+    else:
+        assert not out or last["choices"]
+
+
 # ---------------------------------------------------------------- I/O
 
 
