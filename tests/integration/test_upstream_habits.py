@@ -117,6 +117,17 @@ async def sdk_text(stack: Stack, model: str) -> tuple[str, list[str]]:
     return text, finishes
 
 
+def attempts(metrics: httpx.Response) -> dict[tuple[str, str], int]:
+    """``tlproxy_race_attempts_total`` by (outcome, start), from ``/metrics``."""
+    counts = {}
+    for line in metrics.text.splitlines():
+        if line.startswith("tlproxy_race_attempts_total{"):
+            labels, value = line.removeprefix("tlproxy_race_attempts_total").rsplit(" ", 1)
+            pairs = dict(p.split("=") for p in labels.strip("{}").split(","))
+            counts[(pairs["outcome"].strip('"'), pairs["start"].strip('"'))] = int(float(value))
+    return counts
+
+
 # ---------------------------------------------------------------- OpenAI-compatible
 
 
@@ -179,7 +190,8 @@ async def test_an_error_event_first_falls_back_to_the_next_candidate(
     check_openai_stream(stream, include_usage=True)
     assert stream.response.headers["x-tlproxy-model"] == "healthy"
     assert text_of(stream) == text_of(await stream_of(stack, "gpt-plain"))
-    assert stack.sims[protocol].stats.streams_started >= 1
+    assert attempts(await stack.http.get("/metrics")) == {
+        ("failed", "initial"): 1, ("won", "fallback"): 1, ("won", "initial"): 1}
 
 
 async def test_an_error_event_first_with_nothing_to_fall_back_to_is_an_http_error(
@@ -210,6 +222,8 @@ async def test_anthropic_529_falls_back_and_alone_is_a_503(clients: Any) -> None
     stream = await stream_of(stack, "premium")
     check_openai_stream(stream, include_usage=False)
     assert stream.response.headers["x-tlproxy-model"] == "healthy"
+    assert attempts(await stack.http.get("/metrics")) == {
+        ("failed", "initial"): 1, ("won", "fallback"): 1}
     with pytest.raises(openai.InternalServerError) as caught:
         await stack.sdk.chat.completions.create(model="claude-overloaded", messages=PROMPT)  # type: ignore[arg-type]
     assert caught.value.status_code == 503
