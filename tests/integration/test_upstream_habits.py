@@ -70,9 +70,9 @@ async def clients(nursery: trio.Nursery) -> AsyncIterator[Any]:
                 address = (await nursery.start(functools.partial(serve_sim, sim)))[0]
                 base = address + "/v1" if protocol == "openai" else address
                 providers[protocol] = ProviderConfig(
-                    kind=protocol, base_url=base, api_key=f"key-{protocol}")  # type: ignore[arg-type]
+                    kind=protocol, base_url=base, api_key=f"key-{protocol}")
             catalog = [
-                ModelConfig(id=m.id, provider=m.protocol, tier=m.tier)  # type: ignore[arg-type]
+                ModelConfig(id=m.id, provider=m.protocol, tier=m.tier)
                 for m in every]
             proxy = await start_proxy(nursery, Config(providers=providers, models=catalog))
             http = await stack.enter_async_context(
@@ -110,7 +110,7 @@ async def sdk_text(stack: Stack, model: str) -> tuple[str, list[str]]:
     """The SDK's stream, read as an application does: ``chunk.choices[0]``."""
     text, finishes = "", []
     async for chunk in await stack.sdk.chat.completions.create(
-            model=model, messages=PROMPT, stream=True):  # type: ignore[arg-type]
+            model=model, messages=PROMPT, stream=True):
         choice = chunk.choices[0]
         text += choice.delta.content or ""
         finishes += [choice.finish_reason] if choice.finish_reason else []
@@ -151,8 +151,8 @@ async def test_an_openai_habit_leaves_the_answer_as_openai_sends_it(
 
 async def test_a_gzip_json_answer_is_decoded(clients: Any) -> None:
     stack = await clients(Model("gpt-gzip", "openai", ("gzip",)))
-    answer = await stack.sdk.chat.completions.create(model="gpt-gzip", messages=PROMPT)  # type: ignore[arg-type]
-    plain = await stack.sdk.chat.completions.create(model="gpt-plain", messages=PROMPT)  # type: ignore[arg-type]
+    answer = await stack.sdk.chat.completions.create(model="gpt-gzip", messages=PROMPT)
+    plain = await stack.sdk.chat.completions.create(model="gpt-plain", messages=PROMPT)
     assert answer.choices[0].message.content == plain.choices[0].message.content
 
 
@@ -199,7 +199,7 @@ async def test_an_error_event_first_with_nothing_to_fall_back_to_is_an_http_erro
 ) -> None:
     stack = await clients(Model("failing", "openai", ("error_first",)))
     with pytest.raises(openai.InternalServerError) as caught:
-        await stack.sdk.chat.completions.create(model="failing", messages=PROMPT,  # type: ignore[arg-type]
+        await stack.sdk.chat.completions.create(model="failing", messages=PROMPT,
                                                 stream=True)
     assert caught.value.status_code == 502
 
@@ -225,7 +225,7 @@ async def test_anthropic_529_falls_back_and_alone_is_a_503(clients: Any) -> None
     assert attempts(await stack.http.get("/metrics")) == {
         ("failed", "initial"): 1, ("won", "fallback"): 1}
     with pytest.raises(openai.InternalServerError) as caught:
-        await stack.sdk.chat.completions.create(model="claude-overloaded", messages=PROMPT)  # type: ignore[arg-type]
+        await stack.sdk.chat.completions.create(model="claude-overloaded", messages=PROMPT)
     assert caught.value.status_code == 503
 
 
@@ -245,7 +245,7 @@ async def test_a_gemini_candidate_stopped_by_its_filters_is_a_content_filter_fin
     # What came before the stop reached the client: the start of the answer.
     full = text_of(await stream_of(stack, "gemini-plain"))
     assert text_of(stream) and full.startswith(text_of(stream)) and text_of(stream) != full
-    answer = await stack.sdk.chat.completions.create(model="gemini-filtered", messages=PROMPT)  # type: ignore[arg-type]
+    answer = await stack.sdk.chat.completions.create(model="gemini-filtered", messages=PROMPT)
     assert answer.choices[0].finish_reason == "content_filter"
 
 
