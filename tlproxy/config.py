@@ -65,7 +65,7 @@ class ServerConfig(_Strict):
 SimHabit = Literal[
     "azure_filter_chunk", "sse_comments", "reasoning_content", "reasoning", "refusal",
     "usage_in_x_groq", "usage_on_finish_chunk", "gzip", "error_first", "no_done", "pings",
-    "overloaded", "safety_stop", "recitation_stop", "late_first_event",
+    "overloaded", "safety_stop", "recitation_stop", "late_first_event", "audio",
 ]
 
 

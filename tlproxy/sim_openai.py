@@ -8,11 +8,14 @@ then ``data: [DONE]``. Errors are OpenAI's envelope.
 The habits of OpenAI-compatible servers that only this protocol has are
 rendered here: Azure's filter-only first chunk, DeepSeek's
 ``reasoning_content`` and OpenRouter's ``reasoning`` deltas, refusals, Groq's
-usage in ``x_groq``, usage on the finish chunk, and no ``[DONE]``.
+usage in ``x_groq``, usage on the finish chunk, spoken answers (``audio``
+deltas: a transcript and PCM16 data per token, then the expiry), and no
+``[DONE]``.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -39,6 +42,8 @@ _NONE: core.Habits = frozenset()
 # refusal habit says instead of answering.
 REASONING = ("Let", " me", " think", " about", " this", ".")
 REFUSAL = ("I'm", " sorry", ",", " I", " can't", " help", " with", " that", ".")
+# How long a spoken answer's audio may be referred to, as OpenAI says in `expires_at`.
+AUDIO_LIFETIME = 3600
 # Azure OpenAI's first chunk when its content filter is on: no choices.
 AZURE_FILTER_CHUNK = {
     "choices": [], "created": 0, "id": "", "model": "", "object": "",
@@ -109,6 +114,12 @@ class OpenAIWire(core.Wire):
             }
             if reasoning:
                 message[reasoning] = "".join(REASONING)
+            if "audio" in habits and not plan.tool_calls:
+                message["content"] = None
+                message["audio"] = {
+                    "id": _audio_id(self.base["id"]), "data": _pcm("".join(plan.tokens)),
+                    "expires_at": self.base["created"] + AUDIO_LIFETIME,
+                    "transcript": "".join(plan.tokens)}
             if plan.tool_calls:
                 message["tool_calls"] = [
                     {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
@@ -138,7 +149,9 @@ class OpenAIWire(core.Wire):
         head = [chunk([choice(i, role) for i in range(len(answer.choices))])]
         if "azure_filter_chunk" in habits:
             head.insert(0, encode_data(_encode(AZURE_FILTER_CHUNK)))
-        per_choice = [plan_deltas(plan, habits) for plan in answer.choices]
+        audio = {"id": _audio_id(self.base["id"]),
+                 "expires_at": self.base["created"] + AUDIO_LIFETIME}
+        per_choice = [plan_deltas(plan, habits, audio=audio) for plan in answer.choices]
         steps = [
             chunk([choice(index, deltas[step])
                    for index, deltas in enumerate(per_choice) if step < len(deltas)])
@@ -174,12 +187,22 @@ def reasoning_tokens(answer: core.Answer, habits: core.Habits) -> int:
     return len(REASONING) * len(answer.choices) if reasoning_field(habits) else 0
 
 
-def plan_deltas(plan: core.ChoicePlan, habits: core.Habits = _NONE) -> list[dict[str, Any]]:
-    """The deltas OpenAI would stream for one choice, after its role chunk."""
+def plan_deltas(
+    plan: core.ChoicePlan, habits: core.Habits = _NONE, *, audio: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The deltas OpenAI would stream for one choice, after its role chunk.
+
+    `audio` (its ``id`` and ``expires_at``) is for the `audio` habit.
+    """
     field = reasoning_field(habits)
     thinking = [{"content": None, field: token} for token in REASONING] if field else []
     if "refusal" in habits and not plan.tool_calls:
         return [*thinking, *({"refusal": token} for token in REFUSAL)]
+    if "audio" in habits and audio is not None and not plan.tool_calls:
+        spoken = [{"audio": {"transcript": t, "data": _pcm(t)}} for t in plan.tokens]
+        if spoken:
+            spoken[0]["audio"]["id"] = audio["id"]
+        return [*thinking, *spoken, {"audio": {"expires_at": audio["expires_at"]}}]
     if not plan.tool_calls:
         return [*thinking, *({"content": token} for token in plan.tokens)]
     deltas: list[dict[str, Any]] = thinking
@@ -192,6 +215,15 @@ def plan_deltas(plan: core.ChoicePlan, habits: core.Habits = _NONE) -> list[dict
             piece = arguments[start : start + 8]
             deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     return deltas
+
+
+def _audio_id(completion_id: str) -> str:
+    return "audio_" + completion_id.removeprefix("chatcmpl-")
+
+
+def _pcm(text: str) -> str:
+    """Base64 PCM16 silence, 24 samples (1 ms at 24 kHz) per character of the transcript."""
+    return base64.b64encode(bytes(48 * len(text))).decode()
 
 
 async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:

@@ -8,6 +8,7 @@ habit is in tests/integration/test_upstream_habits.py.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import zlib
@@ -302,3 +303,17 @@ async def test_a_filter_stop_in_the_other_protocols(
     else:
         reasons = [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"]
     assert reasons == [finish]
+
+
+async def test_audio_deltas_carry_the_transcript_then_the_expiry(autojump_clock: Any) -> None:
+    reply, plain = await call(("audio",)), await call(())
+    spoken = [d["audio"] for d in deltas(reply) if "audio" in d]
+    *parts, last = spoken
+    first = reply.chunks()[0]
+    assert parts[0]["id"] == "audio_" + first["id"].removeprefix("chatcmpl-")
+    assert "".join(p["transcript"] for p in parts) == content(plain)
+    assert all(base64.b64decode(p["data"]) == bytes(48 * len(p["transcript"])) for p in parts)
+    assert last == {"expires_at": first["created"] + 3600}
+    assert content(reply) == ""
+    message = json.loads((await call(("audio",), stream=False)).body)["choices"][0]["message"]
+    assert (message["content"], message["audio"]["transcript"]) == (None, content(plain))
