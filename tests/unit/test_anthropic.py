@@ -854,6 +854,22 @@ async def test_stream_cut_before_message_stop_is_an_error() -> None:
     assert deltas(received)[1:] == [{"content": "Hello"}, {"content": "!"}]
 
 
+async def test_stream_closed_after_its_stop_reason_is_complete() -> None:
+    # The stop reason and the final usage came (message_delta); only
+    # message_stop, which closes the stream, is missing.
+    whole = DATA.bytes("stream_basic.sse")
+    closed_early = whole.split(b"event: message_stop")[0]
+    answers = []
+    for body in (whole, closed_early):
+        async def handler(request: httpx.Request, body: bytes = body) -> httpx.Response:
+            return sse(body)
+
+        chunks = await collect(provider(handler), {"messages": [USER]})
+        answers.append([{k: v for k, v in c.items() if k != "created"} for c in chunks])
+    assert answers[1] == answers[0]
+    assert answers[0][-2]["choices"][0]["finish_reason"] == "stop"
+
+
 async def test_rate_limited_stream_keeps_retry_after() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         body = (
