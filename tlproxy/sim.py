@@ -41,8 +41,9 @@ import hmac
 import math
 import random
 import struct
+import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -209,6 +210,7 @@ class SimUpstream:
     (`tlproxy.sim_anthropic`), ``.../models/{model}:{method}`` Gemini
     (`tlproxy.sim_gemini`). With an `api_key`, requests must present it the way
     their protocol does, or get that protocol's authentication error.
+    `wall_clock` gives the Unix time answers carry (OpenAI's ``created``).
     """
 
     def __init__(
@@ -218,7 +220,9 @@ class SimUpstream:
         seed: int = 0,
         default: SimModelProfile | None = None,
         api_key: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.wall_clock = wall_clock
         self.profiles = dict(profiles or {})
         self.default = default or SimModelProfile()
         self.stats = SimStats()

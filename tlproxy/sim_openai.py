@@ -16,7 +16,6 @@ deltas: a transcript and PCM16 data per token, then the expiry), and no
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 import msgspec
@@ -236,6 +235,6 @@ async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
     sim.stats.last_body = body
     model = body.get("model", "sim")
     wire = OpenAIWire(
-        model=model, ident="chatcmpl-" + core.ident(request.raw), created=int(time.time()),
+        model=model, ident="chatcmpl-" + core.ident(request.raw), created=int(sim.wall_clock()),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
     await sim.respond(request, wire, body, model, stream=bool(body.get("stream")))

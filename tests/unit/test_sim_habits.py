@@ -52,7 +52,7 @@ async def call(
 ) -> Reply:
     """One request to a sim whose model `m` has `habits`, answered in full."""
     profile = SimModelProfile(ttft_ms=TTFT * 1000, inter_token_ms=10.0, tokens=6, habits=habits)
-    sim = SimUpstream({"m": profile})
+    sim = SimUpstream({"m": profile}, wall_clock=lambda: 1_800_000_000.0)
     headers = [(b"content-type", b"application/json")]
     if protocol == "openai":
         path = "/v1/chat/completions"
