@@ -169,6 +169,16 @@ async def test_usage_anywhere_reaches_the_client_in_its_own_last_chunk(
     check_openai_stream(await stream_of(stack, "gpt-usage"), include_usage=False)
 
 
+async def test_several_choices_without_done_end_cleanly_once_all_finished(clients: Any) -> None:
+    stack = await clients(Model("gpt-no-done", "openai", ("no_done",)))
+    body = {"messages": PROMPT, "n": 2, "stream_options": {"include_usage": True}}
+    stream = await read_stream(stack.http, {**body, "model": "gpt-no-done"})
+    plain = await read_stream(stack.http, {**body, "model": "gpt-plain"})
+    check_wire(stream, n=2, include_usage=True)
+    assert stream.chunks[-1]["usage"] == plain.chunks[-1]["usage"]
+    assert [c["choices"] for c in stream.chunks] == [c["choices"] for c in plain.chunks]
+
+
 async def test_a_stream_cut_before_its_finish_still_ends_with_an_error(clients: Any) -> None:
     stack = await clients(Model("gpt-no-done", "openai", ("no_done",)))
     stream = await stream_of(stack, "gpt-no-done", messages=[
