@@ -12,13 +12,14 @@ import base64
 import gzip
 import json
 import zlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import trio
 
-from tlproxy.config import SimHabit, SimModelProfile
+from tlproxy.config import ConfigError, SimHabit, SimModelProfile, load_config
 from tlproxy.sim import SimUpstream
 from tlproxy.sim_openai import AZURE_FILTER_CHUNK, REASONING, REFUSAL
 from tlproxy.sse import SSEDecoder
@@ -317,3 +318,14 @@ async def test_audio_deltas_carry_the_transcript_then_the_expiry(autojump_clock:
     assert content(reply) == ""
     message = json.loads((await call(("audio",), stream=False)).body)["choices"][0]["message"]
     assert (message["content"], message["audio"]["transcript"]) == (None, content(plain))
+
+
+def test_habits_are_chosen_per_model_in_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "tlproxy.toml"
+    table = '[providers.sim]\nkind = "sim"\n[providers.sim.sim_models]\n'
+    path.write_text(table + '"a" = { habits = ["gzip", "no_done"] }\n"b" = {}\n')
+    models = load_config(path).providers["sim"].sim_models
+    assert (models["a"].habits, models["b"].habits) == (("gzip", "no_done"), ())
+    path.write_text(table + '"a" = { habits = ["gzip", "teleport"] }\n')
+    with pytest.raises(ConfigError, match=r"tlproxy.toml:4: .*habits\[1\]: Invalid enum"):
+        load_config(path)
