@@ -30,6 +30,7 @@ __all__ = [
     "ProviderConfig",
     "ServerConfig",
     "ShadowConfig",
+    "SimHabit",
     "SimModelProfile",
     "load_config",
 ]
@@ -59,6 +60,15 @@ class ServerConfig(_Strict):
     body_timeout: float = 30.0
 
 
+# Habits of real upstreams the simulator can imitate, per model (see
+# docs/configuration.md, `sim_models`, for what each one sends).
+SimHabit = Literal[
+    "azure_filter_chunk", "sse_comments", "reasoning_content", "reasoning", "refusal",
+    "usage_in_x_groq", "usage_on_finish_chunk", "gzip", "error_first", "no_done", "pings",
+    "overloaded", "safety_stop", "recitation_stop", "late_first_event", "audio",
+]
+
+
 class SimModelProfile(_Strict):
     """Latency and shape of one model served by the simulated upstream."""
 
@@ -70,6 +80,8 @@ class SimModelProfile(_Strict):
     tokens: int = 24
     error_rate: float = 0.0
     embedding_dimensions: int = 256
+    # Off by default: the simulator then behaves as OpenAI, Anthropic and Gemini document.
+    habits: tuple[SimHabit, ...] = ()
 
 
 class ProviderConfig(_Strict):

@@ -10,9 +10,10 @@ optionally lognormal from a median and a p99, inter-token delay, token count,
 error rate) drawn from a seeded generator.
 
 The planner (`plan_answer`) is protocol-neutral; `SimUpstream` renders its
-plans in OpenAI's wire format here, and in Anthropic's and Gemini's in
-`tlproxy.sim_anthropic` and `tlproxy.sim_gemini` (which convert their
-requests into the OpenAI-shaped dict the planner reads), chosen by path. A
+plans in OpenAI's wire format (`tlproxy.sim_openai`), Anthropic's and
+Gemini's (`tlproxy.sim_anthropic` and `tlproxy.sim_gemini`, which convert
+their requests into the OpenAI-shaped dict the planner reads), chosen by
+path, and paces them here (latency, cuts, compression, comments). A
 request can script a failure with a marker in its last user message, so the
 proxy's error paths can be driven through the real server, whatever the
 protocol:
@@ -20,6 +21,14 @@ protocol:
 * ``[sim:status=429]`` (or any status): answer with that HTTP error;
 * ``[sim:cut=N]``: stream N content chunks, then drop the stream without its end;
 * ``[sim:stall]``: never send a first token.
+
+Each model's profile may also turn on habits of real upstreams (``habits``,
+none by default), so the proxy's adapters, race and engine meet them in
+tests: Azure's filter-only first chunk, SSE comments, reasoning and refusal
+deltas, usage in a vendor field or on the finish chunk, gzip, an error event
+in place of the first chunk, no ``[DONE]``, Anthropic's pings and 529s,
+Gemini's SAFETY and RECITATION stops, headers long before the first event.
+docs/configuration.md says what each one sends.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ import math
 import random
 import struct
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -41,19 +51,25 @@ import trio
 
 from .asgi import lifespan
 from .config import SimModelProfile
-from .sim_plan import Answer, ChoicePlan, embedding_vector, example_from_schema, plan_answer
-from .sse import DONE, encode_data
+from .sim_plan import (
+    Answer,
+    ChoicePlan,
+    embedding_vector,
+    example_from_schema,
+    plan_answer,
+    stop_by_filters,
+)
 
 __all__ = [
     "Answer",
     "ChoicePlan",
-    "OpenAIWire",
     "PlannerTurn",
     "SimRequest",
     "SimStats",
     "SimUpstream",
     "Wire",
     "embedding_vector",
+    "error_body",
     "example_from_schema",
     "plan_answer",
 ]
@@ -89,22 +105,13 @@ class SimRequest(msgspec.Struct, frozen=True):
     send: Any
 
 
-def _usage(answer: Answer) -> dict[str, Any]:
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
+# OpenRouter's keep-alive comment.
+SSE_COMMENT = b": OPENROUTER PROCESSING\n\n"
 
 
 Headers = list[tuple[bytes, bytes]]
+Habits = frozenset[str]
+_NONE: Habits = frozenset()
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -121,6 +128,8 @@ class Wire(abc.ABC):
 
     # The statuses a profile's `error_rate` draws from.
     transient: tuple[int, ...] = (429, 500, 503)
+    # The status of the `overloaded` habit.
+    overloaded: int = 503
 
     @classmethod
     @abc.abstractmethod
@@ -128,79 +137,18 @@ class Wire(abc.ABC):
         """The body (JSON-able) and extra headers of an HTTP error."""
 
     @abc.abstractmethod
-    def message(self, answer: Answer) -> Any:
+    def message(self, answer: Answer, habits: Habits = _NONE) -> Any:
         """The whole answer as one JSON body."""
 
     @abc.abstractmethod
-    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    def stream(
+        self, answer: Answer, habits: Habits = _NONE
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """The answer as (head, steps, tail) framed events."""
 
-
-class OpenAIWire(Wire):
-    """OpenAI's Chat Completions format."""
-
-    def __init__(self, *, model: str, ident: str, created: int, include_usage: bool) -> None:
-        self.model = model
-        self.base: dict[str, Any] = {
-            "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-            "service_tier": "default", "system_fingerprint": "fp_sim"}
-        self.include_usage = include_usage
-        if include_usage:
-            self.base["usage"] = None
-
-    @classmethod
-    def error(cls, status: int, message: str | None = None) -> tuple[Any, Headers]:
-        if status == 401:
-            body = _error(message or "Incorrect API key provided.", "invalid_request_error")
-            body["error"]["code"] = "invalid_api_key"
-            return body, []
-        if message is not None:
-            return _error(message, "invalid_request_error" if status < 500 else "server_error"), []
-        headers = [(b"retry-after", b"1")] if status == 429 else []
-        message = "Rate limit reached" if status == 429 else "The server had an error"
-        return _error(message, "server_error"), headers
-
-    def message(self, answer: Answer) -> Any:
-        choices = []
-        for index, plan in enumerate(answer.choices):
-            message: dict[str, Any] = {
-                "role": "assistant",
-                "content": "".join(plan.tokens) if plan.tokens or not plan.tool_calls else None,
-                "refusal": None,
-                "annotations": [],
-            }
-            if plan.tool_calls:
-                message["tool_calls"] = [
-                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
-                    for i, n, a in plan.tool_calls
-                ]
-            choices.append(
-                {"index": index, "message": message, "logprobs": None,
-                 "finish_reason": plan.finish_reason}
-            )
-        base = {k: v for k, v in self.base.items() if k != "usage"}
-        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(answer)}
-
-    def stream(self, answer: Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        def chunk(choices: list[dict[str, Any]]) -> bytes:
-            return encode_data(_encode({**self.base, "choices": choices}))
-
-        def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-        role = {"role": "assistant", "content": "", "refusal": None}
-        head = [chunk([choice(i, role) for i in range(len(answer.choices))])]
-        per_choice = [_deltas(plan) for plan in answer.choices]
-        steps = [
-            chunk([choice(index, deltas[step])
-                   for index, deltas in enumerate(per_choice) if step < len(deltas)])
-            for step in range(max(map(len, per_choice), default=0))
-        ]
-        tail = [chunk([choice(i, {}, c.finish_reason) for i, c in enumerate(answer.choices)])]
-        if self.include_usage:
-            tail.append(encode_data(_encode({**self.base, "choices": [], "usage": _usage(answer)})))
-        tail.append(DONE)
-        return head, steps, tail
+    @abc.abstractmethod
+    def error_event(self) -> bytes:
+        """The framed event that reports an overloaded upstream inside a 200 stream."""
 
 
 class PlannerTurn:
@@ -262,6 +210,7 @@ class SimUpstream:
     (`tlproxy.sim_anthropic`), ``.../models/{model}:{method}`` Gemini
     (`tlproxy.sim_gemini`). With an `api_key`, requests must present it the way
     their protocol does, or get that protocol's authentication error.
+    `wall_clock` gives the Unix time answers carry (OpenAI's ``created``).
     """
 
     def __init__(
@@ -271,7 +220,9 @@ class SimUpstream:
         seed: int = 0,
         default: SimModelProfile | None = None,
         api_key: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.wall_clock = wall_clock
         self.profiles = dict(profiles or {})
         self.default = default or SimModelProfile()
         self.stats = SimStats()
@@ -319,7 +270,7 @@ class SimUpstream:
         request = SimRequest(path=path, query=self.stats.last_query, headers=headers, raw=body,
                              receive=receive, send=send)
         # Imported here: the protocol modules build on this one.
-        from . import sim_anthropic, sim_gemini
+        from . import sim_anthropic, sim_gemini, sim_openai
 
         if path.endswith("/v1/messages") or (
             path.endswith("/models") and "anthropic-version" in headers
@@ -328,9 +279,9 @@ class SimUpstream:
         elif sim_gemini.handles(path, headers):
             await sim_gemini.serve(self, request)
         elif not self.key_ok(_bearer(headers), required=False):
-            await send_json(send, 401, *OpenAIWire.error(401))
+            await send_json(send, 401, *sim_openai.OpenAIWire.error(401))
         elif path.endswith("/chat/completions"):
-            await self._chat(request)
+            await sim_openai.serve(self, request)
         elif path.endswith("/embeddings"):
             await self._embeddings(body, send)
         elif path.endswith("/models"):
@@ -340,19 +291,7 @@ class SimUpstream:
             ]
             await send_json(send, 200, {"object": "list", "data": data})
         else:
-            await send_json(send, 404, _error(f"Unknown path {path}", "invalid_request_error"))
-
-    async def _chat(self, request: SimRequest) -> None:
-        body = decode_object(request.raw)
-        if body is None:
-            await send_json(request.send, 400, _error("invalid JSON", "invalid_request_error"))
-            return
-        self.stats.last_body = body
-        model = body.get("model", "sim")
-        wire = OpenAIWire(
-            model=model, ident="chatcmpl-" + ident(request.raw), created=int(time.time()),
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
-        await self.respond(request, wire, body, model, stream=bool(body.get("stream")))
+            await send_json(send, 404, error_body(f"Unknown path {path}", "invalid_request_error"))
 
     async def respond(
         self, request: SimRequest, wire: Wire, body: dict[str, Any], model: str, *, stream: bool
@@ -364,23 +303,33 @@ class SimUpstream:
         answer and is counted in `SimStats.cancelled`.
         """
         profile = self.profile(model)
+        habits = frozenset(profile.habits)
         answer = plan_answer(body, profile)
+        if habits & {"safety_stop", "recitation_stop"}:
+            stop_by_filters(answer)
         status = answer.fail_status
+        if status is None and "overloaded" in habits:
+            status = wire.overloaded
         if status is None and profile.error_rate and self._rng.random() < profile.error_rate:
             status = self._rng.choice(wire.transient)
+        gzip = "gzip" in habits
         if status is not None:
-            await send_json(request.send, status, *wire.error(status))
+            await send_json(request.send, status, *wire.error(status), gzip=gzip)
             return
         if stream:
             self.stats.streams_started += 1
-            head, steps, tail = wire.stream(answer)
+            if "error_first" in habits:
+                head, steps, tail = [], [], [wire.error_event()]
+            else:
+                head, steps, tail = wire.stream(answer, habits)
             async with self._watching(request.receive) as done:
-                await self._paced(request.send, answer, profile, head, steps, tail, done)
+                await self._paced(request.send, answer, profile, habits, (head, steps, tail),
+                                  done)
             return
         delay = self.ttft(profile) + profile.inter_token_ms / 1000 * answer.completion_tokens
         async with self._watching(request.receive):
             await trio.sleep(3600.0 if answer.stall else delay)
-        await send_json(request.send, 200, wire.message(answer))
+        await send_json(request.send, 200, wire.message(answer, habits), gzip=gzip)
 
     @contextlib.asynccontextmanager
     async def _watching(self, receive: Any) -> AsyncIterator[list[bool]]:
@@ -413,19 +362,39 @@ class SimUpstream:
         send: Any,
         answer: Answer,
         profile: SimModelProfile,
-        head: list[bytes],
-        steps: list[bytes],
-        tail: list[bytes],
+        habits: Habits,
+        events: tuple[list[bytes], list[bytes], list[bytes]],
         done: list[bool],
     ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        head, steps, tail = events
+        headers = _SSE_HEADERS
+        compressor = None
+        if "gzip" in habits:
+            headers = [*headers, (b"content-encoding", b"gzip")]
+            compressor = zlib.compressobj(wbits=31)  # 31: the gzip container
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        comments = "sse_comments" in habits
 
-        async def emit(data: bytes, more: bool = True) -> None:
+        async def write(data: bytes, more: bool = True) -> None:
+            if compressor is not None:
+                # A sync flush per write: each event leaves at once, as a
+                # streaming server's compressor sends it.
+                data = compressor.compress(data) + compressor.flush(
+                    zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
             await send({"type": "http.response.body", "body": data, "more_body": more})
 
-        for data in head:
+        async def emit(data: bytes, more: bool = True) -> None:
+            # With `sse_comments`, a keep-alive comment before every event.
+            await write(SSE_COMMENT + data if comments and data else data, more)
+
+        late = "late_first_event" in habits
+        if comments:
+            await write(SSE_COMMENT)
+        for data in [] if late else head:
             await emit(data)
         await trio.sleep(3600.0 if answer.stall else self.ttft(profile))
+        for data in head if late else []:
+            await emit(data)
         itl = profile.inter_token_ms / 1000
         for sent, data in enumerate(steps):
             if sent and itl:
@@ -444,14 +413,14 @@ class SimUpstream:
     async def _embeddings(self, raw: bytes, send: Any) -> None:
         body = decode_object(raw)
         if body is None:
-            await send_json(send, 400, _error("invalid JSON", "invalid_request_error"))
+            await send_json(send, 400, error_body("invalid JSON", "invalid_request_error"))
             return
         self.stats.last_body = body
         model = body.get("model", "")
         profile = self.profile(model)
         await trio.sleep(self.ttft(profile))
         if profile.error_rate and self._rng.random() < profile.error_rate:
-            await send_json(send, 503, _error("The server is overloaded.", "server_error"))
+            await send_json(send, 503, error_body("The server is overloaded.", "server_error"))
             return
         inputs = body.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
@@ -472,36 +441,28 @@ class SimUpstream:
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def _deltas(plan: ChoicePlan) -> list[dict[str, Any]]:
-    """The deltas OpenAI would stream for one choice, after its role chunk."""
-    if not plan.tool_calls:
-        return [{"content": token} for token in plan.tokens]
-    deltas: list[dict[str, Any]] = []
-    # Each call: a first fragment with id, type and name, then argument pieces.
-    for index, (call_id, name, arguments) in enumerate(plan.tool_calls):
-        head = {"index": index, "id": call_id, "type": "function",
-                "function": {"name": name, "arguments": ""}}
-        deltas.append({"tool_calls": [head]})
-        for start in range(0, len(arguments), 8):
-            piece = arguments[start : start + 8]
-            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    return deltas
-
-
 def _bearer(headers: dict[str, str]) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _error(message: str, kind: str) -> dict[str, Any]:
+def error_body(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-async def send_json(send: Any, status: int, payload: Any, headers: Headers | None = None) -> None:
-    """Send a whole JSON response."""
+async def send_json(
+    send: Any, status: int, payload: Any, headers: Headers | None = None, *, gzip: bool = False
+) -> None:
+    """Send a whole JSON response (gzip-encoded with `gzip`)."""
+    body = _encode(payload)
+    extra = list(headers or [])
+    if gzip:
+        compressor = zlib.compressobj(wbits=31)
+        body = compressor.compress(body) + compressor.flush()
+        extra.append((b"content-encoding", b"gzip"))
     await send({
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        "headers": [(b"content-type", b"application/json"), *extra],
     })
-    await send({"type": "http.response.body", "body": _encode(payload)})
+    await send({"type": "http.response.body", "body": body})

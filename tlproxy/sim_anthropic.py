@@ -42,7 +42,8 @@ _ERRORS = {
     500: ("api_error", "Internal server error"),
     529: ("overloaded_error", "Overloaded"),
 }
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                 "content_filter": "refusal"}
 
 
 class WireError(ValueError):
@@ -146,6 +147,7 @@ class AnthropicWire(core.Wire):
     """Anthropic's Messages format (one choice: Anthropic has no ``n``)."""
 
     transient = (429, 500, 529)
+    overloaded = 529
 
     def __init__(self, *, model: str, message_id: str,
                  cache: tuple[dict[bytes, int], list[bytes]] | None = None) -> None:
@@ -162,6 +164,10 @@ class AnthropicWire(core.Wire):
         body = {"type": "error", "error": {"type": kind, "message": message or default},
                 "request_id": "req_sim"}
         return body, headers
+
+    def error_event(self) -> bytes:
+        body, _ = self.error(529)
+        return encode_event(_encode(body).decode(), event="error")
 
     def _usage(self, answer: core.Answer) -> dict[str, Any]:
         read, written = self._cache_reads_and_writes(answer.prompt_tokens)
@@ -185,7 +191,7 @@ class AnthropicWire(core.Wire):
                 "model": self.model, "content": content, "stop_reason": stop_reason,
                 "stop_sequence": None, "usage": self._usage(answer)}
 
-    def message(self, answer: core.Answer) -> Any:
+    def message(self, answer: core.Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
         content: list[dict[str, Any]] = []
         if plan.tokens or not plan.tool_calls:
@@ -195,7 +201,9 @@ class AnthropicWire(core.Wire):
                             "input": msgspec.json.decode(arguments)})
         return self._envelope(answer, content, _STOP_REASONS[plan.finish_reason])
 
-    def stream(self, answer: core.Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    def stream(
+        self, answer: core.Answer, habits: core.Habits = frozenset()
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         plan = answer.choices[0]
         start = self._envelope(answer, [], None)
         start["usage"] = {**start["usage"], "output_tokens": 1}
@@ -228,6 +236,9 @@ class AnthropicWire(core.Wire):
                 "usage": {"output_tokens": answer.completion_tokens}}),
             _event("message_stop", {}),
         ]
+        if "pings" in habits:
+            # Anthropic's keep-alive: a ping may come between any two events.
+            steps = [step + _event("ping", {}) for step in steps]
         return head, steps, tail
 
 

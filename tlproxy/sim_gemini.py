@@ -47,6 +47,13 @@ _ERRORS = {
     504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
 }
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+# What a candidate stopped by the `safety_stop` habit carries instead of content.
+_SAFETY_RATINGS = [
+    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+    {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+]
 _KEY_INVALID = {
     "@type": "type.googleapis.com/google.rpc.ErrorInfo",
     "reason": "API_KEY_INVALID",
@@ -171,6 +178,28 @@ class GeminiWire(core.Wire):
                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
         return {"error": error}, []
 
+    def error_event(self) -> bytes:
+        body, _ = self.error(503)
+        return _event(body)
+
+    def _finish(self, answer: core.Answer, habits: core.Habits) -> str:
+        reason = answer.choices[0].finish_reason
+        if reason == "content_filter":
+            return "RECITATION" if "recitation_stop" in habits else "SAFETY"
+        return _FINISH[reason]
+
+    def _stopped(self, answer: core.Answer, finish: str) -> dict[str, Any]:
+        """The last event of a candidate the filters stopped: no content, the reason why."""
+        response = self._response(answer, [], finish)
+        candidate = response["candidates"][0]
+        del candidate["content"]
+        if finish == "SAFETY":
+            candidate["safetyRatings"] = _SAFETY_RATINGS
+        else:
+            candidate["citationMetadata"] = {"citationSources": [
+                {"startIndex": 0, "endIndex": 64, "uri": "https://example.com/source"}]}
+        return response
+
     def _response(
         self, answer: core.Answer, parts: list[dict[str, Any]], finish: str | None
     ) -> dict[str, Any]:
@@ -192,16 +221,27 @@ class GeminiWire(core.Wire):
                   for _, name, arguments in plan.tool_calls]
         return parts
 
-    def message(self, answer: core.Answer) -> Any:
+    def message(self, answer: core.Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
         parts = self._parts(answer)
         if plan.tokens:
             parts = [{"text": "".join(plan.tokens)}, *parts[len(plan.tokens):]]
-        return self._response(answer, parts or [{"text": ""}], _FINISH[plan.finish_reason])
+        finish = self._finish(answer, habits)
+        response = self._response(answer, parts or [{"text": ""}], finish)
+        if finish in ("SAFETY", "RECITATION"):
+            stopped = self._stopped(answer, finish)["candidates"][0]
+            response["candidates"][0].update({k: v for k, v in stopped.items()})
+        return response
 
-    def stream(self, answer: core.Answer) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    def stream(
+        self, answer: core.Answer, habits: core.Habits = frozenset()
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         parts = self._parts(answer) or [{"text": ""}]
-        finish = _FINISH[answer.choices[0].finish_reason]
+        finish = self._finish(answer, habits)
+        if finish in ("SAFETY", "RECITATION"):
+            # The text so far, then an event with the reason and no content.
+            steps = [_event(self._response(answer, [part], None)) for part in parts]
+            return [], steps, [_event(self._stopped(answer, finish))]
         steps = [
             _event(self._response(answer, [part], finish if last else None))
             for last, part in ((k == len(parts) - 1, p) for k, p in enumerate(parts))

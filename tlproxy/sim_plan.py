@@ -19,7 +19,14 @@ import msgspec
 
 from .config import SimModelProfile
 
-__all__ = ["Answer", "ChoicePlan", "embedding_vector", "example_from_schema", "plan_answer"]
+__all__ = [
+    "Answer",
+    "ChoicePlan",
+    "embedding_vector",
+    "example_from_schema",
+    "plan_answer",
+    "stop_by_filters",
+]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -164,6 +171,17 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
         cut_after=cut,
         stall=stall,
     )
+
+
+def stop_by_filters(answer: Answer) -> None:
+    """The `safety_stop` and `recitation_stop` habits: each text answer stops half-way,
+    its finish reason ``content_filter``."""
+    for plan in answer.choices:
+        if not plan.tool_calls:
+            kept = plan.tokens[: max(1, len(plan.tokens) // 2)]
+            answer.completion_tokens -= len(plan.tokens) - len(kept)
+            plan.tokens = kept
+            plan.finish_reason = "content_filter"
 
 
 def _retokenize(text: str) -> list[str]:

@@ -661,12 +661,28 @@ def test_error_event_raises_a_retryable_upstream_error() -> None:
     )
 
 
-@pytest.mark.parametrize(("kind", "status"), [("rate_limit_error", 429), ("api_error", 502)])
-def test_error_event_statuses(kind: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "upstream_status", "retryable"),
+    [
+        ("overloaded_error", 503, 529, True),
+        ("rate_limit_error", 429, 429, True),
+        ("api_error", 502, 500, True),
+        ("some_future_error", 502, None, True),
+        ("authentication_error", 502, 401, True),
+        ("invalid_request_error", 400, 400, False),
+    ],
+)
+def test_error_event_statuses(
+    kind: str, status: int, upstream_status: int | None, retryable: bool
+) -> None:
+    # An error event stands for the HTTP error of its type: retried unless
+    # it blames the request.
     translator = AnthropicStreamTranslator(model="m", created=0)
     with pytest.raises(UpstreamError) as caught:
         translator.feed("error", {"type": "error", "error": {"type": kind, "message": "x"}})
-    assert caught.value.status == status and caught.value.retryable
+    error = caught.value
+    assert (error.status, error.upstream_status, error.retryable) == (
+        status, upstream_status, retryable)
 
 
 # ---------------------------------------------------------------- errors
@@ -832,8 +848,26 @@ async def test_stream_cut_before_message_stop_is_an_error() -> None:
             async for chunk in chunks:
                 received.append(chunk)
     assert caught.value.message == "upstream stream ended before its final event"
-    assert (caught.value.status, caught.value.retryable) == (502, False)
+    # The upstream's fault, not the request's: before a first token, another
+    # candidate may answer.
+    assert (caught.value.status, caught.value.retryable) == (502, True)
     assert deltas(received)[1:] == [{"content": "Hello"}, {"content": "!"}]
+
+
+async def test_stream_closed_after_its_stop_reason_is_complete() -> None:
+    # The stop reason and the final usage came (message_delta); only
+    # message_stop, which closes the stream, is missing.
+    whole = DATA.bytes("stream_basic.sse")
+    closed_early = whole.split(b"event: message_stop")[0]
+    answers = []
+    for body in (whole, closed_early):
+        async def handler(request: httpx.Request, body: bytes = body) -> httpx.Response:
+            return sse(body)
+
+        chunks = await collect(provider(handler), {"messages": [USER]})
+        answers.append([{k: v for k, v in c.items() if k != "created"} for c in chunks])
+    assert answers[1] == answers[0]
+    assert answers[0][-2]["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_rate_limited_stream_keeps_retry_after() -> None:

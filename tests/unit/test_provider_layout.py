@@ -7,6 +7,10 @@ here, so a later move cannot drop a name silently.
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -144,3 +148,40 @@ def test_max_tokens_must_be_a_positive_integer(value: object) -> None:
 )
 def test_stop_sequences(stop: object, expected: list[str] | None) -> None:
     assert _shapes.stop_sequences({"stop": stop}) == expected
+
+
+STREAMS = {
+    OpenAIProvider: b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+                    b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}'
+                    b"\n\ndata: [DONE]\n\n",
+    AnthropicProvider: (Path(__file__).parent.parent / "data/anthropic/stream_basic.sse"),
+    GeminiProvider: (Path(__file__).parent.parent / "data/gemini/stream_text_legacy.sse"),
+}
+
+
+@pytest.mark.parametrize("adapter", list(STREAMS), ids=lambda a: a.__name__)
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
+async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
+    adapter: type[HTTPProvider], encoding: str
+) -> None:
+    # One SSE loop for every protocol: a compressed stream is no special case.
+    raw = STREAMS[adapter]
+    body = raw if isinstance(raw, bytes) else raw.read_bytes()
+    compress = {"identity": lambda b: b, "gzip": gzip.compress, "deflate": zlib.compress}
+
+    def handler(request: httpx.Request, encoded: bool = True) -> httpx.Response:
+        if not encoded:
+            return httpx.Response(200, content=body)
+        content = compress[encoding](body)
+        return httpx.Response(200, headers={"content-encoding": encoding}, content=content)
+
+    async def chunks(transport: httpx.MockTransport) -> list[dict[str, object]]:
+        client = httpx.AsyncClient(transport=transport)
+        provider = adapter("p", base_url="http://up/v1", api_key="k", client=client)
+        async with provider.stream_chat({"messages": [{"role": "user", "content": "Hi"}]},
+                                        model="m") as stream:
+            # `created` is the clock's second: it may tick between the two reads.
+            return [{k: v for k, v in c.items() if k != "created"} async for c in stream]
+
+    plain = await chunks(httpx.MockTransport(lambda r: handler(r, encoded=False)))
+    assert plain and await chunks(httpx.MockTransport(handler)) == plain

@@ -172,29 +172,43 @@ def event_json(data: str) -> JSON:
     except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        raise UpstreamError(
-            "the upstream provider sent a malformed stream event", status=502, retryable=False
-        )
+        raise UpstreamError("the upstream provider sent a malformed stream event", status=502)
     return value
 
 
 async def translate_sse(
-    response: httpx.Response, translator: StreamTranslator, *, strict_end: bool = False
+    response: httpx.Response,
+    translator: StreamTranslator,
+    *,
+    strict_end: bool = False,
+    sentinel: str | None = None,
 ) -> AsyncGenerator[Chunk, None]:
     """Decode an SSE body and translate each event; a stream cut short raises.
 
+    The body is read decoded (``aiter_bytes``): upstreams may compress an
+    event stream as they would any answer (httpx asks for gzip and deflate).
+    The stream is complete when the translator says so, or at `sentinel`
+    (OpenAI's ``[DONE]``), after which nothing more is read as events.
     `strict_end`: the protocol has no terminator event, so bytes left after
     the last complete event also mean the stream was cut.
+
+    Every failure of the upstream's making (an error event, a malformed
+    event, a cut) is retryable: before a first token another candidate may
+    answer. Only an error event that blames the request says otherwise.
     """
     decoder = SSEDecoder()
     failure: UpstreamError | None = None
+    ended = False
     try:
         # Read to the end, even after the final or an error event (the
         # upstream closes right after either): leaving early would abandon
         # httpx's nested async generators, which trio reports at GC time.
         async with contextlib.aclosing(response.aiter_bytes()) as stream:
             async for data in stream:
-                for event in [] if failure else decoder.feed(data):
+                for event in [] if failure or ended else decoder.feed(data):
+                    if event.data == sentinel:
+                        ended = True
+                        break
                     try:
                         chunks = translator.feed(event.event, event_json(event.data))
                     except UpstreamError as exc:
@@ -203,16 +217,17 @@ async def translate_sse(
                     for chunk in chunks:
                         yield chunk
     except httpx.HTTPError as exc:
-        raise failure or transport_error(exc) from None
+        # A connection lost after the end of the answer loses nothing.
+        complete = ended or (translator.finished and not strict_end)
+        if failure is not None or not complete:
+            raise failure or transport_error(exc) from None
     except SSEProtocolError:
         raise UpstreamError(
-            "the upstream provider sent a malformed event stream", status=502, retryable=False
+            "the upstream provider sent a malformed event stream", status=502
         ) from None
     if failure is not None:
         raise failure
-    if not translator.finished or (strict_end and decoder.has_partial):
-        raise UpstreamError(
-            "upstream stream ended before its final event", status=502, retryable=False
-        )
+    if not (ended or translator.finished) or (strict_end and decoder.has_partial):
+        raise UpstreamError("upstream stream ended before its final event", status=502)
     for chunk in translator.close():
         yield chunk

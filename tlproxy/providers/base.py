@@ -15,10 +15,11 @@ when the consumer stops early or is cancelled::
         async for chunk in chunks:
             ...
 
-The stream ends normally only when the upstream ended it cleanly (OpenAI's
-``[DONE]``, Anthropic's ``message_stop``, Gemini's last candidate with a
-finish reason). A stream cut short raises `UpstreamError` instead, so a cut
-stream can never pass for a complete answer.
+The stream ends normally only when the upstream's answer is whole: OpenAI's
+``[DONE]`` or a finish reason for every choice, Anthropic's stop reason
+(``message_delta``; ``message_stop`` only closes the stream), Gemini's last
+candidate with a finish reason. A stream cut short raises `UpstreamError`
+instead, so a cut stream can never pass for a complete answer.
 """
 
 from __future__ import annotations

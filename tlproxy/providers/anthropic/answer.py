@@ -4,8 +4,9 @@ A whole Message becomes a ``chat.completion``; a stream is a sequence of typed
 events (``message_start``, content blocks, ``message_delta``,
 ``message_stop``) that becomes ``chat.completion.chunk`` dicts. Content blocks
 are numbered across text and tool use; OpenAI numbers tool calls alone, so the
-translator keeps its own count. A stream without ``message_stop`` was cut, and
-says so. Non-2xx answers and stream ``error`` events become `UpstreamError`.
+translator keeps its own count. A stream that ends before its stop reason
+(``message_delta``) was cut, and says so; one that ends after it, without
+``message_stop``, lost nothing. Non-2xx answers and stream ``error`` events become `UpstreamError`.
 """
 
 from __future__ import annotations
@@ -48,9 +49,18 @@ _FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-# What a stream `error` event's type means for the client (HTTP statuses of
-# the same types come from `map_anthropic_error`).
-_STREAM_ERROR_STATUS = {"overloaded_error": 503, "rate_limit_error": 429, "api_error": 502}
+# The HTTP status Anthropic answers each error type with (its errors page):
+# a stream `error` event of that type means what that status means.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def from_anthropic_response(resp: JSON, *, model: str, created: int) -> JSON:
@@ -109,7 +119,8 @@ class AnthropicStreamTranslator:
 
     Feed it each event's name and decoded data in order. It emits the role
     chunk at ``message_start``, one chunk per text or tool-argument delta, and
-    at ``message_stop`` the chunk carrying ``finish_reason`` and, when
+    at ``message_stop`` (or at `close`, after the stop reason) the chunk
+    carrying ``finish_reason`` and, when
     ``include_usage``, a last chunk with ``choices: []`` and the usage. Tool
     calls are numbered 0, 1, ... among tool calls only. ``ping``, thinking and
     unknown events produce nothing; an ``error`` event raises `UpstreamError`.
@@ -129,8 +140,12 @@ class AnthropicStreamTranslator:
 
     @property
     def finished(self) -> bool:
-        """Whether ``message_stop`` was seen: a stream ending before that was cut."""
-        return self._finished
+        """Whether the answer is whole: its stop reason came (``message_delta``).
+
+        ``message_stop`` only closes the stream; one that ends after the stop
+        reason and the final usage lost nothing (`close` then ends the answer).
+        """
+        return self._finished or self._stop_reason is not None
 
     def feed(self, event: str | None, data: JSON) -> list[Chunk]:
         """Translate one event; returns zero or more chunks."""
@@ -158,25 +173,30 @@ class AnthropicStreamTranslator:
             self._stop_reason = delta.get("stop_reason") or self._stop_reason
             self._merge_usage(data.get("usage"))
         elif kind == "message_stop":
-            self._finished = True
-            out.append(self._chunk({}, finish_reason(_FINISH_REASONS, self._stop_reason)))
-            if self._include_usage:
-                out.append(
-                    usage_chunk(
-                        self._id,
-                        created=self._created,
-                        model=self._model,
-                        usage=_usage(self._usage),
-                    )
-                )
+            out.extend(self._end())
         if not self._started and (out or kind == "message_start"):
             self._started = True
             out.insert(0, self._chunk(dict(ROLE_DELTA)))
         return out
 
     def close(self) -> list[Chunk]:
-        """End of input: everything was already emitted at ``message_stop``."""
-        return []
+        """End of input: the end of the answer, when ``message_stop`` did not bring it."""
+        return [] if self._finished or self._stop_reason is None else self._end()
+
+    def _end(self) -> list[Chunk]:
+        """The finish chunk and (with ``include_usage``) the usage chunk, once."""
+        self._finished = True
+        out = [self._chunk({}, finish_reason(_FINISH_REASONS, self._stop_reason))]
+        if self._include_usage:
+            out.append(
+                usage_chunk(
+                    self._id,
+                    created=self._created,
+                    model=self._model,
+                    usage=_usage(self._usage),
+                )
+            )
+        return out
 
     def _block_start(self, data: JSON, out: list[Chunk]) -> None:
         block = data.get("content_block")
@@ -228,10 +248,20 @@ class AnthropicStreamTranslator:
 
 
 def _stream_error(error: Any) -> UpstreamError:
+    """A stream ``error`` event, mapped as the HTTP error of its type.
+
+    ``overloaded_error`` is a retryable 503 (upstream status 529),
+    ``rate_limit_error`` a 429, a request's fault a 400 that is not retried;
+    a server error, or a type Anthropic does not document, a retryable 502:
+    the stream broke, the upstream is not known to be down.
+    """
     error = error if isinstance(error, dict) else {}
     kind = str(error.get("type", "api_error"))
-    message = str(error.get("message") or "the upstream provider failed mid-stream")
-    return UpstreamError(message, status=_STREAM_ERROR_STATUS.get(kind, 502), type=kind)
+    status = _ERROR_TYPE_STATUS.get(kind)
+    if status is None or status == 500:
+        message = str(error.get("message") or "the upstream provider failed mid-stream")
+        return UpstreamError(message, status=502, type=kind, upstream_status=status)
+    return map_anthropic_error(status, orjson.dumps({"type": "error", "error": error}), {})
 
 
 def map_anthropic_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
