@@ -117,3 +117,51 @@ def test_arbitrary_bytes_never_escape_as_anything_but_400(body: bytes) -> None:
         decode_chat_request(body)
     except ProxyError as exc:
         assert exc.status == 400
+
+
+def _nested(depth: int, opening: bytes, closing: bytes) -> bytes:
+    return opening * depth + b"1" + closing * depth
+
+
+VALID = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "input": "hi"'
+
+
+@pytest.mark.parametrize(("body", "hint"), [
+    # Bytes that are not UTF-8 inside a string: msgspec's UnicodeDecodeError.
+    (VALID + b', "user": "a\xffb"}', "not valid UTF-8: byte 0xff at offset {at}"),
+    (VALID + b', "user": "\xc3"}', "not valid UTF-8: byte 0xc3 at offset {at}"),
+    (VALID + b', "user": "\xed\xa0\x80"}', "not valid UTF-8: byte 0xed"),
+    (VALID + b', "\xfe": 1}', "not valid UTF-8: byte 0xfe"),
+    # Escaped halves of a surrogate pair: JSON can write them, text cannot hold them.
+    (VALID + b', "user": "a\\ud800b"}', "the escape \\ud800 at offset {at}"),
+    (VALID + b', "user": "\\udfff"}', "the escape \\udfff"),
+    (VALID + b', "user": "\\ud800\\ud800"}', "the escape \\ud800"),
+    # Nesting: msgspec's RecursionError past ~1,000 levels, our limit below it.
+    (VALID + b', "x": ' + _nested(2_000, b"[", b"]") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(50_000, b'{"a": ', b"}") + b"}",
+     "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(128, b"[", b"]") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(127, b'{"a": [', b"]}") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": 1e400}', "Number out of range"),
+])
+def test_bodies_later_code_could_not_take_are_refused_at_the_edge(
+    body: bytes, hint: str
+) -> None:
+    for decode in (decode_chat_request, decode_embedding_request):
+        with pytest.raises(InvalidRequest) as caught:
+            decode(body)
+        assert caught.value.status == 400
+        assert caught.value.code == "invalid_json"
+        # {at}: where the value of "user" starts, plus one for the "a".
+        at = len(VALID) + len(b', "user": "') + body.endswith(b'b"}')
+        assert hint.format(at=at) in caught.value.message, caught.value.message
+
+
+@pytest.mark.parametrize("extra", [
+    b', "x": ' + _nested(127, b"[", b"]"),  # the body itself is level 1
+    b', "x": "\\ud83d\\ude00 \\u00e9 \xc3\xa9 \\\\ud800"',  # a pair, and an escaped backslash
+    b', "x": "' + b"[{" * 500 + b'"',  # brackets inside strings are no nesting
+])
+def test_the_limits_leave_valid_bodies_alone(extra: bytes) -> None:
+    _, raw = decode_chat_request(VALID + extra + b"}")
+    assert raw["model"] == "auto"
