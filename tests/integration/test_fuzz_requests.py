@@ -34,7 +34,7 @@ from tlproxy.wire import MAX_DEPTH
 
 # Bounded so the module takes seconds on a small shared machine; every example
 # is one loopback request, and hypothesis keeps no deadline on their speed.
-FUZZ = settings(max_examples=150, deadline=None,
+FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
