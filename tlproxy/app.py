@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .accounting import Accounting
 from .asgi import Receive, Send, lifespan
 from .catalog import INTENTS
-from .config import ClientKey, Config
+from .config import ClientKey, Config, validate
 from .engine import Engine, Route
 from .errors import (
     AuthenticationFailed,
@@ -506,5 +506,8 @@ def create_app(config: Config, *, providers: dict[str, Provider] | None = None) 
 
     Upstream clients are created now and opened lazily on first use; close
     them with `App.aclose` at shutdown. Tests may pass their own `providers`.
+    Raises `ConfigError` for a config the proxy would refuse (the checks of
+    `tlproxy config check`), so no app is ever built on one.
     """
+    validate(config)
     return App(config, build_providers(config) if providers is None else providers)

@@ -44,16 +44,28 @@ Try it:
 """
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, serving: bool = True) -> Config:
+    """The config `serve` runs on: the file given, ./tlproxy.toml, or the built-in one.
+
+    Every command that acts on what a server would do loads through here, so
+    each refuses what `serve` refuses (and `config check`, with the same checks).
+    """
     if path is None:
         default = Path("tlproxy.toml")
         if not default.exists():
             return default_config()
         path = str(default)
     try:
-        return load_config(path)
+        return load_config(path, serving=serving)
     except (ConfigError, OSError) as exc:
-        raise SystemExit(f"tlproxy: {exc}") from None
+        raise SystemExit(_config_message(exc)) from None
+
+
+def _config_message(exc: ConfigError | OSError) -> str:
+    problems = getattr(exc, "problems", ())
+    lines = str(exc).splitlines()
+    head = f"tlproxy: the config has {len(problems)} problems:\n  " if len(problems) > 1 else ""
+    return (head + "\n  ".join(lines)) if head else f"tlproxy: {exc}"
 
 
 def _banner(config: Config, url: str, workers: int) -> str:
@@ -203,9 +215,9 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from .explain import describe_config
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, serving=True)
     except (ConfigError, OSError) as exc:
-        print(f"tlproxy: {exc}", file=sys.stderr)
+        print(_config_message(exc), file=sys.stderr)
         return 1
     print(describe_config(config))
     print(f"\n{args.file}: OK")
@@ -221,7 +233,7 @@ def _cmd_route(args: argparse.Namespace) -> int:
     from .stats import StatsBook
     from .wire import decode_chat_request
 
-    config = _load(args.config)
+    config = _load(args.config, serving=False)
     try:
         _, body = decode_chat_request(Path(args.request).read_bytes())
         key = None
@@ -384,7 +396,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return shadow_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        # A config mistake found after loading (a key's policy, say) is a
+        # message for the operator, never a traceback.
+        print(_config_message(exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
