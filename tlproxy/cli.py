@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .catalog import default_config
-from .config import Config, ConfigError, SimModelProfile, load_config
+from .config import ClientKey, Config, ConfigError, SimModelProfile, load_config
 from .metrics import JSONFormatter
 
 if TYPE_CHECKING:
@@ -238,9 +238,9 @@ def _cmd_route(args: argparse.Namespace) -> int:
         _, body = decode_chat_request(Path(args.request).read_bytes())
         key = None
         if args.key is not None:
-            key = next((k for k in config.keys if k.name == args.key), None)
+            key, problem = _named_key(config, args.key)
             if key is None:
-                print(f"tlproxy: no client key named {args.key!r}", file=sys.stderr)
+                print(f"tlproxy: {problem}", file=sys.stderr)
                 return 1
         headers = dict(h.split(":", 1) for h in args.header or ())
         headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
@@ -256,6 +256,27 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_key(config: Config, name: str) -> tuple[ClientKey | None, str]:
+    """A client key by name, from the config or the key store, as `serve` would use it."""
+    from .config_check import key_problems
+    from .keys import KeyStore
+
+    key = next((k for k in config.keys if k.name == name), None)
+    if key is None and config.keys_db and Path(config.keys_db).exists():
+        found = KeyStore(config.keys_db).lookup(name)
+        if found is not None and found[1]:
+            return None, f"the key {name!r} is revoked: the server refuses it (401)"
+        key = found[0] if found else None
+    if key is None:
+        where = " or the key store" if config.keys_db else ""
+        return None, f"no client key named {name!r} in the config{where}"
+    problems = key_problems(key, config)
+    if problems:
+        reasons = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        return None, f"the key {name!r} cannot be used, the server refuses it (403): {reasons}"
+    return key, ""
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         from bench.ttft import main as bench_main
@@ -264,6 +285,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return bench_main(args.args)
+
+
+# `tlproxy keys create` options, by the field of a key they set.
+_KEY_OPTIONS = {"rpm": "--rpm", "tpm": "--tpm", "budget_usd": "--budget-usd",
+                "budget_period": "--period", "policy": "--policy",
+                "allowed_tiers": "--allowed-tiers", "name": "NAME"}
+
+
+def _new_key_problems(args: argparse.Namespace, tiers: list[str] | None) -> list[str]:
+    """What would make the key unusable, checked against the config `serve` would load."""
+    from .config import ClientKey
+    from .config_check import key_problems
+
+    config = _load(args.config)
+    key = ClientKey(name=args.name, hash="", policy=args.policy,
+                    allowed_tiers=tiers,  # type: ignore[arg-type]
+                    rpm=args.rpm, tpm=args.tpm, budget_usd=args.budget_usd,
+                    budget_period=args.period)
+    return [f"{_KEY_OPTIONS.get(p.path, p.path)}: {p.message}"
+            for p in key_problems(key, config)]
 
 
 def _key_store(args: argparse.Namespace) -> KeyStore:
@@ -278,7 +319,13 @@ def _key_store(args: argparse.Namespace) -> KeyStore:
 def _cmd_keys(args: argparse.Namespace) -> int:
     store = _key_store(args)
     if args.keys_command == "create":
-        tiers = args.allowed_tiers.split(",") if args.allowed_tiers else None
+        tiers = [t.strip() for t in args.allowed_tiers.split(",")] if args.allowed_tiers else None
+        problems = _new_key_problems(args, tiers)
+        if problems:
+            for problem in problems:
+                print(f"tlproxy: {problem}", file=sys.stderr)
+            print(f"tlproxy: key {args.name!r} not created", file=sys.stderr)
+            return 2
         try:
             token = store.create(args.name, rpm=args.rpm, tpm=args.tpm,
                                  budget_usd=args.budget_usd, budget_period=args.period,
@@ -344,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="explain where a request would go, calling nothing")
     route.add_argument("--explain", dest="request", required=True, metavar="REQUEST.json",
                        help="a chat completions request body")
-    route.add_argument("--key", help="the client key's name, for its policy")
+    route.add_argument("--key", help="a client key's name (config or key store), for its "
+                       "policy and tiers")
     route.add_argument("--config", help="config file (default as for serve)")
     route.add_argument("--header", action="append", metavar="NAME:VALUE",
                        help="a request header, e.g. x-tlproxy-task:summarize")

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from .config import (
     ClassifierConfig,
+    ClientKey,
     Config,
     ConfigError,
     LedgerConfig,
@@ -39,7 +40,7 @@ from .config import (
     ShadowConfig,
 )
 
-__all__ = ["Problem", "key_path", "problems", "validate"]
+__all__ = ["Problem", "key_path", "key_problems", "problems", "validate"]
 
 INTENTS = ("premium", "economy", "auto")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -246,26 +247,49 @@ def _keys(config: Config) -> Iterator[Problem]:
     names: set[str] = set()
     for index, key in enumerate(config.keys):
         here = f"keys[{index}]"
-        if not key.name:
-            yield Problem(f"{here}.name", "must not be empty")
-        elif key.name in names:
+        if key.name in names:
             yield Problem(f"{here}.name", f"duplicate key name {key.name!r}")
         names.add(key.name)
-        for limit in ("rpm", "tpm"):
-            yield from _at_least(f"{here}.{limit}", getattr(key, limit), 1,
-                                 " (leave it out for no limit)")
-        if key.budget_usd is not None and not key.budget_usd > 0:
-            yield Problem(f"{here}.budget_usd", "must be more than 0 (leave it out for no "
-                          "budget)")
-        if key.allowed_tiers is not None and not key.allowed_tiers:
-            yield Problem(f"{here}.allowed_tiers", "empty; leave it out to allow all")
-        if key.policy is not None and key.policy not in config.policies:
-            yield Problem(f"{here}.policy", f"no policy named {key.policy!r}"
-                          + _known(config.policies))
+        yield from key_problems(key, config, here)
         if not _SHA256.fullmatch(key.hash):
             yield Problem(f"{here}.hash", "expected 'sha256:' and 64 lowercase hex digits "
                           "(the SHA-256 of the key, never the key itself)")
-        yield from _shadow(f"{here}.shadow", key.shadow, config)
+
+
+def key_problems(key: ClientKey, config: Config, here: str = "") -> list[Problem]:
+    """What makes a client key unusable under `config`, its hash aside.
+
+    The same rules hold for ``[[keys]]`` in the config, for `tlproxy keys
+    create` (before a key is stored) and for a stored key that the config
+    changed under (its policy removed): a key that passes works on every
+    request, one that does not is refused whole, never with a 500.
+    """
+    def at(field: str) -> str:
+        return f"{here}.{field}" if here else field
+
+    found: list[Problem] = []
+    if not key.name:
+        found.append(Problem(at("name"), "must not be empty"))
+    for limit in ("rpm", "tpm"):
+        found.extend(_at_least(at(limit), getattr(key, limit), 1, " (leave it out for no limit)"))
+    if key.budget_usd is not None and not key.budget_usd > 0:
+        found.append(Problem(at("budget_usd"), "must be more than 0 (leave it out for no "
+                             f"budget), not {key.budget_usd:g}"))
+    if key.budget_period not in ("day", "month"):
+        found.append(Problem(at("budget_period"), f"{key.budget_period!r} is not 'day' or "
+                             "'month'"))
+    if key.allowed_tiers is not None:
+        if not key.allowed_tiers:
+            found.append(Problem(at("allowed_tiers"), "empty; leave it out to allow all"))
+        for tier in key.allowed_tiers:
+            if tier not in ("premium", "economy"):
+                found.append(Problem(at("allowed_tiers"), f"{tier!r} is not a tier (premium, "
+                                     "economy)"))
+    if key.policy is not None and key.policy not in config.policies:
+        found.append(Problem(at("policy"), f"no policy named {key.policy!r}"
+                             + _known(config.policies)))
+    found.extend(_shadow(at("shadow"), key.shadow, config))
+    return found
 
 
 def _known(names: object) -> str:
