@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from .catalog import INTENTS, normalize
 from .config import (
     ClassifierConfig,
     ClientKey,
@@ -42,7 +43,6 @@ from .config import (
 
 __all__ = ["Problem", "key_path", "key_problems", "problems", "validate"]
 
-INTENTS = ("premium", "economy", "auto")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
@@ -190,12 +190,13 @@ def _models(config: Config) -> Iterator[Problem]:
         here = f"models[{index}]"
         if not model.id:
             yield Problem(f"{here}.id", "must not be empty")
-        elif model.id in INTENTS:
+        elif normalize(model.id) in INTENTS:
             yield Problem(f"{here}.id", f"{model.id!r} is an intent; a model cannot be "
                           "named like one")
-        elif model.id in seen:
-            yield Problem(f"{here}.id", f"duplicate model id {model.id!r}")
-        seen.add(model.id)
+        elif normalize(model.id) in seen:
+            yield Problem(f"{here}.id", f"duplicate model id {model.id!r} (ids are matched "
+                          "without regard to case)")
+        seen.add(normalize(model.id))
         if model.provider not in config.providers:
             yield Problem(f"{here}.provider", f"no provider named {model.provider!r}")
         if model.upstream_model is not None and not model.upstream_model:
@@ -234,8 +235,17 @@ def _names(config: Config) -> Iterator[Problem]:
             return f"{target!r} is an embedding model; chat requests cannot go there"
         return f"{target!r} is neither an intent nor a model id"
 
+    names = {normalize(m.id) for m in config.models}
+    aliases: set[str] = set()
     for alias, target in config.aliases.items():
         problem = target_problem(target)
+        if normalize(alias) in INTENTS or normalize(alias) in names:
+            problem = (f"{alias!r} is {'an intent' if normalize(alias) in INTENTS else 'a model id'}"
+                       " already (names are matched without regard to case): the alias would "
+                       "never apply")
+        elif normalize(alias) in aliases:
+            problem = f"{alias!r} is listed twice (names are matched without regard to case)"
+        aliases.add(normalize(alias))
         if problem:
             yield Problem(key_path("aliases", alias), problem)
     problem = target_problem(config.default_alias)

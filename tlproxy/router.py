@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .catalog import resolve_name
+from .catalog import find_model, resolve_name
 from .config import ClientKey, Config, ModelConfig, Policy
 from .errors import InvalidRequest, ProxyError, UpstreamError
 from .policy import Decision, RuleTrace, Signals, decide, extract_signals, possible_tiers
@@ -146,7 +146,7 @@ class Router:
         return _capped(decision.tier, decision.rule, allowed)
 
     def plan_embedding(self, requested: str) -> Plan:
-        model = self.config.model(requested)
+        model = find_model(self.config, requested)
         if model is not None and model.tier != "embedding":
             raise InvalidRequest(f"The model '{requested}' is not an embedding model.",
                                  param="model", code="model_not_supported")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tlproxy.catalog import default_config
+from tlproxy.catalog import default_config, resolve_name
 from tlproxy.config import Capabilities, Config, ModelConfig
 from tlproxy.errors import InvalidRequest, UpstreamError
 from tlproxy.router import Router
@@ -95,3 +95,35 @@ def test_a_possible_tier_nothing_fits_is_left_out_of_speculation() -> None:
     plan = router().plan_chat(body("auto", max_tokens=100_000))
     assert plan.tier == "premium"
     assert plan.by_tier.get("economy", []) == []
+
+
+@pytest.mark.parametrize(("name", "intent", "pinned", "via"), [
+    ("premium", "premium", None, "intent"),
+    ("PREMIUM", "premium", None, "intent"),
+    ("premium ", "premium", None, "intent"),
+    ("\tEconomy\n", "economy", None, "intent"),
+    ("Auto", "auto", None, "intent"),
+    ("pre mium", "auto", None, "default-alias"),
+    ("big", None, "big", "pinned"),
+    (" BIG ", None, "big", "pinned"),
+    ("Old-Name", "economy", None, "alias"),
+    ("old-name ", "economy", None, "alias"),
+    ("OLD-PIN", None, "small", "alias"),
+    ("unknown", "auto", None, "default-alias"),
+])
+def test_names_are_matched_without_regard_to_case_or_blanks(
+    name: str, intent: str | None, pinned: str | None, via: str
+) -> None:
+    config = Config(providers=default_config().providers, models=CATALOG,
+                    aliases={"old-name": "economy", "old-pin": "small"})
+    resolution = resolve_name(config, name)
+    assert resolution.intent == intent
+    assert (resolution.pinned.id if resolution.pinned else None) == pinned
+    assert resolution.via == via
+
+
+def test_embedding_ids_are_matched_the_same_way() -> None:
+    config = Config(models=[model("Text-Embedding-3-Small", "embedding")])
+    plan = Router(config, StatsBook()).plan_embedding("text-embedding-3-small ")
+    assert (plan.rule, [m.id for m in plan.candidates]) == (
+        "pinned", ["Text-Embedding-3-Small"])
