@@ -239,13 +239,14 @@ def _names(config: Config) -> Iterator[Problem]:
     aliases: set[str] = set()
     for alias, target in config.aliases.items():
         problem = target_problem(target)
-        if normalize(alias) in INTENTS or normalize(alias) in names:
-            problem = (f"{alias!r} is {'an intent' if normalize(alias) in INTENTS else 'a model id'}"
-                       " already (names are matched without regard to case): the alias would "
+        folded = normalize(alias)
+        if folded in INTENTS or folded in names:
+            problem = (f"{alias!r} is {'an intent' if folded in INTENTS else 'a model id'} "
+                       "already (names are matched without regard to case): the alias would "
                        "never apply")
-        elif normalize(alias) in aliases:
+        elif folded in aliases:
             problem = f"{alias!r} is listed twice (names are matched without regard to case)"
-        aliases.add(normalize(alias))
+        aliases.add(folded)
         if problem:
             yield Problem(key_path("aliases", alias), problem)
     problem = target_problem(config.default_alias)
