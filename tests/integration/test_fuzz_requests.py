@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import fast_config
+from tests.integration.test_adapters import KEYS, MODELS, start_stack
 from tests.openai_schema import validate
 from tlproxy.config import LedgerConfig
 from tlproxy.server import serve
@@ -39,8 +40,12 @@ FUZZ = settings(max_examples=100, deadline=None,
 
 
 class _ServerThread:
-    def __init__(self) -> None:
+    """A proxy on its own trio loop in a thread; `native` puts the Anthropic and Gemini
+    adapters in front of simulated upstreams speaking those protocols."""
+
+    def __init__(self, *, native: bool) -> None:
         self.url = ""
+        self._native = native
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -56,13 +61,18 @@ class _ServerThread:
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._stop = stop = trio.Event()
-        config = fast_config(ledger=LedgerConfig(enabled=False))
+        self._stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(functools.partial(
-                serve, config, host="127.0.0.1", port=0, shutdown_trigger=stop.wait))
+            if self._native:
+                running, _ = await start_stack(nursery, KEYS)
+            else:
+                config = fast_config(ledger=LedgerConfig(enabled=False))
+                running = await nursery.start(functools.partial(
+                    serve, config, host="127.0.0.1", port=0))
             self.url = running.url
             self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
 
     def start(self) -> None:
         self._thread.start()
@@ -78,15 +88,26 @@ class _ServerThread:
             raise self._error
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    server = _ServerThread()
+def _client(native: bool) -> Iterator[httpx.Client]:
+    server = _ServerThread(native=native)
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             yield client
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """The proxy on its built-in simulated upstream (the OpenAI protocol)."""
+    yield from _client(native=False)
+
+
+@pytest.fixture(scope="module")
+def native() -> Iterator[httpx.Client]:
+    """The proxy translating to Anthropic (premium) and Gemini (economy, embeddings)."""
+    yield from _client(native=True)
 
 
 def _check(response: httpx.Response) -> None:
@@ -173,6 +194,29 @@ def test_any_value_in_a_message_field_is_never_a_5xx(
     _post(http, "/v1/chat/completions", json.dumps(body).encode())
 
 
+@given(field=st.sampled_from(CHAT_FIELDS), value=JSON, stream=st.booleans(),
+       model=st.sampled_from(sorted(MODELS.values())))
+@FUZZ
+def test_any_value_in_a_chat_field_is_never_a_5xx_through_the_native_adapters(
+    native: httpx.Client, field: str, value: Any, stream: bool, model: str
+) -> None:
+    body = {**_valid_chat(), "model": model, "stream": stream, field: value}
+    _post(native, "/v1/chat/completions", json.dumps(body).encode())
+
+
+@given(field=st.sampled_from(MESSAGE_FIELDS), value=JSON,
+       role=st.sampled_from(["user", "assistant", "system", "tool", "developer"]),
+       model=st.sampled_from(sorted(MODELS.values())))
+@FUZZ
+def test_any_value_in_a_message_field_is_never_a_5xx_through_the_native_adapters(
+    native: httpx.Client, field: str, value: Any, role: str, model: str
+) -> None:
+    message = {"role": role, "content": "Hi", "tool_call_id": "call_1", field: value}
+    body = {**_valid_chat(), "model": model,
+            "messages": [{"role": "user", "content": "Hi"}, message]}
+    _post(native, "/v1/chat/completions", json.dumps(body).encode())
+
+
 @given(field=st.sampled_from(EMBEDDING_FIELDS), value=JSON)
 @FUZZ
 def test_any_value_in_an_embedding_field_is_never_a_5xx(
@@ -180,6 +224,15 @@ def test_any_value_in_an_embedding_field_is_never_a_5xx(
 ) -> None:
     body = {"model": "text-embedding-3-small", "input": "Hello", field: value}
     _post(http, "/v1/embeddings", json.dumps(body).encode())
+
+
+@given(field=st.sampled_from(EMBEDDING_FIELDS), value=JSON)
+@FUZZ
+def test_any_value_in_an_embedding_field_is_never_a_5xx_through_gemini(
+    native: httpx.Client, field: str, value: Any
+) -> None:
+    body = {"model": "gemini-embedding-001", "input": "Hello", field: value}
+    _post(native, "/v1/embeddings", json.dumps(body).encode())
 
 
 @given(depth=st.integers(min_value=1, max_value=3 * MAX_DEPTH) | st.integers(1000, 5000),
