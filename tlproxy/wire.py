@@ -191,7 +191,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[
         raise InvalidRequest("The request body must be a JSON object.")
     # Each container opens with a bracket, so a body with fewer brackets (in
     # strings or not) than the limit cannot be too deep: most skip the walk.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(raw, MAX_DEPTH):
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
         raise _too_deep()
     try:
         typed = decoder.decode(body)
@@ -220,17 +220,28 @@ def _too_deep() -> InvalidRequest:
     return _not_json(f"the body nests arrays and objects more than {MAX_DEPTH} levels deep")
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest deeper than `limit` (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, (dict, list)))
-    return False
+# Every byte but the four brackets, for `bytes.translate(None, delete)`.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# The innermost pairs, all removed in one pass (re.sub does not rescan its output).
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def _depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether arrays and objects in the (valid JSON) `body` nest deeper than `limit`.
+
+    In C-speed passes over bytes rather than a walk over the decoded objects:
+    escaped backslashes and quotes go first, so the quotes left delimit the
+    strings and every other piece lies outside them; of those pieces only the
+    brackets are kept; then each pass removes the innermost pairs, one level.
+    """
+    if b"\\\\" in body or b'\\"' in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(body.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _INNERMOST.sub(b"", brackets)
+    return bool(brackets)
 
 
 def decode_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:

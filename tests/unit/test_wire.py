@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlproxy.errors import InvalidRequest, ProxyError, param_from_validation_error
-from tlproxy.wire import decode_chat_request, decode_embedding_request
+from tlproxy.wire import _depth_exceeds, decode_chat_request, decode_embedding_request
 
 USER = {"role": "user", "content": "hi"}
 
@@ -165,3 +165,28 @@ def test_bodies_later_code_could_not_take_are_refused_at_the_edge(
 def test_the_limits_leave_valid_bodies_alone(extra: bytes) -> None:
     _, raw = decode_chat_request(VALID + extra + b"}")
     assert raw["model"] == "auto"
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\/ab\n\u00e9'), max_size=8)
+NESTED = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NESTED, st.booleans(), st.integers(min_value=1, max_value=8))
+def test_depth_scan_agrees_with_the_decoded_structure(
+    value: object, ascii_only: bool, limit: int
+) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _depth_exceeds(body, limit) == (_depth(value) > limit)
