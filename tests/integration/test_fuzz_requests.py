@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from tests.integration.conftest import fast_config
 from tests.integration.test_adapters import KEYS, MODELS, start_stack
 from tests.openai_schema import validate
-from tlproxy.config import LedgerConfig
+from tlproxy.config import ClassifierConfig, Condition, LedgerConfig, Policy, Rule
 from tlproxy.server import serve
 from tlproxy.wire import MAX_DEPTH
 
@@ -66,7 +66,13 @@ class _ServerThread:
             if self._native:
                 running, _ = await start_stack(nursery, KEYS)
             else:
-                config = fast_config(ledger=LedgerConfig(enabled=False))
+                # With the semantic classifier on, so every message also goes
+                # through the text extraction and the embedding call it makes.
+                semantic = Rule(name="code", tier="premium",
+                                when=Condition(semantic_task=["code"]))
+                config = fast_config(ledger=LedgerConfig(enabled=False),
+                                     classifier=ClassifierConfig(enabled=True),
+                                     policy=Policy(rules=[semantic]))
                 running = await nursery.start(functools.partial(
                     serve, config, host="127.0.0.1", port=0))
             self.url = running.url
