@@ -295,7 +295,6 @@ _KEY_OPTIONS = {"rpm": "--rpm", "tpm": "--tpm", "budget_usd": "--budget-usd",
 
 def _new_key_problems(args: argparse.Namespace, tiers: list[str] | None) -> list[str]:
     """What would make the key unusable, checked against the config `serve` would load."""
-    from .config import ClientKey
     from .config_check import key_problems
 
     config = _load(args.config)
