@@ -106,19 +106,24 @@ def problems(config: Config, *, serving: bool = False) -> list[Problem]:
     return found
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+# The comparisons are written so that NaN (TOML's `nan`) fails each of them.
 def _at_least(path: str, value: float | None, low: float, what: str = "") -> Iterator[Problem]:
-    if value is not None and value < low:
-        yield Problem(path, f"must be at least {low:g}{what}, not {value:g}")
+    if value is not None and not value >= low:
+        yield Problem(path, f"must be at least {_number(low)}{what}, not {_number(value)}")
 
 
 def _positive(path: str, value: float | None) -> Iterator[Problem]:
     if value is not None and not value > 0:
-        yield Problem(path, f"must be more than 0 seconds, not {value:g}")
+        yield Problem(path, f"must be more than 0 seconds, not {_number(value)}")
 
 
 def _fraction(path: str, value: float) -> Iterator[Problem]:
     if not 0.0 <= value <= 1.0:
-        yield Problem(path, f"must be between 0 and 1, not {value:g}")
+        yield Problem(path, f"must be between 0 and 1, not {_number(value)}")
 
 
 def _server(server: ServerConfig) -> Iterator[Problem]:
@@ -285,7 +290,7 @@ def key_problems(key: ClientKey, config: Config, here: str = "") -> list[Problem
         found.extend(_at_least(at(limit), getattr(key, limit), 1, " (leave it out for no limit)"))
     if key.budget_usd is not None and not key.budget_usd > 0:
         found.append(Problem(at("budget_usd"), "must be more than 0 (leave it out for no "
-                             f"budget), not {key.budget_usd:g}"))
+                             f"budget), not {_number(key.budget_usd)}"))
     if key.budget_period not in ("day", "month"):
         found.append(Problem(at("budget_period"), f"{key.budget_period!r} is not 'day' or "
                              "'month'"))
@@ -320,7 +325,7 @@ def _policy(here: str, policy: Policy, labels: set[str]) -> Iterator[Problem]:
     yield from _at_least(f"{here}.max_attempts", policy.max_attempts, 1)
     if not 0.0 < policy.hedge_quantile < 1.0:
         yield Problem(f"{here}.hedge_quantile", f"must be between 0 and 1 (exclusive), not "
-                      f"{policy.hedge_quantile:g}")
+                      f"{_number(policy.hedge_quantile)}")
     yield from _at_least(f"{here}.hedge_floor_ms", policy.hedge_floor_ms, 0)
     yield from _at_least(f"{here}.hedge_initial_ms", policy.hedge_initial_ms, 0)
     for index, rule in enumerate(policy.rules or ()):
@@ -374,7 +379,7 @@ def _classifier(classifier: ClassifierConfig, config: Config) -> Iterator[Proble
                       f"of the catalog{_known(embedding)}")
     if not -1.0 <= classifier.min_similarity <= 1.0:
         yield Problem("classifier.min_similarity", "a cosine similarity: between -1 and 1, "
-                      f"not {classifier.min_similarity:g}")
+                      f"not {_number(classifier.min_similarity)}")
     yield from _positive("classifier.timeout", classifier.timeout)
     yield from _at_least("classifier.cache_size", classifier.cache_size, 0)
     if not any(classifier.examples.values()):

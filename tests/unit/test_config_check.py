@@ -189,3 +189,22 @@ def test_a_config_built_in_code_is_checked_the_same_way() -> None:
 ])
 def test_key_paths_quote_what_toml_quotes(parts: tuple[str, ...], path: str) -> None:
     assert key_path(*parts) == path
+
+
+@pytest.mark.parametrize(("mistake", "where", "words"), [
+    ("[server]\nmax_body_bytes = -2000000\n", "server.max_body_bytes", "not -2000000"),
+    ('[[models]]\nid = "x"\nprovider = "sim"\ntier = "economy"\n[models.prices]\ninput = nan\n',
+     "models[3].prices.input", "not nan"),
+    ("[providers.sim]\nkind = \"sim\"\nread_timeout = nan\n", "providers.sim.read_timeout",
+     "more than 0 seconds, not nan"),
+])
+def test_numbers_are_shown_as_written_and_nan_is_refused(
+    tmp_path: Path, mistake: str, where: str, words: str
+) -> None:
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(BASE.replace('[providers.sim]\nkind = "sim"\n', "") + mistake
+                      if mistake.startswith("[providers.sim]") else BASE + mistake)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert any(path == where and words in message
+               for path, message in caught.value.problems), caught.value.problems
