@@ -445,11 +445,31 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        # A config mistake found after loading (a key's policy, say) is a
-        # message for the operator, never a traceback.
-        print(_config_message(exc), file=sys.stderr)
+    except (ConfigError, BaseExceptionGroup) as exc:
+        # A config mistake found after loading (a key store that cannot be
+        # opened, raised from inside the server's nursery) is a message for
+        # the operator, never a traceback.
+        mistakes = _config_errors(exc)
+        if mistakes is None:
+            raise
+        for mistake in mistakes:
+            print(_config_message(mistake), file=sys.stderr)
         return 1
+
+
+def _config_errors(exc: BaseException) -> list[ConfigError] | None:
+    """The `ConfigError`s `exc` is made of, or None if it holds anything else."""
+    if isinstance(exc, ConfigError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[ConfigError] = []
+        for inner in exc.exceptions:
+            leaves = _config_errors(inner)
+            if leaves is None:
+                return None
+            found.extend(leaves)
+        return found
+    return None
 
 
 if __name__ == "__main__":

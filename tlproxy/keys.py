@@ -29,7 +29,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from .config import ClientKey
+from .config import ClientKey, ConfigError
 from .sqlite_wal import open_wal
 
 __all__ = ["KeyRecord", "KeyStore", "generate_key", "parse_key"]
@@ -191,8 +191,16 @@ class KeyStore:
         return bool(self._records)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the in-memory view fresh until cancelled."""
-        await trio.to_thread.run_sync(self.load_changes)
+        """Keep the in-memory view fresh until cancelled.
+
+        A store that cannot be opened at start is the config's mistake
+        (`keys_db`): a `ConfigError` that names it, not a traceback.
+        """
+        try:
+            await trio.to_thread.run_sync(self.load_changes)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"keys_db: cannot open the key store {str(self.path)!r}: "
+                              f"{exc}") from None
         task_status.started()
         while True:
             await trio.sleep(self.refresh)
