@@ -16,6 +16,12 @@ tier is by the policy's strategy over live statistics and price:
   latency rank and the cost rank.
 
 Ties keep the catalog's order, so a config reads as a preference list.
+
+When nothing is eligible, the reason decides the status: if no model of the
+tier could ever take the request as sent (it asks for more output or context
+than any has, or a capability none offers), that is the client's to fix, a
+400 naming the parameter and the most any model takes; only when models that
+could take it exist but are all unhealthy is it a 503, which clients retry.
 """
 
 from __future__ import annotations
@@ -100,10 +106,11 @@ class Router:
                     f"This API key may not use the {model.tier} model '{model.id}'.",
                     status=403, type="invalid_request_error", param="model",
                     code="model_not_allowed")
-            problem = _Need.of(body, signals).unfit(model)
+            need = _Need.of(body, signals)
+            problem = need.unfit(model)
             if problem is not None:
-                raise _Need.of(body, signals).refusal(
-                    model.tier, [(model, problem)], self.config.models, pinned=True)
+                raise need.refusal(model.tier, [(model, problem)], self.config.models,
+                                   pinned=True)
             return Plan(requested=requested, via=resolution.via, tier=model.tier,
                         rule=resolution.via, signals=signals, trace=[],
                         possible_tiers=[model.tier], candidates=[model], excluded=[],

@@ -154,7 +154,7 @@ _any_decoder = msgspec.json.Decoder()
 MAX_DEPTH = 128
 
 
-# A \\uD800-\\uDBFF escape not followed by a \\uDC00-\\uDFFF one, or the reverse:
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse:
 # JSON allows writing them, but they are no text (msgspec refuses them; we say why).
 _LONE_SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
@@ -190,7 +190,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     # Each container opens with a bracket, so a body with fewer brackets (in
-    # strings or not) than the limit cannot be too deep: most skip the walk.
+    # strings or not) than the limit cannot be too deep: most skip the scan.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
         raise _too_deep()
     try:
