@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tlproxy import cli
+from tlproxy.app import create_app
 from tlproxy.config import Config, ConfigError, load_config
 from tlproxy.config_check import key_path, problems, validate
 
@@ -180,6 +181,9 @@ def test_a_config_built_in_code_is_checked_the_same_way() -> None:
     assert [p.path for p in problems(config)] == ["admin_keys[0]"]
     with pytest.raises(ConfigError, match=re.escape("admin_keys[0]: expected 'sha256:'")):
         validate(config)
+    # No app is built on it either (it used to fail in bytes.fromhex).
+    with pytest.raises(ConfigError, match=re.escape("admin_keys[0]: expected 'sha256:'")):
+        create_app(config)
 
 
 @pytest.mark.parametrize(("parts", "path"), [
