@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -308,8 +308,8 @@ def key_problems(key: ClientKey, config: Config, here: str = "") -> list[Problem
     return found
 
 
-def _known(names: object) -> str:
-    listed = ", ".join(repr(n) for n in names)  # type: ignore[attr-defined]
+def _known(names: Iterable[str]) -> str:
+    listed = ", ".join(repr(n) for n in names)
     return f" (there are: {listed})" if listed else " (the config defines none)"
 
 
