@@ -6,9 +6,11 @@ are not JSON, JSON of any shape and nesting, strings holding escaped lone
 surrogates, numbers past 64 bits, every known field with a wrong type) is
 answered, and a refusal is a 4xx in OpenAI's envelope.
 
-The server starts once for the module, on port 0, serving the built-in
-simulated upstream; it runs its own trio loop in a thread so that hypothesis
-can drive a plain synchronous client through many examples.
+Each server starts once for the module, on port 0, with its own trio loop in
+a thread so that hypothesis can drive a plain synchronous client through many
+examples: one on the built-in simulated upstream (the OpenAI protocol, with
+the semantic classifier on), one translating to simulated Anthropic and
+Gemini upstreams through the native adapters.
 """
 
 from __future__ import annotations
