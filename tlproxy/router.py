@@ -204,9 +204,10 @@ class Router:
             else:
                 eligible.append(model)
         if not eligible:
-            if len(unfit) == len(excluded):
+            if unfit and len(unfit) == len(excluded):
                 raise need.refusal(tier, unfit, self.config.models)
-            reasons = "; ".join(f"{m}: {r}" for m, r in excluded)
+            # The server's own state or config, not the request: a 503.
+            reasons = "; ".join(f"{m}: {r}" for m, r in excluded) or "none is configured"
             raise UpstreamError(
                 f"No {tier} model can serve this request right now ({reasons}).", status=503,
                 code="no_eligible_model")
@@ -276,10 +277,6 @@ class _Need(NamedTuple):
 
         It names the parameter that asks too much and the most any of them takes.
         """
-        if not unfit:
-            return InvalidRequest(
-                f"No {tier} model is configured, so this request cannot be served.",
-                param="model", code="no_eligible_model")
         kinds = [problem.kind for _, problem in unfit]
         # The reason that excluded the most models speaks for the request.
         kind = max(dict.fromkeys(kinds), key=kinds.count)

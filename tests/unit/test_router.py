@@ -127,3 +127,11 @@ def test_embedding_ids_are_matched_the_same_way() -> None:
     plan = Router(config, StatsBook()).plan_embedding("text-embedding-3-small ")
     assert (plan.rule, [m.id for m in plan.candidates]) == (
         "pinned", ["Text-Embedding-3-Small"])
+
+
+def test_a_tier_without_models_is_the_servers_503_not_the_clients_400() -> None:
+    config = Config(providers=default_config().providers, models=CATALOG[:2])
+    with pytest.raises(UpstreamError) as caught:
+        Router(config, StatsBook()).plan_chat(body("economy"))
+    assert caught.value.status == 503
+    assert "none is configured" in caught.value.message
