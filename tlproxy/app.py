@@ -26,7 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .accounting import Accounting
 from .asgi import Receive, Send, lifespan
 from .catalog import INTENTS
-from .config import ClientKey, Config
+from .config import ClientKey, Config, validate
+from .config_check import key_problems
 from .engine import Engine, Route
 from .errors import (
     AuthenticationFailed,
@@ -173,6 +174,8 @@ class App:
             if limits.redis_url else SharedFileLimiter(limits.shared_file)
             if limits.shared_file else MemoryLimiter())
         self._key_limits: dict[str, KeyLimits] = {}
+        # Per stored key name: the record last checked and what is wrong with it.
+        self._key_verdicts: dict[str, tuple[ClientKey, str | None]] = {}
         self._background: trio.Nursery | None = None
         self.engine.admit = self._admit
         self.ledger = Ledger.from_config(config.ledger) if config.ledger.enabled else None
@@ -365,6 +368,7 @@ class App:
         if self.key_store is not None and token.startswith("tlp-"):
             stored = self.key_store.check(token)
             if stored is not None:
+                self._refuse_unusable(stored)
                 request.key = stored
                 return
         digest = hashlib.sha256(token.encode()).digest()
@@ -377,6 +381,28 @@ class App:
         if matched is None:
             raise AuthenticationFailed()
         request.key = matched
+
+    def _refuse_unusable(self, key: ClientKey) -> None:
+        """Refuse a stored key the config no longer fits (its policy removed, say).
+
+        Config keys are checked when the config loads; a stored key was checked
+        against the config of the day it was made. Whole and at once: a 403,
+        which no SDK retries, naming the key's problem, never a 500 half-way
+        through a request. Logged once per key record, not per request.
+        """
+        known = self._key_verdicts.get(key.name)
+        if known is None or known[0] is not key:
+            problems = key_problems(key, self.config)
+            reason = "; ".join(f"{p.path}: {p.message}" for p in problems) or None
+            if reason is not None:
+                log.error("client key %r cannot be used under this config: %s (fix the "
+                          "config, or revoke the key and create it again)", key.name, reason)
+            known = self._key_verdicts[key.name] = (key, reason)
+        if known[1] is not None:
+            raise ProxyError(
+                f"The API key '{key.name}' cannot be used with this server's configuration "
+                f"({known[1]}). Ask the proxy's administrator to fix the key or the config.",
+                status=403, type="invalid_request_error", code="key_misconfigured")
 
     async def chat_completions(self, request: Request) -> None:
         body = await request.body(self.config.server.max_body_bytes,
@@ -516,5 +542,8 @@ def create_app(config: Config, *, providers: dict[str, Provider] | None = None) 
 
     Upstream clients are created now and opened lazily on first use; close
     them with `App.aclose` at shutdown. Tests may pass their own `providers`.
+    Raises `ConfigError` for a config the proxy would refuse (the checks of
+    `tlproxy config check`), so no app is ever built on one.
     """
+    validate(config)
     return App(config, build_providers(config) if providers is None else providers)

@@ -21,7 +21,15 @@ from .config import (
     SimModelProfile,
 )
 
-__all__ = ["INTENTS", "Intent", "NameResolution", "default_config", "resolve_name"]
+__all__ = [
+    "INTENTS",
+    "Intent",
+    "NameResolution",
+    "default_config",
+    "find_model",
+    "normalize",
+    "resolve_name",
+]
 
 Intent = Literal["premium", "economy", "auto"]
 INTENTS: tuple[Intent, ...] = ("premium", "economy", "auto")
@@ -36,15 +44,45 @@ class NameResolution(msgspec.Struct, frozen=True):
     via: str
 
 
-def resolve_name(config: Config, name: str) -> NameResolution:
-    """Understand a client's `model` string. Never fails: unknown names go to the default alias."""
-    if name in INTENTS:
-        return NameResolution(intent=name, pinned=None, via="intent")  # type: ignore[arg-type]
+def normalize(name: str) -> str:
+    """How names are compared: surrounding whitespace dropped, case folded."""
+    return name.strip().casefold()
+
+
+def find_model(config: Config, name: str) -> ModelConfig | None:
+    """The catalog model `name` names: its exact id, else the id equal to it but for case
+    and surrounding whitespace (config validation keeps that match unique)."""
     model = config.model(name)
+    if model is not None:
+        return model
+    wanted = normalize(name)
+    return next((m for m in config.models if normalize(m.id) == wanted), None)
+
+
+def _alias(config: Config, name: str) -> str | None:
+    target = config.aliases.get(name)
+    if target is not None:
+        return target
+    wanted = normalize(name)
+    return next((t for a, t in config.aliases.items() if normalize(a) == wanted), None)
+
+
+def resolve_name(config: Config, name: str) -> NameResolution:
+    """Understand a client's `model` string. Never fails: unknown names go to the default alias.
+
+    Intents, catalog ids and aliases are matched without regard to case or
+    surrounding whitespace (``"PREMIUM"``, ``"premium "``, ``"GPT-5.4"``): a
+    name that differs only so from a known one is that one, not an unknown
+    name silently routed by the default alias.
+    """
+    intent = normalize(name)
+    if intent in INTENTS:
+        return NameResolution(intent=intent, pinned=None, via="intent")  # type: ignore[arg-type]
+    model = find_model(config, name)
     if model is not None:
         return NameResolution(intent=None, pinned=model, via="pinned")
     via = "alias"
-    target = config.aliases.get(name)
+    target = _alias(config, name)
     if target is None:
         target, via = config.default_alias, "default-alias"
     if target in INTENTS:

@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from .catalog import default_config
-from .config import Config, ConfigError, SimModelProfile, load_config
+from .config import ClientKey, Config, ConfigError, SimModelProfile, load_config
 from .metrics import JSONFormatter
 
 if TYPE_CHECKING:
@@ -47,16 +47,28 @@ Try it:
 """
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, serving: bool = True) -> Config:
+    """The config `serve` runs on: the file given, ./tlproxy.toml, or the built-in one.
+
+    Every command that acts on what a server would do loads through here, so
+    each refuses what `serve` refuses (and `config check`, with the same checks).
+    """
     if path is None:
         default = Path("tlproxy.toml")
         if not default.exists():
             return default_config()
         path = str(default)
     try:
-        return load_config(path)
+        return load_config(path, serving=serving)
     except (ConfigError, OSError) as exc:
-        raise SystemExit(f"tlproxy: {exc}") from None
+        raise SystemExit(_config_message(exc)) from None
+
+
+def _config_message(exc: ConfigError | OSError) -> str:
+    problems = getattr(exc, "problems", ())
+    lines = str(exc).splitlines()
+    head = f"tlproxy: the config has {len(problems)} problems:\n  " if len(problems) > 1 else ""
+    return (head + "\n  ".join(lines)) if head else f"tlproxy: {exc}"
 
 
 def _banner(config: Config, url: str, workers: int) -> str:
@@ -219,9 +231,9 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from .explain import describe_config
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, serving=True)
     except (ConfigError, OSError) as exc:
-        print(f"tlproxy: {exc}", file=sys.stderr)
+        print(_config_message(exc), file=sys.stderr)
         return 1
     print(describe_config(config))
     print(f"\n{args.file}: OK")
@@ -237,14 +249,14 @@ def _cmd_route(args: argparse.Namespace) -> int:
     from .stats import StatsBook
     from .wire import decode_chat_request
 
-    config = _load(args.config)
+    config = _load(args.config, serving=False)
     try:
         _, body = decode_chat_request(Path(args.request).read_bytes())
         key = None
         if args.key is not None:
-            key = next((k for k in config.keys if k.name == args.key), None)
+            key, problem = _named_key(config, args.key)
             if key is None:
-                print(f"tlproxy: no client key named {args.key!r}", file=sys.stderr)
+                print(f"tlproxy: {problem}", file=sys.stderr)
                 return 1
         headers = dict(h.split(":", 1) for h in args.header or ())
         headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
@@ -260,6 +272,27 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_key(config: Config, name: str) -> tuple[ClientKey | None, str]:
+    """A client key by name, from the config or the key store, as `serve` would use it."""
+    from .config_check import key_problems
+    from .keys import KeyStore
+
+    key = next((k for k in config.keys if k.name == name), None)
+    if key is None and config.keys_db and Path(config.keys_db).exists():
+        found = KeyStore(config.keys_db).lookup(name)
+        if found is not None and found[1]:
+            return None, f"the key {name!r} is revoked: the server refuses it (401)"
+        key = found[0] if found else None
+    if key is None:
+        where = " or the key store" if config.keys_db else ""
+        return None, f"no client key named {name!r} in the config{where}"
+    problems = key_problems(key, config)
+    if problems:
+        reasons = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        return None, f"the key {name!r} cannot be used, the server refuses it (403): {reasons}"
+    return key, ""
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         from bench.ttft import main as bench_main
@@ -268,6 +301,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return bench_main(args.args)
+
+
+# `tlproxy keys create` options, by the field of a key they set.
+_KEY_OPTIONS = {"rpm": "--rpm", "tpm": "--tpm", "budget_usd": "--budget-usd",
+                "budget_period": "--period", "policy": "--policy",
+                "allowed_tiers": "--allowed-tiers", "name": "NAME"}
+
+
+def _new_key_problems(args: argparse.Namespace, tiers: list[str] | None) -> list[str]:
+    """What would make the key unusable, checked against the config `serve` would load."""
+    from .config_check import key_problems
+
+    config = _load(args.config)
+    key = ClientKey(name=args.name, hash="", policy=args.policy,
+                    allowed_tiers=tiers,  # type: ignore[arg-type]
+                    rpm=args.rpm, tpm=args.tpm, budget_usd=args.budget_usd,
+                    budget_period=args.period)
+    return [f"{_KEY_OPTIONS.get(p.path, p.path)}: {p.message}"
+            for p in key_problems(key, config)]
 
 
 def _key_store(args: argparse.Namespace) -> KeyStore:
@@ -282,7 +334,13 @@ def _key_store(args: argparse.Namespace) -> KeyStore:
 def _cmd_keys(args: argparse.Namespace) -> int:
     store = _key_store(args)
     if args.keys_command == "create":
-        tiers = args.allowed_tiers.split(",") if args.allowed_tiers else None
+        tiers = [t.strip() for t in args.allowed_tiers.split(",")] if args.allowed_tiers else None
+        problems = _new_key_problems(args, tiers)
+        if problems:
+            for problem in problems:
+                print(f"tlproxy: {problem}", file=sys.stderr)
+            print(f"tlproxy: key {args.name!r} not created", file=sys.stderr)
+            return 2
         try:
             token = store.create(args.name, rpm=args.rpm, tpm=args.tpm,
                                  budget_usd=args.budget_usd, budget_period=args.period,
@@ -349,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="explain where a request would go, calling nothing")
     route.add_argument("--explain", dest="request", required=True, metavar="REQUEST.json",
                        help="a chat completions request body")
-    route.add_argument("--key", help="the client key's name, for its policy")
+    route.add_argument("--key", help="a client key's name (config or key store), for its "
+                       "policy and tiers")
     route.add_argument("--config", help="config file (default as for serve)")
     route.add_argument("--header", action="append", metavar="NAME:VALUE",
                        help="a request header, e.g. x-tlproxy-task:summarize")
@@ -401,7 +460,33 @@ def main(argv: list[str] | None = None) -> int:
 
         return shadow_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, BaseExceptionGroup) as exc:
+        # A config mistake found after loading (a key store that cannot be
+        # opened, raised from inside the server's nursery) is a message for
+        # the operator, never a traceback.
+        mistakes = _config_errors(exc)
+        if mistakes is None:
+            raise
+        for mistake in mistakes:
+            print(_config_message(mistake), file=sys.stderr)
+        return 1
+
+
+def _config_errors(exc: BaseException) -> list[ConfigError] | None:
+    """The `ConfigError`s `exc` is made of, or None if it holds anything else."""
+    if isinstance(exc, ConfigError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[ConfigError] = []
+        for inner in exc.exceptions:
+            leaves = _config_errors(inner)
+            if leaves is None:
+                return None
+            found.extend(leaves)
+        return found
+    return None
 
 
 if __name__ == "__main__":

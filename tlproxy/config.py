@@ -40,7 +40,16 @@ ProviderKind = Literal["openai", "anthropic", "gemini", "sim"]
 
 
 class ConfigError(ValueError):
-    """The config file is missing, malformed or inconsistent."""
+    """The config file is missing, malformed or inconsistent.
+
+    `problems` holds each refused value as (path, message) when the error
+    comes from the checks of `config_check`; the text names them all.
+    """
+
+    def __init__(self, message: str, *,
+                 problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or ())
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -334,18 +343,29 @@ class Config(_Strict):
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _resolve_env(value: str, path: str, environ: dict[str, str]) -> str:
+def _resolve_env(value: str, path: str, environ: dict[str, str],
+                 missing: list[tuple[str, str]]) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in environ:
-            raise ConfigError(f"{path}: environment variable {name} is not set")
+            missing.append((path, f"environment variable {name} is not set"))
+            return ""
         return environ[name]
 
     return _ENV_REF.sub(replace, value)
 
 
-def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
-    """Read, validate and resolve a TOML config file."""
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None, *,
+                serving: bool = False) -> Config:
+    """Read, validate and resolve a TOML config file.
+
+    Raises `ConfigError` naming, with its line, every value the proxy would
+    refuse (see `config_check.problems`): `tlproxy config check` and
+    `tlproxy serve` both load through here with `serving` (also checking
+    what only a server about to start needs), so they refuse the same files.
+    """
+    from .config_check import key_path, problems
+
     env = dict(os.environ if environ is None else environ)
     text = Path(path).read_bytes()
     try:
@@ -354,22 +374,36 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError(_with_line(path, text, str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    missing: list[tuple[str, str]] = []
     providers = {}
     for name, provider in config.providers.items():
         if provider.api_key is not None:
-            key = _resolve_env(provider.api_key, f"providers.{name}.api_key", env)
+            key = _resolve_env(provider.api_key, key_path("providers", name, "api_key"), env,
+                               missing)
             provider = msgspec.structs.replace(provider, api_key=key)
         providers[name] = provider
     limits, ledger = config.limits, config.ledger
     if limits.redis_url:
         limits = msgspec.structs.replace(
-            limits, redis_url=_resolve_env(limits.redis_url, "limits.redis_url", env))
+            limits, redis_url=_resolve_env(limits.redis_url, "limits.redis_url", env, missing))
     if ledger.postgres_url:
-        ledger = msgspec.structs.replace(
-            ledger, postgres_url=_resolve_env(ledger.postgres_url, "ledger.postgres_url", env))
+        ledger = msgspec.structs.replace(ledger, postgres_url=_resolve_env(
+            ledger.postgres_url, "ledger.postgres_url", env, missing))
     config = msgspec.structs.replace(config, providers=providers, limits=limits, ledger=ledger)
-    validate(config)
+    found = [*missing, *problems(config, serving=serving)]
+    if found:
+        located = [_locate(path, text, where, message) for where, message in found]
+        raise ConfigError("\n".join(located), problems=found)
     return config
+
+
+def _locate(path: str | os.PathLike[str], text: bytes, where: str, message: str) -> str:
+    """``file:line: path: message``, as people read TOML by line."""
+    from .toml_locate import line_of
+
+    line = line_of(text.decode("utf-8", "replace"), where) if where else None
+    location = f"{path}:{line}" if line else str(path)
+    return f"{location}: {where or '(top level)'}: {message}"
 
 
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -377,59 +411,18 @@ _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
 
 
 def _with_line(path: str | os.PathLike[str], text: bytes, message: str) -> str:
-    """Name the path and line of a validation error, as people read TOML by line."""
-    from .toml_locate import line_of
-
+    """Name the path and line of a msgspec validation error."""
     match = _AT.search(message)
     where = match.group("path") if match else ""
     unknown = _UNKNOWN.search(message)
     if unknown:
         where = f"{where}.{unknown.group('field')}" if where else unknown.group("field")
-    line = line_of(text.decode("utf-8", "replace"), where) if where else None
     head = message[: match.start()] if match else message
-    location = f"{path}:{line}" if line else str(path)
-    return f"{location}: {where or '(top level)'}: {head}"
+    return _locate(path, text, where, head)
 
 
-def validate(config: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    seen: set[str] = set()
-    for index, model in enumerate(config.models):
-        if model.provider not in config.providers:
-            raise ConfigError(
-                f"models[{index}].provider: no provider named {model.provider!r}"
-            )
-        if model.id in seen:
-            raise ConfigError(f"models[{index}].id: duplicate model id {model.id!r}")
-        if model.total_timeout is not None and not model.total_timeout > 0:
-            raise ConfigError(f"models[{index}].total_timeout: must be more than 0 seconds "
-                              "(leave it out for the provider's)")
-        seen.add(model.id)
-    for name, provider in config.providers.items():
-        if provider.kind != "sim" and not provider.base_url:
-            raise ConfigError(f"providers.{name}.base_url: required for kind {provider.kind!r}")
-        if not provider.total_timeout > 0:
-            raise ConfigError(f"providers.{name}.total_timeout: must be more than 0 seconds")
-        if provider.prompt_cache and provider.kind != "anthropic":
-            raise ConfigError(
-                f"providers.{name}.prompt_cache: only for kind 'anthropic' (OpenAI and Gemini "
-                "cache prompt prefixes without being asked)")
-    targets = {"premium", "economy", "auto"} | seen
-    for alias, target in config.aliases.items():
-        if target not in targets:
-            raise ConfigError(f"aliases.{alias}: {target!r} is neither an intent nor a model id")
-    if config.default_alias not in targets:
-        raise ConfigError(f"default_alias: {config.default_alias!r} is neither an intent nor a "
-                          "model id")
-    for index, key in enumerate(config.keys):
-        for limit in ("rpm", "tpm"):
-            value = getattr(key, limit)
-            if value is not None and value < 1:
-                raise ConfigError(f"keys[{index}].{limit}: must be at least 1 (leave it out "
-                                  "for no limit)")
-        if key.allowed_tiers is not None and not key.allowed_tiers:
-            raise ConfigError(f"keys[{index}].allowed_tiers: empty; leave it out to allow all")
-        if key.policy is not None and key.policy not in config.policies:
-            raise ConfigError(f"keys[{index}].policy: no policy named {key.policy!r}")
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", key.hash):
-            raise ConfigError(f"keys[{index}].hash: expected 'sha256:' and 64 hex digits")
+def validate(config: Config, *, serving: bool = False) -> None:
+    """Raise `ConfigError` for every value the proxy would refuse (see `config_check`)."""
+    from .config_check import validate as check
+
+    check(config, serving=serving)

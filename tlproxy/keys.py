@@ -29,7 +29,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from .config import ClientKey
+from .config import ClientKey, ConfigError
 from .sqlite_wal import open_wal
 
 __all__ = ["KeyRecord", "KeyStore", "generate_key", "parse_key"]
@@ -81,6 +81,15 @@ def parse_key(token: str) -> tuple[str, str] | None:
 
 def _digest(salt: bytes, secret: str) -> bytes:
     return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
+
+
+def _client_key(name: str, rpm: int | None, tpm: int | None, budget: float | None,
+                period: str, policy: str | None, tiers: str | None) -> ClientKey:
+    # The hash field is for config keys; a stored key is checked by its record.
+    return ClientKey(
+        name=name, hash="sha256:" + "0" * 64, policy=policy,
+        allowed_tiers=tiers.split(",") if tiers else None,  # type: ignore[arg-type]
+        rpm=rpm, tpm=tpm, budget_usd=budget, budget_period=period)  # type: ignore[arg-type]
 
 
 class KeyStore:
@@ -136,6 +145,17 @@ class KeyStore:
                   "allowed_tiers", "created_at", "revoked_at")
         return [dict(zip(fields, row, strict=True)) for row in rows]
 
+    def lookup(self, name: str) -> tuple[ClientKey, bool] | None:
+        """The key named `name` as a server would see it, and whether it is revoked."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT rpm, tpm, budget_usd, budget_period, policy, allowed_tiers, revoked_at "
+                "FROM client_keys WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        rpm, tpm, budget, period, policy, tiers, revoked = row
+        return _client_key(name, rpm, tpm, budget, period, policy, tiers), revoked is not None
+
     # -- serving ---------------------------------------------------------
 
     def load_changes(self) -> int:
@@ -147,10 +167,7 @@ class KeyStore:
                 (self._seen_until,)).fetchall()
         for (key_id, name, salt, digest, rpm, tpm, budget, period, policy, tiers, revoked,
              updated) in rows:
-            key = ClientKey(
-                name=name, hash="sha256:" + "0" * 64, policy=policy,
-                allowed_tiers=tiers.split(",") if tiers else None,
-                rpm=rpm, tpm=tpm, budget_usd=budget, budget_period=period)
+            key = _client_key(name, rpm, tpm, budget, period, policy, tiers)
             self._records[key_id] = KeyRecord(key_id, salt, digest, key, revoked is not None)
             self._seen_until = max(self._seen_until, updated)
         return len(rows)
@@ -174,8 +191,16 @@ class KeyStore:
         return bool(self._records)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the in-memory view fresh until cancelled."""
-        await trio.to_thread.run_sync(self.load_changes)
+        """Keep the in-memory view fresh until cancelled.
+
+        A store that cannot be opened at start is the config's mistake
+        (`keys_db`): a `ConfigError` that names it, not a traceback.
+        """
+        try:
+            await trio.to_thread.run_sync(self.load_changes)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"keys_db: cannot open the key store {str(self.path)!r}: "
+                              f"{exc}") from None
         task_status.started()
         while True:
             await trio.sleep(self.refresh)

@@ -16,16 +16,22 @@ tier is by the policy's strategy over live statistics and price:
   latency rank and the cost rank.
 
 Ties keep the catalog's order, so a config reads as a preference list.
+
+When nothing is eligible, the reason decides the status: if no model of the
+tier could ever take the request as sent (it asks for more output or context
+than any has, or a capability none offers), that is the client's to fix, a
+400 naming the parameter and the most any model takes; only when models that
+could take it exist but are all unhealthy is it a 503, which clients retry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from .catalog import resolve_name
+from .catalog import find_model, resolve_name
 from .config import ClientKey, Config, ModelConfig, Policy
 from .errors import InvalidRequest, ProxyError, UpstreamError
 from .policy import Decision, RuleTrace, Signals, decide, extract_signals, possible_tiers
@@ -100,6 +106,11 @@ class Router:
                     f"This API key may not use the {model.tier} model '{model.id}'.",
                     status=403, type="invalid_request_error", param="model",
                     code="model_not_allowed")
+            need = _Need.of(body, signals)
+            problem = need.unfit(model)
+            if problem is not None:
+                raise need.refusal(model.tier, [(model, problem)], self.config.models,
+                                   pinned=True)
             return Plan(requested=requested, via=resolution.via, tier=model.tier,
                         rule=resolution.via, signals=signals, trace=[],
                         possible_tiers=[model.tier], candidates=[model], excluded=[],
@@ -120,7 +131,7 @@ class Router:
         for other in tiers - {tier}:
             try:
                 by_tier[other] = self.candidates(other, body, signals, policy, now)[0]
-            except UpstreamError:
+            except (InvalidRequest, UpstreamError):
                 by_tier[other] = []
         open_policy = policy if len(tiers) > 1 else None
         return Plan(requested=requested, via=resolution.via, tier=tier, rule=rule,
@@ -142,7 +153,7 @@ class Router:
         return _capped(decision.tier, decision.rule, allowed)
 
     def plan_embedding(self, requested: str) -> Plan:
-        model = self.config.model(requested)
+        model = find_model(self.config, requested)
         if model is not None and model.tier != "embedding":
             raise InvalidRequest(f"The model '{requested}' is not an embedding model.",
                                  param="model", code="model_not_supported")
@@ -169,36 +180,36 @@ class Router:
         policy: Policy,
         now: float,
     ) -> tuple[list[ModelConfig], list[tuple[str, str]]]:
-        requested_output = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        if not isinstance(requested_output, int):
-            requested_output = 0
+        """The tier's eligible models, ranked, and the excluded ones with the reason.
+
+        Raises `InvalidRequest` (400) when no model of the tier could ever serve
+        the request as sent (too long, needs a capability none has): retrying
+        cannot help, so the client must hear it is its request. Raises
+        `UpstreamError` (503) when some could, but every one of them is
+        unhealthy right now.
+        """
+        need = _Need.of(body, signals)
         eligible: list[ModelConfig] = []
         excluded: list[tuple[str, str]] = []
+        unfit: list[tuple[ModelConfig, _Unfit]] = []
         for model in self.config.models:
             if model.tier != tier:
                 continue
-            caps = model.capabilities
-            reason = None
-            if signals.tools and not caps.tools:
-                reason = "no tool calling"
-            elif signals.images and not caps.vision:
-                reason = "no vision"
-            elif signals.json_schema and not caps.json_schema:
-                reason = "no JSON schema output"
-            elif signals.prompt_tokens + requested_output > caps.max_context:
-                reason = f"context {caps.max_context} too small"
-            elif requested_output > caps.max_output:
-                reason = f"max output {caps.max_output} too small"
+            problem = need.unfit(model)
+            if problem is not None:
+                unfit.append((model, problem))
+                excluded.append((model.id, problem.reason))
             elif not self.stats[model.id].available(now):
-                reason = "circuit breaker open"
-            if reason is None:
-                eligible.append(model)
+                excluded.append((model.id, "circuit breaker open"))
             else:
-                excluded.append((model.id, reason))
+                eligible.append(model)
         if not eligible:
-            reasons = "; ".join(f"{m}: {r}" for m, r in excluded) or "no model in the tier"
+            if unfit and len(unfit) == len(excluded):
+                raise need.refusal(tier, unfit, self.config.models)
+            # The server's own state or config, not the request: a 503.
+            reasons = "; ".join(f"{m}: {r}" for m, r in excluded) or "none is configured"
             raise UpstreamError(
-                f"No {tier} model can serve this request ({reasons}).", status=503,
+                f"No {tier} model can serve this request right now ({reasons}).", status=503,
                 code="no_eligible_model")
         return self.rank(eligible, policy.strategy), excluded
 
@@ -217,3 +228,99 @@ class Router:
         by_cost = {m.id: i for i, m in enumerate(sorted(models, key=blended_price))}
         return sorted(models, key=lambda m: (
             round(self.stats[m.id].error_rate, 1), by_latency[m.id] + by_cost[m.id], order[m.id]))
+
+
+class _Unfit(NamedTuple):
+    """Why a model can never serve a request as sent."""
+
+    kind: str  # "tools", "vision", "json_schema", "context" or "output"
+    reason: str  # for `--explain`: "max output 64000 too small"
+
+
+class _Need(NamedTuple):
+    """What a request asks of a model, from its signals and its output cap."""
+
+    tools: bool
+    images: bool
+    json_schema: bool
+    prompt_tokens: int
+    output: int
+    # The parameter that asked for `output` tokens.
+    output_param: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], signals: Signals) -> _Need:
+        param = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+        output = body.get(param) or 0
+        if not isinstance(output, int) or isinstance(output, bool):
+            output = 0
+        return cls(signals.tools, signals.images, signals.json_schema,
+                   signals.prompt_tokens, output, param)
+
+    def unfit(self, model: ModelConfig) -> _Unfit | None:
+        caps = model.capabilities
+        if self.tools and not caps.tools:
+            return _Unfit("tools", "no tool calling")
+        if self.images and not caps.vision:
+            return _Unfit("vision", "no vision")
+        if self.json_schema and not caps.json_schema:
+            return _Unfit("json_schema", "no JSON schema output")
+        if self.prompt_tokens + self.output > caps.max_context:
+            return _Unfit("context", f"context {caps.max_context} too small")
+        if self.output > caps.max_output:
+            return _Unfit("output", f"max output {caps.max_output} too small")
+        return None
+
+    def refusal(self, tier: str, unfit: list[tuple[ModelConfig, _Unfit]],
+                catalog: list[ModelConfig], *, pinned: bool = False) -> InvalidRequest:
+        """The 400 for a request no model of `tier` (or the pinned one) can take.
+
+        It names the parameter that asks too much and the most any of them takes.
+        """
+        kinds = [problem.kind for _, problem in unfit]
+        # The reason that excluded the most models speaks for the request.
+        kind = max(dict.fromkeys(kinds), key=kinds.count)
+        models = [model for model, _ in unfit]
+        chat = [m for m in catalog if m.tier != "embedding"]
+        # "any premium model" / "the model 'gpt-5.4'", "the largest premium" / "its".
+        scope = f"the model '{models[0].id}'" if pinned else f"any {tier} model"
+        largest = "its" if pinned else f"the largest {tier}"
+        if kind == "output":
+            most = max(m.capabilities.max_output for m in models)
+            anywhere = max(m.capabilities.max_output for m in chat)
+            message = (f"Invalid '{self.output_param}': {self.output} is more output than "
+                       f"{scope} can produce; {largest} maximum is {most} tokens")
+            return _refuse(message, most, anywhere, self.output_param)
+        if kind == "context":
+            most = max(m.capabilities.max_context for m in models)
+            anywhere = max(m.capabilities.max_context for m in chat)
+            total = self.prompt_tokens + self.output
+            param = "messages" if self.prompt_tokens > most else self.output_param
+            asked = (f"about {self.prompt_tokens} prompt tokens"
+                     + (f" plus {self.output} from '{self.output_param}'" if self.output else ""))
+            message = (f"This request needs a context of {total} tokens ({asked}); {largest} "
+                       f"context is {most} tokens")
+            return _refuse(message, most, anywhere, param)
+        param, what = {
+            "tools": ("tools", "tool calling"),
+            "vision": ("messages", "image input"),
+            "json_schema": ("response_format", "JSON schema output"),
+        }[kind]
+        others = sorted({m.tier for m in chat if (pinned or m.tier != tier)
+                         and m not in models and _Need.unfit(self._only(kind), m) is None})
+        hint = (f" (a {' or '.join(others)} model does: ask for it by name in 'model')"
+                if others else "")
+        offered = f"{models[0].id} does not offer" if pinned else f"no {tier} model offers"
+        return InvalidRequest(f"This request needs {what}, which {offered}{hint}.",
+                              param=param, code="no_eligible_model")
+
+    def _only(self, kind: str) -> _Need:
+        """This need reduced to one capability, to ask which tiers have it."""
+        return _Need(kind == "tools", kind == "vision", kind == "json_schema", 0, 0,
+                     self.output_param)
+
+
+def _refuse(message: str, most: int, anywhere: int, param: str) -> InvalidRequest:
+    if anywhere > most:
+        message += f" (another model takes up to {anywhere}: ask for it in 'model')"
+    return InvalidRequest(message + ".", param=param, code="no_eligible_model")

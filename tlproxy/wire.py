@@ -7,10 +7,18 @@ objects, which are what goes upstream, so every field the proxy does not
 interpret (``logit_bias``, ``prediction``, a vendor's extension) passes
 through untouched. Unknown fields are never an error: OpenAI adds fields
 faster than any proxy could list them.
+
+This is also the one place a body is checked for what later code could not
+take: bytes that are not UTF-8 inside a string, and nesting deeper than
+`MAX_DEPTH` (every later reader, the adapters' schema walks and the
+re-encoding for the upstream among them, recurses). Either is a 400 naming
+the problem here, so nothing downstream meets a `UnicodeDecodeError` or a
+`RecursionError`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -20,6 +28,7 @@ from .errors import InvalidRequest, param_from_validation_error
 __all__ = [
     "ChatRequest",
     "EmbeddingRequest",
+    "MAX_DEPTH",
     "Message",
     "decode_chat_request",
     "decode_embedding_request",
@@ -139,6 +148,25 @@ _embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
 _any_decoder = msgspec.json.Decoder()
 
 
+# Arrays and objects inside one another, the body itself counting as 1. Real
+# requests stay far below (a tool's JSON schema nested ten levels deep is about
+# 25); later code recursing over the body stays far below Python's limit.
+MAX_DEPTH = 128
+
+
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse:
+# JSON allows writing them, but they are no text (msgspec refuses them; we say why).
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _not_json(detail: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"We could not parse the JSON body of your request. (HINT: {detail}.)",
+        code="invalid_json")
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[str, Any]]:
     if not body.strip():
         raise InvalidRequest(
@@ -148,12 +176,23 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[
     try:
         raw = _any_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. "
-            f"(HINT: the body is not valid JSON: {exc}.)"
-        ) from None
+        lone = _LONE_SURROGATE.search(body)
+        if lone is not None:
+            raise _not_json(
+                f"the body is not valid JSON: the escape {lone.group().decode()} at offset "
+                f"{lone.start()} is half of a UTF-16 surrogate pair; a string cannot hold "
+                "it alone") from None
+        raise _not_json(f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise _not_json(_utf8_problem(body)) from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    # Each container opens with a bracket, so a body with fewer brackets (in
+    # strings or not) than the limit cannot be too deep: most skip the scan.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
+        raise _too_deep()
     try:
         typed = decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -166,6 +205,43 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[
             message = f"Invalid value: {message}."
         raise InvalidRequest(message, param=param, code="invalid_value") from None
     return typed, raw
+
+
+def _utf8_problem(body: bytes) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"the body is not valid UTF-8: byte 0x{body[exc.start]:02x} at offset "
+                f"{exc.start} ({exc.reason}); JSON text must be UTF-8")
+    return "the body is not valid UTF-8; JSON text must be UTF-8"
+
+
+def _too_deep() -> InvalidRequest:
+    return _not_json(f"the body nests arrays and objects more than {MAX_DEPTH} levels deep")
+
+
+# Every byte but the four brackets, for `bytes.translate(None, delete)`.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# The innermost pairs, all removed in one pass (re.sub does not rescan its output).
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def _depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether arrays and objects in the (valid JSON) `body` nest deeper than `limit`.
+
+    In C-speed passes over bytes rather than a walk over the decoded objects:
+    escaped backslashes and quotes go first, so the quotes left delimit the
+    strings and every other piece lies outside them; of those pieces only the
+    brackets are kept; then each pass removes the innermost pairs, one level.
+    """
+    if b"\\\\" in body or b'\\"' in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(body.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _INNERMOST.sub(b"", brackets)
+    return bool(brackets)
 
 
 def decode_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:

@@ -177,3 +177,32 @@ async def test_slow_body_is_408(nursery: trio.Nursery) -> None:
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert b"request_timeout" in body
+
+
+async def test_sdk_gets_bad_request_for_output_no_model_can_produce(
+    aclient: openai.AsyncOpenAI
+) -> None:
+    # A 503 here would be retried by the SDK for nothing: no model ever takes this.
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.chat.completions.create(model="auto", messages=HELLO, max_tokens=200_000)
+    assert caught.value.param == "max_tokens"
+    assert "maximum is 128000" in caught.value.message
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "caf\xe9"}]}'),
+    ("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "caf\xe9"}'),
+    ("/v1/chat/completions", b'{"model": "auto", "messages": [{"role": "user", "content": '
+     b'"hi"}], "metadata": ' + b"[" * 1_200 + b"]" * 1_200 + b"}"),
+    ("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "hi", "x": '
+     + b'{"a":' * 1_200 + b"1" + b"}" * 1_200 + b"}"),
+])
+async def test_undecodable_bodies_are_400_naming_the_problem(
+    raw: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    response = await raw.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    validate("ErrorResponse", response.json())
+    message = response.json()["error"]["message"]
+    assert "not valid UTF-8" in message or "levels deep" in message, message

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import trio
 
 from tests.integration.conftest import fast_config, start_proxy
+from tests.openai_schema import validate
+from tlproxy.keys import KeyStore
 
 
 def keys_cli(db: Path, *args: str) -> str:
@@ -49,3 +52,34 @@ async def test_created_key_works_and_revoked_key_is_refused(
                                   max_retries=0) as stranger:
         with pytest.raises(openai.AuthenticationError):
             await stranger.models.list()
+
+
+async def test_a_stored_key_the_config_no_longer_fits_is_403_and_logged_once(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "keys.db"
+    # Made while the config had a "rag" policy; this server's config has none.
+    token = KeyStore(db).create("rag-svc", policy="rag")
+    running = await start_proxy(nursery, fast_config(keys_db=str(db)))
+    hello = [{"role": "user", "content": "hi"}]
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=token,
+                                  max_retries=2) as client:
+        for _ in range(3):
+            with pytest.raises(openai.PermissionDeniedError) as caught:
+                await client.chat.completions.create(model="auto", messages=hello)
+            error = caught.value.body
+            assert isinstance(error, dict)
+            assert error["code"] == "key_misconfigured"
+            assert "'rag-svc'" in error["message"] and "no policy named 'rag'" in error["message"]
+            assert token not in caught.value.response.text
+            validate("ErrorResponse", caught.value.response.json())
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.embeddings.create(model="text-embedding-3-small", input="hi")
+    logged = [r for r in caplog.records if "cannot be used under this config" in r.getMessage()]
+    assert len(logged) == 1
+    # Three chat requests, none retried by the SDK: a 403 is final.
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        metrics = (await http.get("/metrics")).text
+    [line] = [m for m in metrics.splitlines()
+              if m.startswith("tlproxy_requests_total{") and 'endpoint="chat/completions"' in m]
+    assert 'status="403"' in line and line.endswith(" 3.0")

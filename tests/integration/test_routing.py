@@ -38,6 +38,13 @@ REQUESTS: list[tuple[str, dict[str, Any], str, str]] = [
      "economy", "intent:economy"),
     ("pinned", {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]},
      "economy", "pinned"),
+    # Names differing from an intent or an id only in case or surrounding blanks are that one.
+    ("PREMIUM", {"model": "PREMIUM", "messages": [{"role": "user", "content": "Hi"}]},
+     "premium", "intent:premium"),
+    ("economy blank", {"model": " economy\n", "messages": [{"role": "user", "content": "Hi"}]},
+     "economy", "intent:economy"),
+    ("pinned case", {"model": "Gemini-2.5-Flash ", "messages": [
+        {"role": "user", "content": "Hi"}]}, "economy", "pinned"),
 ]
 
 

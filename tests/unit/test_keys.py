@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tlproxy.config import ConfigError
 from tlproxy.keys import KeyStore, parse_key
 
 
@@ -47,3 +48,10 @@ def test_malformed_tokens_are_refused(tmp_path: Path, token: str) -> None:
     store.create("k")
     store.load_changes()
     assert store.check(token) is None
+
+
+async def test_a_key_store_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    store = KeyStore(tmp_path / "a-file" / "keys.db")
+    with pytest.raises(ConfigError, match=r"keys_db: cannot open the key store '.*keys\.db'"):
+        await store.run()

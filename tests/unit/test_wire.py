@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlproxy.errors import InvalidRequest, ProxyError, param_from_validation_error
-from tlproxy.wire import decode_chat_request, decode_embedding_request
+from tlproxy.wire import _depth_exceeds, decode_chat_request, decode_embedding_request
 
 USER = {"role": "user", "content": "hi"}
 
@@ -117,3 +117,76 @@ def test_arbitrary_bytes_never_escape_as_anything_but_400(body: bytes) -> None:
         decode_chat_request(body)
     except ProxyError as exc:
         assert exc.status == 400
+
+
+def _nested(depth: int, opening: bytes, closing: bytes) -> bytes:
+    return opening * depth + b"1" + closing * depth
+
+
+VALID = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "input": "hi"'
+
+
+@pytest.mark.parametrize(("body", "hint"), [
+    # Bytes that are not UTF-8 inside a string: msgspec's UnicodeDecodeError.
+    (VALID + b', "user": "a\xffb"}', "not valid UTF-8: byte 0xff at offset {at}"),
+    (VALID + b', "user": "\xc3"}', "not valid UTF-8: byte 0xc3 at offset {at}"),
+    (VALID + b', "user": "\xed\xa0\x80"}', "not valid UTF-8: byte 0xed"),
+    (VALID + b', "\xfe": 1}', "not valid UTF-8: byte 0xfe"),
+    # Escaped halves of a surrogate pair: JSON can write them, text cannot hold them.
+    (VALID + b', "user": "a\\ud800b"}', "the escape \\ud800 at offset {at}"),
+    (VALID + b', "user": "\\udfff"}', "the escape \\udfff"),
+    (VALID + b', "user": "\\ud800\\ud800"}', "the escape \\ud800"),
+    # Nesting: msgspec's RecursionError past ~1,000 levels, our limit below it.
+    (VALID + b', "x": ' + _nested(2_000, b"[", b"]") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(50_000, b'{"a": ', b"}") + b"}",
+     "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(128, b"[", b"]") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": ' + _nested(127, b'{"a": [', b"]}") + b"}", "more than 128 levels deep"),
+    (VALID + b', "x": 1e400}', "Number out of range"),
+])
+def test_bodies_later_code_could_not_take_are_refused_at_the_edge(
+    body: bytes, hint: str
+) -> None:
+    for decode in (decode_chat_request, decode_embedding_request):
+        with pytest.raises(InvalidRequest) as caught:
+            decode(body)
+        assert caught.value.status == 400
+        assert caught.value.code == "invalid_json"
+        # {at}: where the value of "user" starts, plus one for the "a".
+        at = len(VALID) + len(b', "user": "') + body.endswith(b'b"}')
+        assert hint.format(at=at) in caught.value.message, caught.value.message
+
+
+@pytest.mark.parametrize("extra", [
+    b', "x": ' + _nested(127, b"[", b"]"),  # the body itself is level 1
+    b', "x": "\\ud83d\\ude00 \\u00e9 \xc3\xa9 \\\\ud800"',  # a pair, and an escaped backslash
+    b', "x": "' + b"[{" * 500 + b'"',  # brackets inside strings are no nesting
+])
+def test_the_limits_leave_valid_bodies_alone(extra: bytes) -> None:
+    _, raw = decode_chat_request(VALID + extra + b"}")
+    assert raw["model"] == "auto"
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\/ab\n\u00e9'), max_size=8)
+NESTED = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NESTED, st.booleans(), st.integers(min_value=1, max_value=8))
+def test_depth_scan_agrees_with_the_decoded_structure(
+    value: object, ascii_only: bool, limit: int
+) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _depth_exceeds(body, limit) == (_depth(value) > limit)
