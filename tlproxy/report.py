@@ -19,8 +19,14 @@ What the columns mean (docs/accounting.md has the long form):
   for shadow traffic;
 * ``wasted_usd``: spend of attempts that were billed but not used (race
   losers, hedges, cancelled speculation): the price of speed;
-* ``shadow_usd``: spend of shadow calls; ``estimated_usd``: spend priced
-  from estimated usage rather than reported usage.
+* ``shadow_usd``: spend of shadow calls; ``classifier_usd``: spend of the
+  task classifier's embedding calls; ``estimated_usd``: spend priced from
+  estimated usage rather than reported usage;
+* ``client_ttft_*``: from a streamed request's arrival at the proxy to the
+  first byte of its answer sent, what clients saw; ``upstream_ttft_*``: the
+  winning attempt's own time to first token, from its start. The difference
+  is the routing decision and the race. JSON answers have no first token and
+  are in neither.
 
 The admin endpoint serves `usage_json`; it does blocking I/O, so call it
 through ``trio.to_thread.run_sync``. A PostgreSQL URL may hold a password:
@@ -101,6 +107,7 @@ _SUMS = """
     COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)
 """
@@ -320,20 +327,31 @@ def _summarize(conn: Any, by: str, group: str, where: str,
     cursor = conn.cursor()
     cursor.execute(f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params)
     sums = cursor.fetchall()
-    ttfts: dict[str, list[float]] = {}
-    cursor.execute(f"SELECT {group}, ttft_ms FROM ledger WHERE {where} AND winner "
-                   "AND ttft_ms IS NOT NULL", params)
-    for name, ttft in cursor.fetchall():
-        ttfts.setdefault(name, []).append(ttft)
-    rows = [_summary_row(by, values, ttfts.get(values[0], [])) for values in sums]
+    # Per group: the winners' own TTFTs and what their clients saw (a ledger
+    # no proxy has migrated to schema version 4 yet has no client column).
+    cursor.execute("SELECT * FROM ledger WHERE 1 = 0")
+    client_column = ("client_ttft_ms" if "client_ttft_ms" in {d[0] for d in cursor.description}
+                     else "NULL")
+    ttfts: dict[str, tuple[list[float], list[float]]] = {}
+    cursor.execute(f"SELECT {group}, ttft_ms, {client_column} FROM ledger WHERE {where} "
+                   f"AND winner AND (ttft_ms IS NOT NULL OR {client_column} IS NOT NULL)",
+                   params)
+    for name, ttft, client_ttft in cursor.fetchall():
+        upstream, client = ttfts.setdefault(name, ([], []))
+        if ttft is not None:
+            upstream.append(ttft)
+        if client_ttft is not None:
+            client.append(client_ttft)
+    rows = [_summary_row(by, values, *ttfts.get(values[0], ([], []))) for values in sums]
     if by == "day":
         return sorted(rows, key=lambda r: r["day"])
     return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[by])))
 
 
-def _summary_row(by: str, values: Sequence[Any], ttfts: list[float]) -> dict[str, Any]:
+def _summary_row(by: str, values: Sequence[Any], upstream: list[float],
+                 client: list[float]) -> dict[str, Any]:
     (name, requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
-     estimated, errors) = values
+     classifier, estimated, errors) = values
     saving = reference - spend
     return {
         by: name,
@@ -348,10 +366,13 @@ def _summary_row(by: str, values: Sequence[Any], ttfts: list[float]) -> dict[str
         "saving_pct": round(100 * saving / reference, 1) if reference > 0 else None,
         "wasted_usd": round(wasted, 6),
         "shadow_usd": round(shadow, 6),
+        "classifier_usd": round(classifier, 6),
         "estimated_usd": round(estimated, 6),
         "errors": int(errors),
-        "ttft_p50_ms": _round(percentile(ttfts, 0.50)),
-        "ttft_p95_ms": _round(percentile(ttfts, 0.95)),
+        "client_ttft_p50_ms": _round(percentile(client, 0.50)),
+        "client_ttft_p95_ms": _round(percentile(client, 0.95)),
+        "upstream_ttft_p50_ms": _round(percentile(upstream, 0.50)),
+        "upstream_ttft_p95_ms": _round(percentile(upstream, 0.95)),
     }
 
 
@@ -416,11 +437,13 @@ def format_value(column: str, value: Any) -> str:
 
 # The table shows what fits a terminal; CSV and JSON carry every column.
 TABLE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "spend_usd", "saving_usd",
-                 "saving_pct", "wasted_usd", "ttft_p50_ms", "ttft_p95_ms")
+                 "saving_pct", "wasted_usd", "classifier_usd", "client_ttft_p50_ms",
+                 "client_ttft_p95_ms", "upstream_ttft_p50_ms", "upstream_ttft_p95_ms")
 _LABELS = {"requests": "reqs", "prompt_tokens": "tok in", "completion_tokens": "tok out",
            "spend_usd": "spend", "saving_usd": "saved", "saving_pct": "saved %",
-           "wasted_usd": "wasted", "shadow_usd": "shadow", "ttft_p50_ms": "p50 ms",
-           "ttft_p95_ms": "p95 ms"}
+           "wasted_usd": "wasted", "shadow_usd": "shadow", "classifier_usd": "classif",
+           "client_ttft_p50_ms": "client p50", "client_ttft_p95_ms": "client p95",
+           "upstream_ttft_p50_ms": "upstr p50", "upstream_ttft_p95_ms": "upstr p95"}
 
 
 def render_table(

@@ -120,7 +120,8 @@ async def test_schema_has_the_sqlite_columns_with_native_types(url: str) -> None
     assert {types[c] for c in ("prompt_tokens", "cached_tokens",
                                "completion_tokens")} == {"integer"}
     nullable = {name for name, _, null, _ in columns if null == "YES"}
-    assert nullable == {"key", "ttft_ms"}
+    assert nullable == {"key", "ttft_ms", "client_ttft_ms"}
+    assert types["client_ttft_ms"] == "double precision"
     pair_columns = [c for (c,) in await fetch(
         url, "SELECT column_name FROM information_schema.columns "
         "WHERE table_name = 'shadow_pairs' ORDER BY ordinal_position")]

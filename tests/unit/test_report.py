@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_ledger import running
-from tlproxy.ledger import Ledger, LedgerRow, SQLiteWriter
+from tlproxy.ledger import MIGRATIONS, Ledger, LedgerRow, SQLiteWriter
 from tlproxy.report import (
     GROUPS,
     POSTGRES,
@@ -48,15 +48,15 @@ def attempt(request_id: str, ts: float, tier: str, model: str, *, key: str | Non
 ROWS = [
     # req_1: premium served it.
     attempt("req_1", DAY1, "premium", "claude-sonnet-4-6", rule="first-turn", cost=0.01,
-            reference=0.01, ttft=300.0),
+            reference=0.01, ttft=300.0, client_ttft_ms=420.0),
     # req_2: economy won; a hedge on another economy model lost but was billed.
     attempt("req_2", DAY1 + 60, "economy", "gpt-5-nano", cost=0.001, reference=0.02,
-            ttft=100.0),
+            ttft=100.0, client_ttft_ms=350.0),
     attempt("req_2", DAY1 + 60, "economy", "gemini-2.5-flash", cost=0.0005, ttft=None,
             winner=False, hedge=True, wasted=True, status="cancelled"),
     # req_3: speculation on premium lost to economy once the decision came.
     attempt("req_3", DAY2, "economy", "gpt-5-nano", key="b", rule="summarize-extract",
-            cost=0.002, reference=0.03, ttft=200.0),
+            cost=0.002, reference=0.03, ttft=200.0, client_ttft_ms=330.0),
     attempt("req_3", DAY2, "premium", "claude-sonnet-4-6", key="b", rule="summarize-extract",
             cost=0.003, ttft=None, winner=False, wasted=True, status="cancelled",
             estimated=True),
@@ -86,16 +86,50 @@ async def test_by_tier(db: Path) -> None:
         "tier": "premium", "requests": 1, "attempts": 2, "prompt_tokens": 2000,
         "cached_tokens": 200, "completion_tokens": 100, "spend_usd": 0.013,
         "reference_usd": 0.01, "saving_usd": -0.003, "saving_pct": -30.0,
-        "wasted_usd": 0.003, "shadow_usd": 0.0, "estimated_usd": 0.003, "errors": 0,
-        "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0,
+        "wasted_usd": 0.003, "shadow_usd": 0.0, "classifier_usd": 0.0,
+        "estimated_usd": 0.003, "errors": 0,
+        "client_ttft_p50_ms": 420.0, "client_ttft_p95_ms": 420.0,
+        "upstream_ttft_p50_ms": 300.0, "upstream_ttft_p95_ms": 300.0,
     }
     assert (economy["requests"], economy["attempts"]) == (2, 4)
     assert economy["spend_usd"] == pytest.approx(0.0039)
     assert economy["saving_usd"] == pytest.approx(0.05 - 0.0039)
     assert (economy["wasted_usd"], economy["shadow_usd"]) == (0.0005, 0.0004)
     # Winners only: the shadow call's 80 ms is not the client's TTFT.
-    assert (economy["ttft_p50_ms"], economy["ttft_p95_ms"]) == (100.0, 200.0)
-    assert (embedding["saving_usd"], embedding["ttft_p50_ms"]) == (0.0, None)
+    assert (economy["upstream_ttft_p50_ms"], economy["upstream_ttft_p95_ms"]) == (100.0, 200.0)
+    # What the clients saw: the decision and the race on top of the winner's own.
+    assert (economy["client_ttft_p50_ms"], economy["client_ttft_p95_ms"]) == (330.0, 350.0)
+    assert (embedding["saving_usd"], embedding["upstream_ttft_p50_ms"]) == (0.0, None)
+    assert embedding["client_ttft_p50_ms"] is None
+
+
+async def test_classifier_calls_and_json_answers(tmp_path: Path) -> None:
+    """The classifier's spend has its own column; a JSON answer has no TTFT to mix in."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(SQLiteWriter(path))
+    async with running(ledger):
+        for row in [
+            attempt("req_1", DAY1, "economy", "gpt-5-nano", cost=0.002, reference=0.03,
+                    ttft=90.0, client_ttft_ms=310.0),
+            attempt("req_1", DAY1, "embedding", "text-embedding-3-small", kind="classifier",
+                    rule="classifier", cost=0.00001, ttft=None, winner=False),
+            # A JSON answer: its duration is no first token, on either side.
+            attempt("req_2", DAY1 + 1, "economy", "gpt-5-nano", cost=0.003, reference=0.04,
+                    ttft=None),
+            attempt("req_2", DAY1 + 1, "embedding", "text-embedding-3-small",
+                    kind="classifier", rule="classifier", cost=0.00002, ttft=None,
+                    winner=False),
+        ]:
+            ledger.record(row)
+    (total,) = summarize(path, by="all")
+    assert (total["requests"], total["attempts"]) == (2, 4)
+    assert total["classifier_usd"] == pytest.approx(0.00003)
+    assert total["spend_usd"] == pytest.approx(0.00503)
+    assert total["saving_usd"] == pytest.approx(0.07 - 0.00503)
+    assert (total["upstream_ttft_p50_ms"], total["upstream_ttft_p95_ms"]) == (90.0, 90.0)
+    assert (total["client_ttft_p50_ms"], total["client_ttft_p95_ms"]) == (310.0, 310.0)
+    by_rule = {r["rule"]: r for r in summarize(path, by="rule")}
+    assert (by_rule["classifier"]["requests"], by_rule["classifier"]["attempts"]) == (0, 2)
 
 
 async def test_total_and_usage_json(db: Path) -> None:
@@ -271,3 +305,27 @@ def test_a_file_without_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert report_main(["--db", str(path)]) == 1
     assert "cannot read the ledger" in capsys.readouterr().err
 
+
+
+def test_a_ledger_before_the_client_ttft_column_still_reports(tmp_path: Path) -> None:
+    """A ledger no proxy has migrated yet (schema version 3): no client TTFT, no failure."""
+    path = tmp_path / "old.db"
+    types = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER",
+             "primary": "primary_model TEXT", "shadow": "shadow_model TEXT"}
+    conn = sqlite3.connect(path)
+    try:
+        for steps in MIGRATIONS[:3]:
+            for step in steps:
+                conn.execute(step.format(**types))
+        conn.execute(
+            "INSERT INTO ledger (request_id, ts, kind, tier, model, provider, rule, "
+            "prompt_tokens, cached_tokens, completion_tokens, cost_usd, estimated, ttft_ms, "
+            "duration_ms, status, winner, hedge, wasted, reference_cost_usd) VALUES "
+            "('req_1', ?, 'chat', 'economy', 'gpt-5-nano', 'sim', 'default', 10, 0, 5, 0.001, "
+            "0, 120.0, 900.0, 'ok', 1, 0, 0, 0.002)", (DAY1,))
+        conn.commit()
+    finally:
+        conn.close()
+    (total,) = summarize(path, by="all")
+    assert (total["requests"], total["upstream_ttft_p50_ms"]) == (1, 120.0)
+    assert total["client_ttft_p50_ms"] is None
