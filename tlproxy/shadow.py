@@ -325,7 +325,7 @@ TABLE_COLUMNS = ("rule", "pairs", "shadow_errors", "primary_cost_usd", "shadow_c
                  "primary_client_ttft_p50_ms", "shadow_ttft_p50_ms", "exact_match_pct",
                  "json_agreement_pct")
 _LABELS = {"shadow_errors": "errors", "primary_cost_usd": "prim $", "shadow_cost_usd": "shad $",
-           "primary_client_ttft_p50_ms": "prim ttft (client)", "shadow_ttft_p50_ms": "shad ttft",
+           "primary_client_ttft_p50_ms": "prim ttft\n(client)", "shadow_ttft_p50_ms": "shad ttft",
            "exact_match_pct": "exact %", "json_agreement_pct": "json %"}
 
 

@@ -183,6 +183,12 @@ async def test_report_main_formats(db: Path, capsys: pytest.CaptureFixture[str])
     assert report_main(["--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Spend by tier" in out and "total" in out and "$0.0130" in out
+    # Both TTFTs, named, fit an 80-column terminal: the last column (upstream p95) is whole.
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[1].split()[-4:] == ["client", "client", "upstr", "upstr"]
+    assert lines[4].split()[0] == "premium"
+    assert lines[4].split()[-4:] == ["420", "420", "300", "300"]
 
 
 def test_report_main_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
