@@ -102,13 +102,15 @@ async def test_client_disconnect_while_waiting_for_json_cancels_upstream(
         await sim.stats.cancelled_event.wait()
 
 
+@pytest.mark.parametrize("http2", [False, True])
 async def test_a_client_leaving_mid_stream_is_logged_and_recorded_as_cancelled(
-    recorded_proxy: Running, db: Path, caplog: pytest.LogCaptureFixture
+    recorded_proxy: Running, db: Path, caplog: pytest.LogCaptureFixture, http2: bool
 ) -> None:
     body = {"model": "economy", "stream": True,
             "messages": [{"role": "user", "content": "long"}]}
     with caplog.at_level(logging.INFO, logger="tlproxy.access"):
-        async with httpx.AsyncClient(base_url=recorded_proxy.url) as http:
+        async with httpx.AsyncClient(base_url=recorded_proxy.url, http1=not http2,
+                                     http2=http2) as http:
             with trio.CancelScope() as leave:
                 async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                     request_id = response.headers["x-request-id"]
