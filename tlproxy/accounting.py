@@ -4,23 +4,40 @@ Every attempt the race started, winner or not, becomes one `LedgerRow`,
 priced from the upstream's usage or, when the upstream never sent usage (a
 loser cancelled mid-way, a stream cut short), estimated from what was sent
 and received and marked estimated: a request the upstream bills is never
-missing from the ledger. Rows are queued with `Ledger.record`, which never
-blocks; the writing happens in the ledger's own task.
+missing from the ledger. An attempt the upstream refused before accepting it
+(an HTTP error status, a connection that never opened) is not billed by
+providers, so its row costs nothing. The embedding calls the semantic task
+classifier makes to route a request are rows too (``kind = 'classifier'``),
+attributed to that request. Rows are queued with `Ledger.record`, which
+never blocks; the writing happens in the ledger's own task.
+
+The winner's row waits for the request's end (`Accounting.finish`): only
+then is it known what the client saw (its time to first byte) and whether
+the client stayed for the whole answer (``cancelled`` when it did not).
 
 Shadow traffic is decided when the request starts (so the primary answer's
 text is only collected for sampled requests) and sent after the client has
-its answer, in the shadow's own bounded background nursery.
+its answer, in the shadow's own bounded background nursery. Both sides'
+latencies are on trio's clock: the primary's from the request's arrival at
+the proxy (what the client saw), the shadow's from the moment its copy was
+sent.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+import trio
+
 from .config import Config, ModelConfig
+from .errors import UpstreamError
 from .ledger import Ledger, LedgerRow
+from .metrics import Metrics
 from .pricing import Usage, estimate_usage, price_attempt, reference_model, usage_from_openai
 from .race import AttemptRecord
 from .shadow import Shadow, ShadowResult, shadow_config_for, should_sample
@@ -28,44 +45,73 @@ from .shadow import Shadow, ShadowResult, shadow_config_for, should_sample
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Accounting", "ShadowPlan"]
+__all__ = ["Accounting", "ShadowAnswer", "ShadowPlan", "refused_upstream"]
 
 _STATUS = {"won": "ok", "lost": "cancelled", "outside-tier": "cancelled", "failed": "error",
            "deadline": "error", "cancelled": "cancelled"}
+_NOTHING = Usage(prompt_tokens=0)
+
+
+def refused_upstream(error: BaseException | None, chunks: int = 0) -> bool:
+    """Whether a failed call never got past the upstream's door, so nothing is billed.
+
+    That is an HTTP error status (429, 5xx, 4xx: `UpstreamError.upstream_status`)
+    or a connection that never opened (`UpstreamError.unsent`), before any
+    chunk came back. A call cut after the upstream accepted it (a timeout, a
+    stream that broke, a cancelled race loser) may have been generating: it
+    keeps its estimated cost.
+    """
+    return (chunks == 0 and isinstance(error, UpstreamError)
+            and (error.upstream_status is not None or error.unsent))
 
 
 class ShadowPlan:
     """A sampled request: where its copy goes, and the primary text collected so far."""
 
-    __slots__ = ("parts", "started", "target", "ttft")
+    __slots__ = ("parts", "target")
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.parts: list[str] = []
-        self.started = time.monotonic()
-        self.ttft: float | None = None
+
+
+class ShadowAnswer(msgspec.Struct, frozen=True):
+    """What a shadow call brought back; times in seconds from the moment it was sent."""
+
+    model: ModelConfig
+    text: str
+    usage: dict[str, Any] | None
+    ttft: float | None  # None for a JSON answer: it has no first token
+    duration: float
 
 
 class Accounting:
     def __init__(self, config: Config, ledger: Ledger | None, shadow: Shadow | None,
-                 *, seed: int | None = None) -> None:
+                 *, seed: int | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.shadow = shadow
+        self.metrics = metrics
         self.premium = reference_model(config)
         self._rng = random.Random(seed)
 
     # -- the ledger --------------------------------------------------------
 
     def attempt(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                tier: str, rule: str) -> None:
-        """Price one finished attempt and queue its row; adds its cost to the request."""
+                tier: str, rule: str, *, stream: bool = True) -> None:
+        """Price one finished attempt and queue its row; adds its cost to the request.
+
+        The winner's row is held until `finish`. A JSON attempt (`stream` false)
+        has no time to first token: its row's ``ttft_ms`` is None.
+        """
         model = self.config.model(record.candidate.key)
         if model is None:
             return
         winner = record.outcome == "won"
         usage = usage_from_openai(record.usage)
-        if usage is None:
+        if usage is None and refused_upstream(record.error, record.chunks):
+            usage = _NOTHING
+        elif usage is None:
             # One chunk carries about one token; a cancelled loser is billed
             # for its prompt at least.
             usage = estimate_usage(body, output_chars=4 * max(record.chunks - 1, 0))
@@ -73,14 +119,11 @@ class Accounting:
         status = _STATUS.get(record.outcome, "error")
         if winner and record.error is not None:
             status = "cut"
-        request.cost_usd = (request.cost_usd or 0.0) + cost
-        if self.ledger is None:
-            return
         ended = record.ended_at if record.ended_at is not None else record.started_at
         ttft = (record.first_token_at - record.started_at) * 1000 if (
-            record.first_token_at is not None) else None
-        self.ledger.record(LedgerRow(
-            request_id=request.id, ts=time.time() - (ended - record.started_at),
+            stream and record.first_token_at is not None) else None
+        row = LedgerRow(
+            request_id=request.id, ts=time.time() - (trio.current_time() - record.started_at),
             key=request.key.name if request.key else None, kind="chat",
             tier=record.candidate.tier, model=model.id, provider=model.provider,
             rule=rule if record.candidate.tier == tier else f"speculative:{rule}",
@@ -91,22 +134,82 @@ class Accounting:
             duration_ms=(ended - record.started_at) * 1000, status=status,  # type: ignore[arg-type]
             winner=winner, hedge=record.hedge, wasted=not winner and cost > 0,
             reference_cost_usd=reference, first_token_kind=record.first_token_kind,
-        ))
+        )
+        self._priced(request, row)
+        if winner:
+            request.held_row = row
+        elif self.ledger is not None:
+            self.ledger.record(row)
+
+    def finish(self, request: Request) -> None:
+        """The request is over: queue its winner's row with what the client saw.
+
+        ``client_ttft_ms`` is the request's arrival to the first byte of the
+        streamed answer sent (None for a JSON answer); a winner whose client
+        left before the whole answer was sent is ``cancelled``.
+        """
+        row, request.held_row = request.held_row, None
+        if row is None or self.ledger is None:
+            return
+        if request.client_gone and row.status == "ok":
+            row.status = "cancelled"
+        if request.ttft is not None:
+            row.client_ttft_ms = request.ttft * 1000
+        self.ledger.record(row)
 
     def embedding(self, request: Request, body: dict[str, Any], model: ModelConfig,
                   answer: dict[str, Any], started: float) -> None:
+        """A client's embedding request, answered; `started` on trio's clock."""
         usage = usage_from_openai(answer.get("usage")) or estimate_usage(
             body, output_chars=0, kind="embedding")
         cost, reference = price_attempt(model, usage, self.premium, winner=True)
-        request.cost_usd = (request.cost_usd or 0.0) + cost
-        if self.ledger is None:
-            return
-        self.ledger.record(LedgerRow(
-            request_id=request.id, ts=time.time(), key=request.key.name if request.key else None,
+        duration = trio.current_time() - started
+        self._priced(request, LedgerRow(
+            request_id=request.id, ts=time.time() - duration,
+            key=request.key.name if request.key else None,
             kind="embedding", tier="embedding", model=model.id, provider=model.provider,
             rule="embedding", prompt_tokens=usage.prompt_tokens, cost_usd=cost,
-            estimated=usage.estimated, duration_ms=(time.monotonic() - started) * 1000,
-            reference_cost_usd=reference))
+            estimated=usage.estimated, duration_ms=duration * 1000,
+            reference_cost_usd=reference), record=True)
+
+    def classifier_call(self, request: Request | None, body: dict[str, Any],
+                        model: ModelConfig, started: float, *,
+                        answer: dict[str, Any] | None = None,
+                        error: BaseException | None = None) -> None:
+        """One embedding call of the task classifier, for `request` (None: no request,
+        a warm-up): answered (`answer`), failed (`error`) or cancelled (neither).
+
+        The row is the request's (its id and key), ``kind = 'classifier'``,
+        never a winner or a saving; its cost counts towards the request's.
+        """
+        usage = usage_from_openai(answer.get("usage")) if answer is not None else None
+        if usage is None:
+            usage = _NOTHING if refused_upstream(error) else estimate_usage(
+                body, output_chars=0, kind="embedding")
+        status = "ok" if answer is not None else "error" if error is not None else "cancelled"
+        cost, _ = price_attempt(model, usage, self.premium, winner=False)
+        duration = trio.current_time() - started
+        self._priced(request, LedgerRow(
+            request_id=request.id if request is not None else "cls_" + uuid.uuid4().hex,
+            ts=time.time() - duration,
+            key=request.key.name if request is not None and request.key else None,
+            kind="classifier", tier=model.tier, model=model.id, provider=model.provider,
+            rule="classifier", prompt_tokens=usage.prompt_tokens, cost_usd=cost,
+            estimated=usage.estimated, duration_ms=duration * 1000,
+            status=status, winner=False), record=True)  # type: ignore[arg-type]
+
+    def _priced(self, request: Request | None, row: LedgerRow, *,
+                record: bool = False) -> None:
+        """Count a priced row: on the request, in the metrics, and (`record`) in the ledger."""
+        if request is not None:
+            request.cost_usd = (request.cost_usd or 0.0) + row.cost_usd
+        if self.metrics is not None:
+            self.metrics.spend(
+                row.tier, row.model, row.kind, "wasted" if row.wasted else "used",
+                row.cost_usd, (row.prompt_tokens, row.cached_tokens, row.cache_write_tokens,
+                               row.completion_tokens))
+        if record and self.ledger is not None:
+            self.ledger.record(row)
 
     # -- shadow traffic ----------------------------------------------------
 
@@ -124,38 +227,39 @@ class Accounting:
         request: Request,
         rule: str,
         primary_model: ModelConfig,
-        call: Callable[[str], Awaitable[tuple[ModelConfig, dict[str, Any], float]]],
+        call: Callable[[str], Awaitable[ShadowAnswer]],
         body: dict[str, Any],
     ) -> None:
-        """Send the copy in the background; returns at once."""
+        """Send the copy in the background; returns at once.
+
+        Call it once the client has the whole answer: the primary's duration
+        is from the request's arrival to now, its TTFT the client's.
+        """
         if self.shadow is None:
             return
-        duration = (time.monotonic() - plan.started) * 1000
-        text = "".join(plan.parts)
         primary = ShadowResult(
-            model=primary_model.id, text=text,
-            ttft_ms=plan.ttft * 1000 if plan.ttft is not None else None,
-            duration_ms=duration, cost_usd=request.cost_usd or 0.0)
+            model=primary_model.id, text="".join(plan.parts),
+            ttft_ms=request.ttft * 1000 if request.ttft is not None else None,
+            duration_ms=(trio.current_time() - request.arrived) * 1000,
+            cost_usd=request.cost_usd or 0.0)
 
         async def run() -> ShadowResult:
-            started = time.monotonic()
-            model, answer, ttft = await call(plan.target)
-            usage = usage_from_openai(answer.get("usage")) or Usage(prompt_tokens=0)
+            answer = await call(plan.target)
+            model = answer.model
+            usage = usage_from_openai(answer.usage) or _NOTHING
             cost, _ = price_attempt(model, usage, self.premium, winner=False)
-            message = ((answer.get("choices") or [{}])[0].get("message") or {})
-            if self.ledger is not None:
-                self.ledger.record(LedgerRow(
-                    request_id=request.id, ts=time.time(),
-                    key=request.key.name if request.key else None, kind="shadow",
-                    tier=model.tier, model=model.id, provider=model.provider, rule=rule,
-                    prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    completion_tokens=usage.completion_tokens, cost_usd=cost,
-                    ttft_ms=ttft * 1000, duration_ms=(time.monotonic() - started) * 1000,
-                    winner=False))
-            return ShadowResult(model=model.id, text=message.get("content") or "",
-                                ttft_ms=ttft * 1000,
-                                duration_ms=(time.monotonic() - started) * 1000, cost_usd=cost)
+            ttft_ms = answer.ttft * 1000 if answer.ttft is not None else None
+            self._priced(None, LedgerRow(
+                request_id=request.id, ts=time.time() - answer.duration,
+                key=request.key.name if request.key else None, kind="shadow",
+                tier=model.tier, model=model.id, provider=model.provider, rule=rule,
+                prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                completion_tokens=usage.completion_tokens, cost_usd=cost,
+                ttft_ms=ttft_ms, duration_ms=answer.duration * 1000, winner=False),
+                record=True)
+            return ShadowResult(model=model.id, text=answer.text, ttft_ms=ttft_ms,
+                                duration_ms=answer.duration * 1000, cost_usd=cost)
 
         key = request.key
         config = shadow_config_for(self.config, key)

@@ -38,7 +38,7 @@ from .errors import (
     error_body,
 )
 from .keys import KeyStore
-from .ledger import Ledger
+from .ledger import Ledger, LedgerRow
 from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
 from .limits_file import SharedFileLimiter
 from .metrics import AccessLog, Metrics
@@ -68,9 +68,9 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "arrived", "body_json", "cost_usd", "error", "extra_headers", "headers", "id", "key",
-        "method", "path", "receive", "route", "scope", "send", "settle", "started", "status",
-        "ttft", "usage_tokens",
+        "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers", "headers",
+        "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send", "settle",
+        "started", "status", "ttft", "usage_tokens",
     )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -84,18 +84,24 @@ class Request:
         self.started = False
         # The client key that authenticated this request, when keys are configured.
         self.key: ClientKey | None = None
-        # Filled in as the request goes, for metrics and the access log.
-        self.arrived = time.monotonic()
+        # Filled in as the request goes, for metrics and the access log. Times
+        # are on trio's clock, the race's: `ttft` is from `arrived` to the
+        # first byte of a streamed answer sent (None for a JSON answer).
+        self.arrived = trio.current_time()
         self.status = 0
         self.route: Route | None = None
         self.ttft: float | None = None
         self.error: str | None = None
+        # The client left before it had the whole answer.
+        self.client_gone = False
         # Headers every response to this request carries (a key's x-ratelimit-*).
         self.extra_headers: list[tuple[bytes, bytes]] = []
         self.body_json: dict[str, Any] | None = None
         self.settle: tuple[KeyLimits, int] | None = None
         self.usage_tokens: int | None = None
         self.cost_usd: float | None = None
+        # The winner's ledger row, queued when the request ends (`Accounting.finish`).
+        self.held_row: LedgerRow | None = None
 
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}
@@ -184,7 +190,8 @@ class App:
             bound = config.shadow.max_concurrency if config.shadow else 8
             self.shadow = Shadow(max_concurrency=bound,
                                  record=self.ledger.record_shadow if self.ledger else _ignore)
-        self.engine.accounting = Accounting(config, self.ledger, self.shadow)
+        self.engine.accounting = Accounting(config, self.ledger, self.shadow,
+                                            metrics=self.metrics)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -267,6 +274,7 @@ class App:
             await self._dispatch(request)
         except _ClientGone:
             request.error = "client_gone"
+            request.client_gone = True
         except ProxyError as exc:
             request.error = exc.code or exc.type
             if not request.started:
@@ -280,6 +288,8 @@ class App:
                     f"The server had an error while processing your request. "
                     f"Request id: {request.id}", type="server_error"))
         finally:
+            # The winner's ledger row, now that what the client saw is known.
+            self.engine.accounting.finish(request)
             self._settle(request)
             self._observe(request)
 
@@ -289,7 +299,7 @@ class App:
         route = request.route
         endpoint = request.path.removeprefix("/v1/")
         tier = route.tier if route else ""
-        duration = time.monotonic() - request.arrived
+        duration = trio.current_time() - request.arrived
         self.metrics.requests.labels(
             endpoint, tier, route.model.id if route else "",
             route.model.provider if route else "", route.rule if route else "",
@@ -310,6 +320,7 @@ class App:
             "rule": route.rule if route else None,
             "ttft_ms": round(request.ttft * 1000, 1) if request.ttft is not None else None,
             "duration_ms": round(duration * 1000, 1),
+            "outcome": _outcome(request),
             "error": request.error,
         })
 
@@ -515,6 +526,15 @@ class App:
         now = trio.current_time()
         return assess(self.config.models, reachable,
                       lambda model: self.engine.stats[model].available(now))
+
+
+def _outcome(request: Request) -> str:
+    """How the request ended, in the ledger's words: ok, error, cut or cancelled."""
+    if request.client_gone:
+        return "cancelled"  # whatever status was already sent
+    if request.error is None:
+        return "ok"
+    return "cut" if request.error == "upstream_failed_mid_stream" else "error"
 
 
 def _ignore(_pair: object) -> None:

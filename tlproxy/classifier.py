@@ -11,6 +11,11 @@ latency overlaps the upstream's instead of adding to it. Results are cached
 by prompt text (a small LRU), and a classification that fails or times out
 counts as "unknown", which no rule matches: the request is never failed by
 its classifier.
+
+Its embedding calls are billed like any other: `classify` takes the embed
+function to use for one request, so the engine can account each call to the
+request that caused it (the examples' vectors, embedded once, to the request
+that needed them first).
 """
 
 from __future__ import annotations
@@ -59,18 +64,23 @@ class TaskClassifier:
         self.misses = 0
         self.failures = 0
 
-    async def _example_vectors(self) -> list[tuple[str, list[float]]]:
+    async def _example_vectors(self, embed: Embed) -> list[tuple[str, list[float]]]:
         async with self._lock:
             if self._examples is None:
                 labels = [(label, text) for label, texts in self.config.examples.items()
                           for text in texts]
-                vectors = await self._embed([text for _, text in labels])
+                vectors = await embed([text for _, text in labels])
                 self._examples = [(label, v) for (label, _), v in zip(labels, vectors,
                                                                        strict=True)]
             return self._examples
 
-    async def classify(self, prompt: str) -> str | None:
-        """The task label, or None when unknown (no prompt, low similarity, failure)."""
+    async def classify(self, prompt: str, *, embed: Embed | None = None) -> str | None:
+        """The task label, or None when unknown (no prompt, low similarity, failure).
+
+        `embed` makes this classification's embedding calls (default: the one
+        the classifier was built with); a cached label makes none.
+        """
+        embed = embed or self._embed
         prompt = prompt.strip()[:2000]
         if not prompt:
             return None
@@ -82,8 +92,8 @@ class TaskClassifier:
         label: str | None = None
         with trio.move_on_after(self.config.timeout) as scope:
             try:
-                examples = await self._example_vectors()
-                (vector,) = await self._embed([prompt])
+                examples = await self._example_vectors(embed)
+                (vector,) = await embed([prompt])
                 best, score = max(((lab, cosine(vector, v)) for lab, v in examples),
                                   key=lambda item: item[1])
                 label = best if score >= self.config.min_similarity else None

@@ -17,16 +17,16 @@ an OpenAI error event and no ``[DONE]``: a cut stream never looks complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
-from .accounting import Accounting, ShadowPlan
+from .accounting import Accounting, ShadowAnswer, ShadowPlan
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
@@ -120,9 +120,8 @@ class Engine:
         if shadow is not None:
             message = ((answer.get("choices") or [{}])[0].get("message") or {})
             shadow.parts.append(message.get("content") or "")
-            shadow.ttft = time.monotonic() - shadow.started
             self.accounting.submit_shadow(shadow, request, route.rule, route.model,
-                                          self._shadow_call(body), body)
+                                          self._shadow_call(body, stream=False), body)
 
     @contextlib.contextmanager
     def _stream_slot(self, request: Request) -> Iterator[None]:
@@ -171,7 +170,7 @@ class Engine:
                 first = [self._frame(request, c, include_usage, shadow)
                          for c in winner.first_chunks]
                 await _send(request, b"".join(f for f in first if f))
-                request.ttft = time.monotonic() - request.arrived
+                request.ttft = trio.current_time() - request.arrived
                 last = b""
                 async for chunk in winner.chunks:
                     # Whatever else has already arrived goes out in the same
@@ -196,9 +195,13 @@ class Engine:
                 await _send(request, last + DONE, more=False)
             finally:
                 self.metrics.open_streams.dec()
+        if complete:
+            # A client that hangs up as soon as it has [DONE] had the whole answer.
+            request.client_gone = False
         if complete and shadow is not None and request.route is not None:
             self.accounting.submit_shadow(shadow, request, request.route.rule,
-                                          request.route.model, self._shadow_call(body), body)
+                                          request.route.model,
+                                          self._shadow_call(body, stream=True), body)
 
     @contextlib.asynccontextmanager
     async def _race(
@@ -216,7 +219,7 @@ class Engine:
                 if self.admit is not None:
                     nursery.start_soon(self.admit, request, plan)
                 if plan.policy is not None and self.classifier is not None:
-                    nursery.start_soon(self._classify, body, semantic)
+                    nursery.start_soon(self._classify, request, body, semantic)
             final["tier"], final["rule"] = self.router.finish(plan, semantic[0])
             return final["tier"]
 
@@ -292,7 +295,8 @@ class Engine:
 
     def _on_record(self, record: AttemptRecord, request: Request, body: dict[str, Any],
                    final: dict[str, str], stream: bool) -> None:
-        self.accounting.attempt(record, request, body, final["tier"], final["rule"])
+        self.accounting.attempt(record, request, body, final["tier"], final["rule"],
+                                stream=stream)
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.race.labels(record.outcome, start).inc()
@@ -318,25 +322,53 @@ class Engine:
             stats.record_success()
 
     def _shadow_call(
-        self, body: dict[str, Any]
-    ) -> Callable[[str], Awaitable[tuple[ModelConfig, dict[str, Any], float]]]:
-        async def call(target: str) -> tuple[ModelConfig, dict[str, Any], float]:
+        self, body: dict[str, Any], *, stream: bool
+    ) -> Callable[[str], Awaitable[ShadowAnswer]]:
+        """The shadow copy of `body`, sent as the client sent it (streamed or not), so
+        both sides' latencies mean the same thing; timed from the moment it is sent."""
+
+        async def call(target: str) -> ShadowAnswer:
             model = self.config.model(target) or next(
                 m for m in self.config.models if m.tier == target)
-            started = time.monotonic()
-            answer = await self.providers[model.provider].chat(body, model=model.upstream_id)
-            return model, answer, time.monotonic() - started
+            provider = self.providers[model.provider]
+            started = trio.current_time()
+            if not stream:
+                answer = await provider.chat(body, model=model.upstream_id)
+                message = ((answer.get("choices") or [{}])[0].get("message") or {})
+                return ShadowAnswer(model, message.get("content") or "", answer.get("usage"),
+                                    None, trio.current_time() - started)
+            parts: list[str] = []
+            usage: dict[str, Any] | None = None
+            first: float | None = None
+            async with provider.stream_chat(body, model=model.upstream_id) as chunks:
+                async for chunk in chunks:
+                    usage = chunk.get("usage") or usage
+                    if first is None and token_kind(chunk) is not None:
+                        first = trio.current_time() - started
+                    parts.extend(_first_choice_text(chunk))
+            return ShadowAnswer(model, "".join(parts), usage, first,
+                                trio.current_time() - started)
 
         return call
 
-    async def _classify(self, body: dict[str, Any], out: list[str | None]) -> None:
+    async def _classify(self, request: Request, body: dict[str, Any],
+                        out: list[str | None]) -> None:
         assert self.classifier is not None
-        out[0] = await self.classifier.classify(last_user_text(body))
+        out[0] = await self.classifier.classify(
+            last_user_text(body), embed=functools.partial(self._embed_texts, request=request))
 
-    async def _embed_texts(self, texts: list[str]) -> list[list[float]]:
+    async def _embed_texts(self, texts: list[str], *,
+                           request: Request | None = None) -> list[list[float]]:
+        """The classifier's embedding call; each try is a ledger row of `request`'s."""
         plan = self.router.plan_embedding(self.config.classifier.model)
-        _, answer = await self._embed(
-            {"model": plan.requested, "input": texts, "encoding_format": "float"}, plan)
+        body = {"model": plan.requested, "input": texts, "encoding_format": "float"}
+
+        def account(model: ModelConfig, started: float, answer: dict[str, Any] | None,
+                    error: BaseException | None) -> None:
+            self.accounting.classifier_call(request, body, model, started, answer=answer,
+                                            error=error)
+
+        _, answer = await self._embed(body, plan, account=account)
         return [decode_embedding(d["embedding"]) for d in answer["data"]]
 
     def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
@@ -349,13 +381,7 @@ class Engine:
         if usage:
             request.usage_tokens = _total_tokens(usage)
         if shadow is not None:
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) == 0:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        if shadow.ttft is None:
-                            shadow.ttft = time.monotonic() - shadow.started
-                        shadow.parts.append(text)
+            shadow.parts.extend(_first_choice_text(chunk))
         if not _repair_chunk(chunk, include_usage):
             return None
         return encode_data(_encode(chunk))
@@ -366,28 +392,51 @@ class Engine:
         self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]
     ) -> None:
         plan = self.router.plan_embedding(embedding.model)
-        started = time.monotonic()
+        started = trio.current_time()
         route, answer = await self._embed(body, plan)
         request.route = route
         request.usage_tokens = _total_tokens(answer.get("usage"))
         self.accounting.embedding(request, body, route.model, answer, started)
         await request.respond(200, _encode(answer), route.headers())
 
-    async def _embed(self, body: dict[str, Any], plan: Plan) -> tuple[Route, dict[str, Any]]:
+    async def _embed(
+        self, body: dict[str, Any], plan: Plan, *, account: _EmbedAccount | None = None
+    ) -> tuple[Route, dict[str, Any]]:
+        """Try the plan's candidates in turn. `account` hears of every try: its model,
+        start, and answer, error, or neither (cancelled)."""
         last: UpstreamError | None = None
         for model in plan.candidates:
             route = Route(model, plan.tier, plan.rule)
+            started = trio.current_time()
             try:
                 answer = await self.providers[route.model.provider].embed(
                     body, model=route.model.upstream_id)
             except UpstreamError as exc:
+                if account is not None:
+                    account(model, started, None, exc)
                 if not exc.retryable:
                     raise
                 last = exc
                 continue
+            except trio.Cancelled:
+                if account is not None:
+                    account(model, started, None, None)
+                raise
+            if account is not None:
+                account(model, started, answer, None)
             return route, answer
         assert last is not None
         raise last
+
+
+_EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]
+
+
+def _first_choice_text(chunk: Chunk) -> list[str]:
+    """The content of choice 0's delta in a chunk, if any (what shadow mode compares)."""
+    return [text for choice in chunk.get("choices") or ()
+            if choice.get("index", 0) == 0
+            and (text := (choice.get("delta") or {}).get("content"))]
 
 
 class _single:
@@ -509,6 +558,7 @@ async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> N
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            request.client_gone = True  # before the cancellation: the ledger reads it
             scope.cancel()
             return
 

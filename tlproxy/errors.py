@@ -112,7 +112,10 @@ class UpstreamError(ProxyError):
 
     `status` is what the client sees: 429 when the upstream rate-limited us,
     502 for a bad answer or a broken connection, 503 when it is unavailable,
-    504 on a timeout.
+    504 on a timeout. `upstream_status` is the upstream's own HTTP error
+    status, when it answered with one; `unsent` means the request never
+    reached it (no connection could be opened). Either way the upstream did
+    not accept the request, and providers bill nothing for it.
     """
 
     status = 502
@@ -129,6 +132,7 @@ class UpstreamError(ProxyError):
         upstream_status: int | None = None,
         type: str | None = None,
         param: str | None = None,
+        unsent: bool = False,
     ) -> None:
         headers = {"retry-after": retry_after} if retry_after else None
         super().__init__(
@@ -137,6 +141,7 @@ class UpstreamError(ProxyError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+        self.unsent = unsent
 
 
 def error_body(message: str, *, type: str, code: str | None = None) -> bytes:

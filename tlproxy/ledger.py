@@ -80,7 +80,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     request_id: str
     ts: float  # unix time the attempt started
     key: str | None = None  # the client key's *name*; never the key itself
-    kind: Literal["chat", "embedding", "shadow"] = "chat"
+    # "classifier": an embedding call the semantic task classifier made to route
+    # the request (`request_id`), which no client asked for but which is billed.
+    kind: Literal["chat", "embedding", "shadow", "classifier"] = "chat"
     tier: str
     model: str
     provider: str
@@ -90,7 +92,7 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     cost_usd: float = 0.0
     estimated: bool = False  # usage counted from characters, not reported
-    ttft_ms: float | None = None
+    ttft_ms: float | None = None  # this attempt's own; None for a JSON answer
     duration_ms: float = 0.0
     status: Literal["ok", "error", "cancelled", "cut"] = "ok"
     winner: bool = True  # the attempt whose answer the client got
@@ -101,6 +103,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     # What the first token carried (content, refusal, tool_calls, reasoning,
     # audio, finish; "answer" for a non-streamed answer); None without one.
     first_token_kind: str | None = None
+    # On the winner of a streamed answer: from the request's arrival at the proxy
+    # to the first byte of the answer sent to the client (what the client saw).
+    client_ttft_ms: float | None = None
 
 
 class LedgerStatistics(msgspec.Struct, kw_only=True):
@@ -175,6 +180,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         "ALTER TABLE ledger ADD COLUMN first_token_kind TEXT",
+    ),
+    # The client-seen time to first token, beside the winning attempt's own.
+    (
+        "ALTER TABLE ledger ADD COLUMN client_ttft_ms {real}",
     ),
 )
 

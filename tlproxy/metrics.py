@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import (
@@ -21,11 +21,22 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["AccessLog", "JSONFormatter", "Metrics"]
+__all__ = ["TOKEN_KINDS", "AccessLog", "JSONFormatter", "Metrics"]
 
 # TTFT and durations of LLM calls span milliseconds to minutes.
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# The ledger's token columns, in `Metrics.spend`'s order. ``prompt`` includes
+# the cached and cache-write tokens, as the ledger (and OpenAI) count them.
+TOKEN_KINDS = ("prompt", "cached", "cache_write", "completion")
+
+
+class _Spend(NamedTuple):
+    """The counter children of one (tier, model, kind, outcome), resolved once."""
+
+    cost: Any
+    tokens: tuple[Any, ...]  # one per TOKEN_KINDS
 
 
 class Metrics:
@@ -60,6 +71,36 @@ class Metrics:
             "tlproxy_open_streams", "Streams being sent to clients now.", registry=r)
         self.ledger_queue = Gauge(
             "tlproxy_ledger_queue_depth", "Ledger rows waiting to be written.", registry=r)
+        self.cost = Counter(
+            "tlproxy_cost_usd",
+            "Spend in USD of every priced upstream call (one per ledger row), by the call's "
+            "kind (chat, embedding, shadow, classifier) and outcome (used, or wasted: billed "
+            "but not used, as the race's losers).",
+            ["tier", "model", "kind", "outcome"], registry=r)
+        self.tokens = Counter(
+            "tlproxy_tokens",
+            "Tokens of every priced upstream call (one per ledger row), by token kind "
+            "(prompt, cached, cache_write, completion; prompt includes cached and "
+            "cache_write) and outcome (used, wasted).",
+            ["tier", "model", "kind", "outcome"], registry=r)
+        # Label lookups take a lock and validate every value: each combination is
+        # resolved once and kept (tiers and models come from the catalog: a few).
+        self._spend: dict[tuple[str, str, str, str], _Spend] = {}
+
+    def spend(self, tier: str, model: str, kind: str, outcome: str, cost_usd: float,
+              tokens: tuple[int, int, int, int]) -> None:
+        """Count one priced call: its cost and its tokens, in `TOKEN_KINDS` order."""
+        key = (tier, model, kind, outcome)
+        children = self._spend.get(key)
+        if children is None:
+            children = self._spend[key] = _Spend(
+                self.cost.labels(*key),
+                tuple(self.tokens.labels(tier, model, name, outcome) for name in TOKEN_KINDS))
+        if cost_usd > 0:
+            children.cost.inc(cost_usd)
+        for child, count in zip(children.tokens, tokens, strict=True):
+            if count > 0:
+                child.inc(count)
 
     def watch_ledger(self, depth: Callable[[], float]) -> None:
         self.ledger_queue.set_function(depth)

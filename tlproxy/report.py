@@ -19,13 +19,19 @@ What the columns mean (docs/accounting.md has the long form):
   for shadow traffic;
 * ``wasted_usd``: spend of attempts that were billed but not used (race
   losers, hedges, cancelled speculation): the price of speed;
-* ``shadow_usd``: spend of shadow calls; ``estimated_usd``: spend priced
-  from estimated usage rather than reported usage;
+* ``shadow_usd``: spend of shadow calls; ``classifier_usd``: spend of the
+  task classifier's embedding calls; ``estimated_usd``: spend priced from
+  estimated usage rather than reported usage;
+* ``client_ttft_*``: from a streamed request's arrival at the proxy to the
+  first byte of its answer sent, what clients saw; ``upstream_ttft_*``: the
+  winning attempt's own time to first token, from its start. The difference
+  is the routing decision and the race. JSON answers have no first token and
+  are in neither.
 * ``ttft_kinds``: what the first tokens behind the TTFT columns carried
   (``content``, ``reasoning``, ...; several joined by ``+``, most frequent
   first), since a reasoning model's first thought comes long before its
-  first word; ``ttft_by_kind`` has the percentiles of each kind (JSON
-  only), and ``by="first_token"`` groups by the kind.
+  first word; ``ttft_by_kind`` has the upstream percentiles of each kind
+  (JSON only), and ``by="first_token"`` groups by the kind.
 
 The admin endpoint serves `usage_json`; it does blocking I/O, so call it
 through ``trio.to_thread.run_sync``. A PostgreSQL URL may hold a password:
@@ -107,6 +113,7 @@ _SUMS = """
     COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0),
     COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)
 """
@@ -321,8 +328,8 @@ def summarize(
         return _summarize(conn, by, group, where, params)
 
 
-def _kind_column(cursor: Any) -> str:
-    """``first_token_kind``, or ``NULL`` in a ledger written before it was kept.
+def _column(cursor: Any, name: str) -> str:
+    """`name`, or ``NULL`` in a ledger written before that column was kept.
 
     A report only reads: it cannot migrate an older ledger, so it asks which
     columns there are (one empty SELECT, the same SQL on both databases).
@@ -330,31 +337,40 @@ def _kind_column(cursor: Any) -> str:
     cursor.execute("SELECT * FROM ledger WHERE 1 = 0")
     names = {column[0] for column in cursor.description}
     cursor.fetchall()
-    return "first_token_kind" if "first_token_kind" in names else "NULL"
+    return name if name in names else "NULL"
 
 
 def _summarize(conn: Any, by: str, group: str, where: str,
                params: list[float]) -> list[dict[str, Any]]:
     cursor = conn.cursor()
-    kind = _kind_column(cursor)
+    kind = _column(cursor, "first_token_kind")
     group = group.replace("first_token_kind", kind)
     cursor.execute(f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params)
     sums = cursor.fetchall()
-    ttfts: dict[str, list[tuple[float, str]]] = {}
-    cursor.execute(f"SELECT {group}, ttft_ms, COALESCE({kind}, '-') FROM ledger "
-                   f"WHERE {where} AND winner AND ttft_ms IS NOT NULL", params)
-    for name, ttft, first_token in cursor.fetchall():
-        ttfts.setdefault(name, []).append((ttft, first_token))
-    rows = [_summary_row(by, values, ttfts.get(values[0], [])) for values in sums]
+    # Per group: the winners' own TTFTs with their first token's kind, and what
+    # their clients saw (a ledger written before a column was kept lacks it).
+    client_column = _column(cursor, "client_ttft_ms")
+    upstream: dict[str, list[tuple[float, str]]] = {}
+    client: dict[str, list[float]] = {}
+    cursor.execute(f"SELECT {group}, ttft_ms, COALESCE({kind}, '-'), {client_column} "
+                   f"FROM ledger WHERE {where} AND winner "
+                   f"AND (ttft_ms IS NOT NULL OR {client_column} IS NOT NULL)", params)
+    for name, ttft, first_token, client_ttft in cursor.fetchall():
+        if ttft is not None:
+            upstream.setdefault(name, []).append((ttft, first_token))
+        if client_ttft is not None:
+            client.setdefault(name, []).append(client_ttft)
+    rows = [_summary_row(by, values, upstream.get(values[0], []), client.get(values[0], []))
+            for values in sums]
     if by == "day":
         return sorted(rows, key=lambda r: r["day"])
     return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[by])))
 
 
-def _summary_row(by: str, values: Sequence[Any],
-                 ttfts: list[tuple[float, str]]) -> dict[str, Any]:
+def _summary_row(by: str, values: Sequence[Any], ttfts: list[tuple[float, str]],
+                 client: list[float]) -> dict[str, Any]:
     (name, requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
-     estimated, errors) = values
+     classifier, estimated, errors) = values
     saving = reference - spend
     by_kind: dict[str, list[float]] = {}
     for ttft, kind in ttfts:
@@ -375,15 +391,18 @@ def _summary_row(by: str, values: Sequence[Any],
         "saving_pct": round(100 * saving / reference, 1) if reference > 0 else None,
         "wasted_usd": round(wasted, 6),
         "shadow_usd": round(shadow, 6),
+        "classifier_usd": round(classifier, 6),
         "estimated_usd": round(estimated, 6),
         "errors": int(errors),
-        "ttft_p50_ms": _round(percentile(times, 0.50)),
-        "ttft_p95_ms": _round(percentile(times, 0.95)),
+        "client_ttft_p50_ms": _round(percentile(client, 0.50)),
+        "client_ttft_p95_ms": _round(percentile(client, 0.95)),
+        "upstream_ttft_p50_ms": _round(percentile(times, 0.50)),
+        "upstream_ttft_p95_ms": _round(percentile(times, 0.95)),
         "ttft_kinds": "+".join(kinds) or None,
         "ttft_by_kind": {
             kind: {"requests": len(by_kind[kind]),
-                   "ttft_p50_ms": _round(percentile(by_kind[kind], 0.50)),
-                   "ttft_p95_ms": _round(percentile(by_kind[kind], 0.95))}
+                   "upstream_ttft_p50_ms": _round(percentile(by_kind[kind], 0.50)),
+                   "upstream_ttft_p95_ms": _round(percentile(by_kind[kind], 0.95))}
             for kind in kinds},
     }
 
@@ -447,13 +466,21 @@ def format_value(column: str, value: Any) -> str:
     return f"{value:.3f}"
 
 
-# The table shows what fits a terminal; CSV and JSON carry every column.
-TABLE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "spend_usd", "saving_usd",
-                 "saving_pct", "wasted_usd", "ttft_p50_ms", "ttft_p95_ms")
+_TTFT_CAPTION = ("TTFT in ms of streamed answers: client = from the request's arrival to the "
+                 "first byte sent; upstr = the winning attempt's own")
+
+# The table shows what fits an 80-column terminal; CSV and JSON carry every
+# column (tokens included).
+TABLE_COLUMNS = ("requests", "spend_usd", "saving_usd", "saving_pct", "wasted_usd",
+                 "classifier_usd", "client_ttft_p50_ms", "client_ttft_p95_ms",
+                 "upstream_ttft_p50_ms", "upstream_ttft_p95_ms")
 _LABELS = {"requests": "reqs", "prompt_tokens": "tok in", "completion_tokens": "tok out",
            "spend_usd": "spend", "saving_usd": "saved", "saving_pct": "saved %",
-           "wasted_usd": "wasted", "shadow_usd": "shadow", "ttft_p50_ms": "p50 ms",
-           "ttft_p95_ms": "p95 ms", "ttft_kinds": "1st token"}
+           "wasted_usd": "wasted", "shadow_usd": "shadow", "classifier_usd": "classif",
+           # Milliseconds: what clients saw, and the winning attempt's own.
+           "client_ttft_p50_ms": "client\np50", "client_ttft_p95_ms": "client\np95",
+           "upstream_ttft_p50_ms": "upstr\np50", "upstream_ttft_p95_ms": "upstr\np95",
+           "ttft_kinds": "1st\ntoken"}
 
 
 def render_table(
@@ -464,6 +491,7 @@ def render_table(
     columns: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
     width: int | None = None,
+    caption: str | None = None,
 ) -> Table:
     """A rich Table of rows (all with the same keys), with an optional total row.
 
@@ -482,11 +510,14 @@ def render_table(
         body.append(["total", *(format_value(c, total.get(c)) for c in columns[1:])])
     # The box's blank separators are the only space between columns, and
     # numbers are never cut: on a narrow terminal only the names give way.
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=0)
     names = {**_LABELS, **(labels or {})}
     headers = [names.get(c, c.replace("_", " ")) for c in columns]
-    widths = [max(len(header), *(len(cells[i]) for cells in body)) if body else len(header)
-              for i, header in enumerate(headers)]
+    # A header may take two lines ("client\np50"): its widest line counts.
+    header_widths = [max(map(len, header.split("\n"))) for header in headers]
+    widths = [max(header_widths[i], *(len(cells[i]) for cells in body)) if body
+              else header_widths[i] for i in range(len(headers))]
     name_width = None
     if width is not None:
         name_width = max(8, width - sum(widths[1:]) - len(columns))
@@ -522,7 +553,7 @@ def to_json(value: Any) -> str:
 def print_report(
     rows: list[dict[str, Any]], fmt: str, *, title: str, total: dict[str, Any] | None = None,
     document: Any = None, columns: Sequence[str] | None = None,
-    labels: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None, caption: str | None = None,
 ) -> int:
     """Write rows to stdout as a table, CSV or JSON (`document` instead of rows when given)."""
     if fmt == "json":
@@ -538,7 +569,7 @@ def print_report(
             return 1
         console = Console()
         console.print(render_table(rows, title=title, total=total, columns=columns,
-                                   labels=labels, width=console.width))
+                                   labels=labels, width=console.width, caption=caption))
     return 0
 
 
@@ -597,4 +628,5 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         return 1
     return print_report(document["groups"], args.format, title=f"Spend by {args.by}",
                         total=document["total"], document=document,
-                        columns=(args.by, *TABLE_COLUMNS, *_kinds_column(document)))
+                        columns=(args.by, *TABLE_COLUMNS, *_kinds_column(document)),
+                        caption=_TTFT_CAPTION)

@@ -6,6 +6,12 @@ is it, how much faster? Shadow mode answers by sending a copy of a sampled
 request to the target tier or model after the client's own request, and
 recording both answers, latencies and costs side by side (`ShadowPair`).
 
+Latencies are on trio's clock, each side from the moment its request
+started: the primary's from the client's request arriving at the proxy (its
+TTFT is what the client saw: the first byte of the answer sent), the
+shadow's from its copy being sent, streamed if the client's was. A JSON
+answer has no first token: its TTFT is None and only its duration counts.
+
 The guarantees, since the client must never pay for the experiment:
 
 * `Shadow.submit` is synchronous and returns at once: the shadow call runs
@@ -72,8 +78,8 @@ class ShadowResult(msgspec.Struct, frozen=True):
 
     model: str
     text: str | None = None  # the answer's content (tool calls as their JSON)
-    ttft_ms: float | None = None
-    duration_ms: float = 0.0
+    ttft_ms: float | None = None  # to the first token (streams only; None for JSON)
+    duration_ms: float = 0.0  # to the end of the answer
     cost_usd: float = 0.0
     ok: bool = True
     error: str | None = None
@@ -316,10 +322,10 @@ def agreement(pairs: Iterable[tuple[str | None, str | None]]) -> Agreement:
 _EXAMPLE_CHARS = 300
 # What the table shows (CSV and JSON carry every column), and its headers.
 TABLE_COLUMNS = ("rule", "pairs", "shadow_errors", "primary_cost_usd", "shadow_cost_usd",
-                 "primary_ttft_p50_ms", "shadow_ttft_p50_ms", "exact_match_pct",
+                 "primary_client_ttft_p50_ms", "shadow_ttft_p50_ms", "exact_match_pct",
                  "json_agreement_pct")
 _LABELS = {"shadow_errors": "errors", "primary_cost_usd": "prim $", "shadow_cost_usd": "shad $",
-           "primary_ttft_p50_ms": "prim ttft", "shadow_ttft_p50_ms": "shad ttft",
+           "primary_client_ttft_p50_ms": "prim ttft\n(client)", "shadow_ttft_p50_ms": "shad ttft",
            "exact_match_pct": "exact %", "json_agreement_pct": "json %"}
 
 
@@ -381,7 +387,8 @@ def _rule_report(rule: str, rows: list[tuple[Any, ...]], examples: int) -> dict[
         "shadow_errors": sum(1 for r in rows if not r[13]),
         "primary_cost_usd": round(sum(r[7] for r in rows), 6),
         "shadow_cost_usd": round(sum(r[12] for r in rows), 6),
-        "primary_ttft_p50_ms": p50(5),
+        # What the primary's client saw, from its request's arrival at the proxy.
+        "primary_client_ttft_p50_ms": p50(5),
         "shadow_ttft_p50_ms": p50(10),
         "primary_duration_p50_ms": p50(6),
         "shadow_duration_p50_ms": p50(11),

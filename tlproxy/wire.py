@@ -26,9 +26,9 @@ import msgspec
 from .errors import InvalidRequest, param_from_validation_error
 
 __all__ = [
+    "MAX_DEPTH",
     "ChatRequest",
     "EmbeddingRequest",
-    "MAX_DEPTH",
     "Message",
     "decode_chat_request",
     "decode_embedding_request",

@@ -154,3 +154,38 @@ async def test_failing_shadow_target_changes_nothing_for_the_client(
     await wait_rows(db, 3, kind="chat")
     async with httpx.AsyncClient(base_url=running.url) as http:
         assert msgspec.json.decode((await http.get("/healthz")).content) == {"status": "ok"}
+
+
+async def test_shadow_latencies_are_measured_from_each_side_s_start(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    db = tmp_path / "ledger.db"
+    # The client's side: economy, first token after 20 ms; the shadow's: 300 ms.
+    running = await start_proxy(nursery, _shadow_config(
+        db, SimModelProfile(ttft_ms=300.0, tokens=8)))
+    seen = await _ttft(running)  # streamed, timed by the client
+    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x",
+                                  max_retries=0) as client:
+        await client.chat.completions.create(model="economy", messages=HELLO)
+    columns = ("primary_ttft_ms", "primary_duration_ms", "shadow_ttft_ms",
+               "shadow_duration_ms", "shadow_ok")
+    pairs: list[tuple[float | None, ...]] = []
+    with trio.fail_after(10):
+        while len(pairs) < 2:
+            await trio.sleep(0.1)
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                pairs = conn.execute(f"SELECT {', '.join(columns)} FROM shadow_pairs "
+                                     "ORDER BY primary_ttft_ms IS NULL").fetchall()
+    (ttft, duration, shadow_ttft, shadow_duration, ok), json_pair = pairs
+    # The primary from the request's arrival, as its client saw it (never less
+    # than the upstream's own 20 ms, never more than the client measured).
+    assert ttft is not None and 20 <= ttft <= seen * 1000
+    assert duration is not None and duration >= ttft
+    # The shadow streamed too, from the moment its copy was sent.
+    assert ok and shadow_ttft is not None and shadow_ttft >= 300
+    assert shadow_duration is not None and shadow_duration >= shadow_ttft
+    # JSON answers: no first token on either side, durations from the same starts.
+    ttft, duration, shadow_ttft, shadow_duration, ok = json_pair
+    assert ok and (ttft, shadow_ttft) == (None, None)
+    assert duration is not None and duration >= 20
+    assert shadow_duration is not None and shadow_duration >= 300

@@ -121,7 +121,8 @@ async def test_schema_has_the_sqlite_columns_with_native_types(url: str) -> None
                                "completion_tokens")} == {"integer"}
     assert types["first_token_kind"] == "text"
     nullable = {name for name, _, null, _ in columns if null == "YES"}
-    assert nullable == {"key", "ttft_ms", "first_token_kind"}
+    assert nullable == {"key", "ttft_ms", "first_token_kind", "client_ttft_ms"}
+    assert types["client_ttft_ms"] == "double precision"
     pair_columns = [c for (c,) in await fetch(
         url, "SELECT column_name FROM information_schema.columns "
         "WHERE table_name = 'shadow_pairs' ORDER BY ordinal_position")]
@@ -308,6 +309,7 @@ async def test_the_proxy_writes_its_ledger_to_postgres(nursery: trio.Nursery, ur
             model="auto", messages=HELLO)
         assert raw.parse().choices[0].message.content
         answered[raw.headers["x-request-id"]] = raw.headers
+        json_id = raw.headers["x-request-id"]
         raw = await client.chat.completions.with_raw_response.create(
             model="economy", messages=HELLO, stream=True)
         text = "".join([chunk.choices[0].delta.content or "" async for chunk in raw.parse()
@@ -329,6 +331,11 @@ async def test_the_proxy_writes_its_ledger_to_postgres(nursery: trio.Nursery, ur
         assert winner.kind == "chat" and winner.status == "ok"
         assert winner.cost_usd > 0 and winner.prompt_tokens > 0 and winner.completion_tokens > 0
         assert winner.reference_cost_usd > 0
+        if request_id == json_id:  # no first token in a JSON answer
+            assert (winner.ttft_ms, winner.client_ttft_ms) == (None, None)
+        else:  # what the client saw includes the winner's own TTFT
+            assert winner.ttft_ms is not None and winner.client_ttft_ms is not None
+            assert winner.client_ttft_ms >= winner.ttft_ms
     # The usage endpoint reads the same PostgreSQL ledger.
     async with httpx.AsyncClient(base_url=proxy.url) as http:
         usage = await http.get("/v1/tlproxy/usage?by=model",

@@ -51,7 +51,10 @@ def _rows() -> list[LedgerRow]:
         *ROWS,
         # Half a second before midnight UTC: still 2026-01-01, whatever the time zone.
         attempt("req_5", MIDNIGHT - 0.5, "economy", "gpt-5-nano", key="équipe-ß",
-                rule="règle", cost=0.0002, reference=0.004, ttft=120.0),
+                rule="règle", cost=0.0002, reference=0.004, ttft=120.0, client_ttft_ms=260.5),
+        attempt("req_5", MIDNIGHT - 0.6, "embedding", "text-embedding-3-small",
+                key="équipe-ß", rule="classifier", kind="classifier", cost=0.00001,
+                ttft=None, winner=False),
         attempt("req_6", MIDNIGHT, "premium", "claude-sonnet-4-6", cost=0.02, reference=0.02,
                 ttft=500.0, status="cut"),
         # A group without a winner, a shadow call or an estimate: its sums of
@@ -64,7 +67,8 @@ def _rows() -> list[LedgerRow]:
         winner = i % 3 == 0
         rows.append(LedgerRow(
             request_id=f"rnd_{i // 3}", ts=DAY1 + rng.uniform(-2 * 86400, 3 * 86400),
-            key=rng.choice(["a", "b", None]), kind=rng.choice(["chat", "chat", "shadow"]),
+            key=rng.choice(["a", "b", None]),
+            kind=rng.choice(["chat", "chat", "shadow", "classifier"]),
             tier=rng.choice(["premium", "economy"]), model=rng.choice(["m1", "m2", "m3"]),
             provider="sim", rule=rng.choice(["first-turn", "default"]),
             prompt_tokens=rng.randint(0, 200_000), cached_tokens=rng.randint(0, 1000),
@@ -72,7 +76,8 @@ def _rows() -> list[LedgerRow]:
             estimated=rng.random() < 0.3, ttft_ms=rng.choice([None, rng.uniform(20, 900)]),
             duration_ms=rng.uniform(100, 5000), status=rng.choice(["ok", "ok", "cut"]),
             winner=winner, hedge=rng.random() < 0.1, wasted=not winner and rng.random() < 0.5,
-            reference_cost_usd=rng.random() / 3 if winner else 0.0))
+            reference_cost_usd=rng.random() / 3 if winner else 0.0,
+            client_ttft_ms=rng.choice([None, rng.uniform(100, 1500)]) if winner else None))
     return rows
 
 
@@ -153,7 +158,8 @@ def test_types_and_the_edge_rows(ledgers: Ledgers) -> None:
     """What the comparison above relies on, checked on the PostgreSQL side directly."""
     lonely = {g["tier"]: g for g in summarize(ledgers.postgres, by="tier")}["lonely"]
     assert (lonely["requests"], lonely["attempts"], lonely["spend_usd"]) == (0, 1, 0.0007)
-    for column in ("reference_usd", "shadow_usd", "estimated_usd", "spend_usd"):
+    for column in ("reference_usd", "shadow_usd", "classifier_usd", "estimated_usd",
+                   "spend_usd"):
         assert type(lonely[column]) is float, column
     for column in ("requests", "attempts", "prompt_tokens", "errors"):
         assert type(lonely[column]) is int, column
@@ -161,8 +167,12 @@ def test_types_and_the_edge_rows(ledgers: Ledgers) -> None:
     days = summarize(ledgers.postgres, by="day", since=MIDNIGHT - 1, until=MIDNIGHT + 1)
     assert [(d["day"], d["requests"], d["errors"]) for d in days] == [
         ("2026-01-01", 1, 0), ("2026-01-02", 1, 1)]
-    keys = {g["key"] for g in summarize(ledgers.postgres, by="key")}
-    assert {"équipe-ß", "-"} <= keys
+    keys = {g["key"]: g for g in summarize(ledgers.postgres, by="key")}
+    assert {"équipe-ß", "-"} <= set(keys)
+    # req_5: the client's TTFT beside the winner's own, and its classifier call.
+    team = keys["équipe-ß"]
+    assert (team["client_ttft_p50_ms"], team["upstream_ttft_p50_ms"]) == (260.5, 120.0)
+    assert team["classifier_usd"] == 0.00001
 
 
 def test_days_are_utc_whatever_the_session_time_zone(ledgers: Ledgers) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -49,6 +50,27 @@ async def test_cache_avoids_second_embedding() -> None:
         await classifier.classify("summarize the article")
     assert len(calls) == 2  # the examples once, the prompt once
     assert (classifier.hits, classifier.misses) == (2, 1)
+
+
+async def test_each_call_goes_through_the_embed_of_the_classification_that_made_it() -> None:
+    """So the engine can account each embedding call to the request that caused it."""
+    calls: list[tuple[str, list[str]]] = []
+
+    def embed_for(cause: str) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
+        async def embed(texts: list[str]) -> list[list[float]]:
+            calls.append((cause, texts))
+            return await fake_embed(texts)
+        return embed
+
+    classifier = TaskClassifier(CONFIG, embed_for("default"))
+    assert await classifier.classify("summarize the article", embed=embed_for("req_1")) == (
+        "summarization")
+    assert await classifier.classify("fix the bug", embed=embed_for("req_2")) == "code"
+    assert await classifier.classify("fix the bug", embed=embed_for("req_3")) == "code"
+    examples = [text for texts in CONFIG.examples.values() for text in texts]
+    # The examples once, for the request that needed them first; a cached label, no call.
+    assert calls == [("req_1", examples), ("req_1", ["summarize the article"]),
+                     ("req_2", ["fix the bug"])]
 
 
 async def test_slow_embedding_times_out_as_unknown(autojump_clock: trio.abc.Clock) -> None:

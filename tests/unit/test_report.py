@@ -48,16 +48,17 @@ def attempt(request_id: str, ts: float, tier: str, model: str, *, key: str | Non
 ROWS = [
     # req_1: premium served it.
     attempt("req_1", DAY1, "premium", "claude-sonnet-4-6", rule="first-turn", cost=0.01,
-            reference=0.01, ttft=300.0, first_token_kind="content"),
+            reference=0.01, ttft=300.0, client_ttft_ms=420.0, first_token_kind="content"),
     # req_2: economy won; a hedge on another economy model lost but was billed.
     # A reasoning model's first token is a thought, not a word.
     attempt("req_2", DAY1 + 60, "economy", "gpt-5-nano", cost=0.001, reference=0.02,
-            ttft=100.0, first_token_kind="reasoning"),
+            ttft=100.0, client_ttft_ms=350.0, first_token_kind="reasoning"),
     attempt("req_2", DAY1 + 60, "economy", "gemini-2.5-flash", cost=0.0005, ttft=None,
             winner=False, hedge=True, wasted=True, status="cancelled"),
     # req_3: speculation on premium lost to economy once the decision came.
     attempt("req_3", DAY2, "economy", "gpt-5-nano", key="b", rule="summarize-extract",
-            cost=0.002, reference=0.03, ttft=200.0, first_token_kind="content"),
+            cost=0.002, reference=0.03, ttft=200.0, client_ttft_ms=330.0,
+            first_token_kind="content"),
     attempt("req_3", DAY2, "premium", "claude-sonnet-4-6", key="b", rule="summarize-extract",
             cost=0.003, ttft=None, winner=False, wasted=True, status="cancelled",
             estimated=True),
@@ -87,24 +88,59 @@ async def test_by_tier(db: Path) -> None:
         "tier": "premium", "requests": 1, "attempts": 2, "prompt_tokens": 2000,
         "cached_tokens": 200, "completion_tokens": 100, "spend_usd": 0.013,
         "reference_usd": 0.01, "saving_usd": -0.003, "saving_pct": -30.0,
-        "wasted_usd": 0.003, "shadow_usd": 0.0, "estimated_usd": 0.003, "errors": 0,
-        "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0, "ttft_kinds": "content",
-        "ttft_by_kind": {
-            "content": {"requests": 1, "ttft_p50_ms": 300.0, "ttft_p95_ms": 300.0}},
+        "wasted_usd": 0.003, "shadow_usd": 0.0, "classifier_usd": 0.0,
+        "estimated_usd": 0.003, "errors": 0,
+        "client_ttft_p50_ms": 420.0, "client_ttft_p95_ms": 420.0,
+        "upstream_ttft_p50_ms": 300.0, "upstream_ttft_p95_ms": 300.0, "ttft_kinds": "content",
+        "ttft_by_kind": {"content": {
+            "requests": 1, "upstream_ttft_p50_ms": 300.0, "upstream_ttft_p95_ms": 300.0}},
     }
     assert (economy["requests"], economy["attempts"]) == (2, 4)
     assert economy["spend_usd"] == pytest.approx(0.0039)
     assert economy["saving_usd"] == pytest.approx(0.05 - 0.0039)
     assert (economy["wasted_usd"], economy["shadow_usd"]) == (0.0005, 0.0004)
     # Winners only: the shadow call's 80 ms is not the client's TTFT.
-    assert (economy["ttft_p50_ms"], economy["ttft_p95_ms"]) == (100.0, 200.0)
+    assert (economy["upstream_ttft_p50_ms"], economy["upstream_ttft_p95_ms"]) == (100.0, 200.0)
+    # What the clients saw: the decision and the race on top of the winner's own.
+    assert (economy["client_ttft_p50_ms"], economy["client_ttft_p95_ms"]) == (330.0, 350.0)
     # Which kinds of first token those percentiles mix, and each kind's own.
     assert economy["ttft_kinds"] == "content+reasoning"
     assert economy["ttft_by_kind"] == {
-        "content": {"requests": 1, "ttft_p50_ms": 200.0, "ttft_p95_ms": 200.0},
-        "reasoning": {"requests": 1, "ttft_p50_ms": 100.0, "ttft_p95_ms": 100.0}}
-    assert (embedding["saving_usd"], embedding["ttft_p50_ms"]) == (0.0, None)
+        "content": {"requests": 1, "upstream_ttft_p50_ms": 200.0, "upstream_ttft_p95_ms": 200.0},
+        "reasoning": {"requests": 1, "upstream_ttft_p50_ms": 100.0,
+                      "upstream_ttft_p95_ms": 100.0}}
+    assert (embedding["saving_usd"], embedding["upstream_ttft_p50_ms"]) == (0.0, None)
+    assert embedding["client_ttft_p50_ms"] is None
     assert (embedding["ttft_kinds"], embedding["ttft_by_kind"]) == (None, {})
+
+
+async def test_classifier_calls_and_json_answers(tmp_path: Path) -> None:
+    """The classifier's spend has its own column; a JSON answer has no TTFT to mix in."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(SQLiteWriter(path))
+    async with running(ledger):
+        for row in [
+            attempt("req_1", DAY1, "economy", "gpt-5-nano", cost=0.002, reference=0.03,
+                    ttft=90.0, client_ttft_ms=310.0),
+            attempt("req_1", DAY1, "embedding", "text-embedding-3-small", kind="classifier",
+                    rule="classifier", cost=0.00001, ttft=None, winner=False),
+            # A JSON answer: its duration is no first token, on either side.
+            attempt("req_2", DAY1 + 1, "economy", "gpt-5-nano", cost=0.003, reference=0.04,
+                    ttft=None),
+            attempt("req_2", DAY1 + 1, "embedding", "text-embedding-3-small",
+                    kind="classifier", rule="classifier", cost=0.00002, ttft=None,
+                    winner=False),
+        ]:
+            ledger.record(row)
+    (total,) = summarize(path, by="all")
+    assert (total["requests"], total["attempts"]) == (2, 4)
+    assert total["classifier_usd"] == pytest.approx(0.00003)
+    assert total["spend_usd"] == pytest.approx(0.00503)
+    assert total["saving_usd"] == pytest.approx(0.07 - 0.00503)
+    assert (total["upstream_ttft_p50_ms"], total["upstream_ttft_p95_ms"]) == (90.0, 90.0)
+    assert (total["client_ttft_p50_ms"], total["client_ttft_p95_ms"]) == (310.0, 310.0)
+    by_rule = {r["rule"]: r for r in summarize(path, by="rule")}
+    assert (by_rule["classifier"]["requests"], by_rule["classifier"]["attempts"]) == (0, 2)
 
 
 async def test_total_and_usage_json(db: Path) -> None:
@@ -160,6 +196,14 @@ async def test_report_main_formats(db: Path, capsys: pytest.CaptureFixture[str])
     assert report_main(["--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Spend by tier" in out and "total" in out and "$0.0130" in out
+    # Both TTFTs, named, fit an 80-column terminal: the last column (upstream p95) is
+    # whole. (The second day's first tokens are all content: no kinds column.)
+    assert report_main(["--db", str(db), "--since", "2026-01-02"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[1].split()[-4:] == ["client", "client", "upstr", "upstr"]
+    assert lines[5].split()[0] == "economy"
+    assert lines[5].split()[-4:] == ["330", "330", "200", "200"]
 
 
 async def test_the_table_names_the_first_token_kinds_when_they_are_mixed(
@@ -168,13 +212,13 @@ async def test_the_table_names_the_first_token_kinds_when_they_are_mixed(
     pytest.importorskip("rich")
     monkeypatch.setenv("COLUMNS", "160")
     assert report_main(["--db", str(db)]) == 0
-    header, *lines = capsys.readouterr().out.splitlines()[1:]
-    assert header.split()[-2:] == ["1st", "token"]
+    header, second, *lines = capsys.readouterr().out.splitlines()[1:]
+    assert (header.split()[-1], second.split()[-1]) == ("1st", "token")
     economy = next(line for line in lines if line.startswith("economy"))
     assert economy.split()[-3:] == ["100", "200", "content+reasoning"]
     # Plain content only (the second day): the TTFT columns need no label.
     assert report_main(["--db", str(db), "--since", "2026-01-02"]) == 0
-    assert "1st token" not in capsys.readouterr().out
+    assert "1st" not in capsys.readouterr().out
     assert report_main(["--db", str(db), "--by", "first_token", "--format", "csv"]) == 0
     groups = {line.split(",")[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert set(groups) == {"content", "reasoning", "-"}
@@ -184,12 +228,14 @@ async def test_the_table_names_the_first_token_kinds_when_they_are_mixed(
 async def test_a_ledger_from_before_first_token_kinds_is_still_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A ledger no proxy has migrated yet: no first-token kinds, no client TTFT, no failure."""
     path = tmp_path / "old.db"
     await ledger_of_version(path, version_before("first_token_kind"), monkeypatch)
     (economy,) = summarize(path, by="tier")
-    assert (economy["requests"], economy["ttft_p50_ms"]) == (1, 120.0)
-    assert (economy["ttft_kinds"], economy["ttft_by_kind"]) == (
-        "-", {"-": {"requests": 1, "ttft_p50_ms": 120.0, "ttft_p95_ms": 120.0}})
+    assert (economy["requests"], economy["upstream_ttft_p50_ms"]) == (1, 120.0)
+    assert (economy["ttft_kinds"], economy["ttft_by_kind"]) == ("-", {"-": {
+        "requests": 1, "upstream_ttft_p50_ms": 120.0, "upstream_ttft_p95_ms": 120.0}})
+    assert economy["client_ttft_p50_ms"] is None
     assert [g["first_token"] for g in summarize(path, by="first_token")] == ["-"]
 
 
@@ -312,4 +358,3 @@ def test_a_file_without_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[s
         summarize(path)
     assert report_main(["--db", str(path)]) == 1
     assert "cannot read the ledger" in capsys.readouterr().err
-

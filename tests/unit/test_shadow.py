@@ -264,7 +264,7 @@ async def test_shadow_report_per_rule(shadow_db: Path) -> None:
     assert (first["rule"], first["pairs"], first["shadow_errors"]) == ("first-turn", 4, 1)
     assert first["primary_cost_usd"] == pytest.approx(0.04)
     assert first["shadow_cost_usd"] == pytest.approx(0.004)
-    assert first["primary_ttft_p50_ms"] == 302.0  # nearest rank of 301..304
+    assert first["primary_client_ttft_p50_ms"] == 302.0  # nearest rank of 301..304
     assert first["shadow_duration_p50_ms"] == 200.0
     assert first["exact_match_pct"] == pytest.approx(100 / 3, abs=0.1)
     assert (first["json_pairs"], first["json_agreement_pct"]) == (1, 100.0)

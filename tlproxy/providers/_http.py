@@ -87,10 +87,15 @@ class StreamTranslator(Protocol):
 
 
 def transport_error(exc: httpx.HTTPError) -> UpstreamError:
+    # No connection (refused, unresolvable, none free in the pool in time): the
+    # request was never sent, so the upstream bills nothing for it.
+    unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError("the upstream provider timed out", status=504, code="timeout")
+        return UpstreamError("the upstream provider timed out", status=504, code="timeout",
+                             unsent=unsent)
     return UpstreamError(
-        f"could not reach the upstream provider ({type(exc).__name__})", status=502
+        f"could not reach the upstream provider ({type(exc).__name__})", status=502,
+        unsent=unsent,
     )
 
 
