@@ -68,7 +68,7 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers", "headers",
+        "answered", "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers", "headers",
         "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send", "settle",
         "started", "status", "ttft", "usage_tokens",
     )
@@ -94,6 +94,8 @@ class Request:
         self.error: str | None = None
         # The client left before it had the whole answer.
         self.client_gone = False
+        # The whole answer was handed over: a client that leaves now left satisfied.
+        self.answered = False
         # Headers every response to this request carries (a key's x-ratelimit-*).
         self.extra_headers: list[tuple[bytes, bytes]] = []
         self.body_json: dict[str, Any] | None = None

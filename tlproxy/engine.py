@@ -191,13 +191,10 @@ class Engine:
             else:
                 # Complete once [DONE] is handed over: a client that hangs up as
                 # soon as it reads it may cancel this task during the send.
-                complete = True
+                complete = request.answered = True
                 await _send(request, last + DONE, more=False)
             finally:
                 self.metrics.open_streams.dec()
-        if complete:
-            # A client that hangs up as soon as it has [DONE] had the whole answer.
-            request.client_gone = False
         if complete and shadow is not None and request.route is not None:
             self.accounting.submit_shadow(shadow, request, request.route.rule,
                                           request.route.model,
@@ -558,7 +555,9 @@ async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> N
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            request.client_gone = True  # before the cancellation: the ledger reads it
+            # Before the cancellation: the ledger reads it. A client that hangs up as
+            # soon as it has [DONE] had the whole answer, and is not counted as gone.
+            request.client_gone = not request.answered
             scope.cancel()
             return
 

@@ -145,13 +145,14 @@ async def test_the_ledger_and_the_report_name_the_first_token_kind(
     assert rows == [("thinker", 1, "ok", THINK_AT * 1000, kind)]
     assert report_main(["--db", str(db), "--by", "model", "--format", "json"]) == 0
     (group,) = json.loads(capsys.readouterr().out)["groups"]
-    assert (group["model"], group["ttft_p50_ms"], group["ttft_kinds"]) == (
+    assert (group["model"], group["upstream_ttft_p50_ms"], group["ttft_kinds"]) == (
         "thinker", THINK_AT * 1000, kind)
-    assert group["ttft_by_kind"] == {
-        kind: {"requests": 1, "ttft_p50_ms": THINK_AT * 1000, "ttft_p95_ms": THINK_AT * 1000}}
+    assert group["ttft_by_kind"] == {kind: {
+        "requests": 1, "upstream_ttft_p50_ms": THINK_AT * 1000,
+        "upstream_ttft_p95_ms": THINK_AT * 1000}}
     pytest.importorskip("rich")
     monkeypatch.setenv("COLUMNS", "160")
     assert report_main(["--db", str(db), "--by", "model"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[1].split()[-2:] == ["1st", "token"]
+    assert (table[1].split()[-1], table[2].split()[-1]) == ("1st", "token")
     assert next(line for line in table if line.startswith("thinker")).split()[-1] == kind
