@@ -68,9 +68,9 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "answered", "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers", "headers",
-        "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send", "settle",
-        "started", "status", "ttft", "usage_tokens",
+        "answered", "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers",
+        "headers", "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send",
+        "settle", "started", "status", "ttft", "usage_tokens",
     )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
