@@ -64,6 +64,9 @@ class Route(msgspec.Struct, frozen=True):
     model: ModelConfig
     tier: str
     rule: str
+    # Upstream attempts started by the time the answer began: speculative ones,
+    # hedges and fallbacks included (1 when the first model simply answered).
+    attempts: int = 1
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -71,6 +74,7 @@ class Route(msgspec.Struct, frozen=True):
             (b"x-tlproxy-model", self.model.id.encode()),
             (b"x-tlproxy-provider", self.model.provider.encode()),
             (b"x-tlproxy-rule", self.rule.encode()),
+            (b"x-tlproxy-attempts", str(self.attempts).encode()),
         ]
 
 
@@ -254,7 +258,8 @@ class Engine:
                 speculate=policy.speculate_tiers,
             ) as winner:
                 model = models[winner.candidate.key]
-                yield Route(model, final["tier"], final["rule"]), winner
+                yield Route(model, final["tier"], final["rule"],
+                            attempts=len(winner.records)), winner
         except RaceFailed as failed:
             error = failed.first_error()
             raise error if isinstance(error, ProxyError) else UpstreamError(str(error)) from None
@@ -402,8 +407,8 @@ class Engine:
         """Try the plan's candidates in turn. `account` hears of every try: its model,
         start, and answer, error, or neither (cancelled)."""
         last: UpstreamError | None = None
-        for model in plan.candidates:
-            route = Route(model, plan.tier, plan.rule)
+        for tried, model in enumerate(plan.candidates, 1):
+            route = Route(model, plan.tier, plan.rule, attempts=tried)
             started = trio.current_time()
             try:
                 answer = await self.providers[route.model.provider].embed(

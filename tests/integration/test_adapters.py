@@ -101,6 +101,7 @@ def assert_routed(headers: httpx.Headers, adapter: str) -> None:
     assert headers["x-tlproxy-provider"] == adapter
     assert headers["x-tlproxy-model"] == MODELS[adapter]
     assert headers["x-tlproxy-rule"] == "pinned"
+    assert headers["x-tlproxy-attempts"] == "1"
 
 
 def assert_no_key(response: httpx.Response, text: str | None = None) -> None:

@@ -187,6 +187,7 @@ async def test_speculation_overlaps_the_classifier_with_the_upstream(
     assert answer.headers["x-tlproxy-tier"] == "economy"
     assert answer.headers["x-tlproxy-model"] == "econ"
     assert answer.headers["x-tlproxy-rule"] == "semantic-summarize-extract"
+    assert answer.headers["x-tlproxy-attempts"] == "2"  # economy, and premium on speculation
     # Every chunk the client saw came from the economy model.
     assert answer.models == {"econ"} and answer.text
     # Premium was called speculatively, then dropped when the decision came,
@@ -211,6 +212,7 @@ async def test_without_speculation_ttft_is_the_sum(nursery: trio.Nursery) -> Non
     assert answer.headers["x-tlproxy-tier"] == "economy"
     assert answer.headers["x-tlproxy-rule"] == "semantic-summarize-extract"
     assert answer.models == {"econ"}
+    assert answer.headers["x-tlproxy-attempts"] == "1"
     assert running.sims["prem-sim"].stats.streams_started == 0  # never called
 
 
@@ -233,6 +235,7 @@ async def test_hedge_rescues_a_slow_first_choice(nursery: trio.Nursery) -> None:
     assert answer.ttft is not None
     assert 0.145 <= answer.ttft < 0.150 + NOISE, answer.ttft
     assert answer.headers["x-tlproxy-model"] == "fast-dear"
+    assert answer.headers["x-tlproxy-attempts"] == "2"  # the slow one, then the hedge
     assert answer.models == {"fast-dear"}
     assert slow.streams_started == 1
     assert await cut.after(start) < 0.400  # the loser was dropped, not finished
@@ -255,6 +258,7 @@ async def test_first_token_deadline_falls_back(nursery: trio.Nursery) -> None:
     assert answer.ttft is not None
     assert 0.245 <= answer.ttft < 0.250 + NOISE, answer.ttft
     assert answer.headers["x-tlproxy-model"] == "backup"
+    assert answer.headers["x-tlproxy-attempts"] == "2"  # the stuck one, then the fallback
     assert answer.models == {"backup"}
     assert running.sims["fast-sim"].stats.streams_started == 1
     assert 0.200 <= await cut.after(start) < 0.200 + NOISE
