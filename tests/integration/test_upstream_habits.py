@@ -44,6 +44,8 @@ class Model(msgspec.Struct, frozen=True):
     habits: tuple[SimHabit, ...] = ()
     tier: str = "premium"
     ttft_ms: float = 0.0
+    inter_token_ms: float = 0.0
+    first_token_timeout: float | None = None
 
 
 class Stack(msgspec.Struct):
@@ -64,7 +66,8 @@ async def clients(nursery: trio.Nursery) -> AsyncIterator[Any]:
             sims: dict[str, SimUpstream] = {}
             providers: dict[str, ProviderConfig] = {}
             for protocol in PROTOCOLS:
-                profiles = {m.id: SimModelProfile(tokens=12, ttft_ms=m.ttft_ms, habits=m.habits)
+                profiles = {m.id: SimModelProfile(tokens=12, ttft_ms=m.ttft_ms, habits=m.habits,
+                                                  inter_token_ms=m.inter_token_ms)
                             for m in every if m.protocol == protocol}
                 sim = sims[protocol] = SimUpstream(profiles, api_key=f"key-{protocol}")
                 address = (await nursery.start(functools.partial(serve_sim, sim)))[0]
@@ -72,7 +75,8 @@ async def clients(nursery: trio.Nursery) -> AsyncIterator[Any]:
                 providers[protocol] = ProviderConfig(
                     kind=protocol, base_url=base, api_key=f"key-{protocol}")
             catalog = [
-                ModelConfig(id=m.id, provider=m.protocol, tier=m.tier)
+                ModelConfig(id=m.id, provider=m.protocol, tier=m.tier,
+                            first_token_timeout=m.first_token_timeout)
                 for m in every]
             proxy = await start_proxy(nursery, Config(providers=providers, models=catalog))
             http = await stack.enter_async_context(
@@ -273,3 +277,43 @@ async def test_a_first_event_long_after_the_headers_is_still_answered(
     assert trio.current_time() - started >= 0.15
     check_openai_stream(stream, include_usage=True)
     assert text_of(stream) == text_of(await stream_of(stack, PLAIN[protocol]))
+
+
+# ---------------------------------------------------------------- first tokens of any kind
+
+
+@pytest.mark.parametrize(("habit", "field"), [
+    ("reasoning_content", "reasoning_content"),
+    ("reasoning", "reasoning"),
+    ("refusal", "refusal"),
+    ("audio", "audio"),
+])
+async def test_a_model_that_thinks_refuses_or_speaks_first_wins_with_its_first_delta(
+    autojump_clock: trio.testing.MockClock, clients: Any, habit: SimHabit, field: str,
+) -> None:
+    """Six thinking deltas 100 ms apart come before the first word, well past a
+    first-token deadline of 250 ms: the first delta of any kind is the first token,
+    so neither the deadline nor a hedge replaces the model, and every delta reaches
+    the client as the upstream sent it."""
+    stack = await clients(
+        Model("thinker", "openai", (habit,), inter_token_ms=100.0, first_token_timeout=0.25),
+        Model("backup", "openai"))
+    started = trio.current_time()
+    raw = await stack.sdk.chat.completions.with_raw_response.create(
+        model="thinker", messages=PROMPT, stream=True)
+    seen: list[dict[str, Any]] = []
+    async with raw.parse() as chunks:
+        async for chunk in chunks:
+            seen += [c.delta.to_dict() for c in chunk.choices]
+    assert (raw.headers["x-tlproxy-model"], raw.headers["x-tlproxy-attempts"]) == ("thinker", "1")
+    assert trio.current_time() - started >= 0.5  # it did think for longer than the deadline
+    assert any(delta.get(field) for delta in seen), seen
+    assert stack.sims["openai"].stats.streams_started == 1  # no hedge, no fallback
+    plain = await stream_of(stack, "gpt-plain")
+    if habit == "refusal":
+        refusal = "".join(d.get("refusal") or "" for d in seen)
+        assert refusal == "I'm sorry, I can't help with that."
+    elif habit != "audio":
+        thought = "".join(d.get(field) or "" for d in seen)
+        assert thought == "Let me think about this."
+        assert "".join(d.get("content") or "" for d in seen) == text_of(plain)
