@@ -17,11 +17,10 @@ from typing import Literal
 import pytest
 import trio
 
-from tests.unit.test_limits import EPOCHS, SCENARIOS
+from tests.unit.test_limits import EPOCHS, SCENARIOS, matches_memory_limiter
 from tlproxy.errors import ProxyError
 from tlproxy.limits import (
     KeyLimits,
-    MemoryLimiter,
     RedisLimiter,
     Verdict,
     budget_window,
@@ -141,22 +140,8 @@ async def test_lua_scripts_match_memory_limiter_step_by_step(
 ) -> None:
     """At an epoch ahead of Redis's clock and one a year behind it: the spend keys
     live relative to `now`, so Redis's own clock never expires them early."""
-    limits, steps = SCENARIOS[name]
-    memory = MemoryLimiter()
     async with RedisLimiter(server.url, clock="caller", timeout=2.0) as redis:
-        for step in steps:
-            now = EPOCHS[epoch] + step.t
-            if step.settle is not None:
-                used, estimated, cost = step.settle
-                for limiter in (memory, redis):
-                    await limiter.settle("k", limits, tokens=used, estimated_tokens=estimated,
-                                         cost_usd=cost, now=now)
-                continue
-            expected = await memory.admit("k", limits, estimated_tokens=step.estimated, now=now)
-            got = await redis.admit("k", limits, estimated_tokens=step.estimated, now=now)
-            assert got.headers == expected.headers, step
-            assert (got.allowed, got.reason) == (expected.allowed, expected.reason), step
-            assert got.retry_after == pytest.approx(expected.retry_after), step
+        await matches_memory_limiter(redis, name, epoch)
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ from tlproxy.config import ClientKey
 from tlproxy.errors import ProxyError
 from tlproxy.limits import (
     KeyLimits,
+    Limiter,
     MemoryLimiter,
     RedisLimiter,
     Verdict,
@@ -189,6 +190,26 @@ SCENARIOS = {
              headers=requests(1, 0, "1m0s")),
     ]),
 }
+
+
+async def matches_memory_limiter(limiter: Limiter, name: str, epoch: str) -> None:
+    """Run scenario `name` at `epoch` on `limiter` and on a `MemoryLimiter` side by
+    side; every verdict must be the memory limiter's (retry-after to float noise)."""
+    limits, steps = SCENARIOS[name]
+    memory = MemoryLimiter()
+    for step in steps:
+        now = EPOCHS[epoch] + step.t
+        if step.settle is not None:
+            used, estimated, cost = step.settle
+            for each in (memory, limiter):
+                await each.settle("k", limits, tokens=used, estimated_tokens=estimated,
+                                  cost_usd=cost, now=now)
+            continue
+        expected = await memory.admit("k", limits, estimated_tokens=step.estimated, now=now)
+        got = await limiter.admit("k", limits, estimated_tokens=step.estimated, now=now)
+        assert got.headers == expected.headers, step
+        assert (got.allowed, got.reason) == (expected.allowed, expected.reason), step
+        assert got.retry_after == pytest.approx(expected.retry_after), step
 
 
 @pytest.mark.parametrize("epoch", EPOCHS)

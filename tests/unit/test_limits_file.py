@@ -8,29 +8,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.unit.test_limits import EPOCHS, SCENARIOS
-from tlproxy.limits import KeyLimits, MemoryLimiter, Verdict
+from tests.unit.test_limits import EPOCHS, SCENARIOS, matches_memory_limiter
+from tlproxy.limits import KeyLimits, Verdict
 from tlproxy.limits_file import SharedFileLimiter
 
 
 @pytest.mark.parametrize("epoch", EPOCHS)
 @pytest.mark.parametrize("name", SCENARIOS)
 async def test_matches_memory_limiter_step_by_step(name: str, epoch: str, tmp_path: Path) -> None:
-    limits, steps = SCENARIOS[name]
-    memory, shared = MemoryLimiter(), SharedFileLimiter(tmp_path / "limits.db")
+    shared = SharedFileLimiter(tmp_path / "limits.db")
     await shared.run()
     try:
-        for step in steps:
-            now = EPOCHS[epoch] + step.t
-            if step.settle is not None:
-                used, estimated, cost = step.settle
-                for limiter in (memory, shared):
-                    await limiter.settle("k", limits, tokens=used, estimated_tokens=estimated,
-                                         cost_usd=cost, now=now)
-                continue
-            expected = await memory.admit("k", limits, estimated_tokens=step.estimated, now=now)
-            got = await shared.admit("k", limits, estimated_tokens=step.estimated, now=now)
-            assert got == expected, step
+        await matches_memory_limiter(shared, name, epoch)
     finally:
         await shared.aclose()
 
