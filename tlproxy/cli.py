@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -115,10 +116,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 config.limits, shared_file=args.limits_file))
         trio.run(_serve_main, config, host, port, [f"fd://{args.fd}"], False)
         return 0
-    if workers <= 1:
-        trio.run(_serve_main, config, host, port, None, True)
-        return 0
-    return _run_workers(args, config, host, port, workers)
+    try:
+        if workers <= 1:
+            trio.run(_serve_main, config, host, port, None, True)
+            return 0
+        return _run_workers(args, config, host, port, workers)
+    except (OSError, BaseExceptionGroup) as exc:
+        # A port taken by another process, an address this machine does not
+        # have, a privileged port: the operator's to fix, said in one line.
+        refused = _bind_error(exc)
+        if refused is None:
+            raise
+        print(f"tlproxy: cannot listen on {host}:{port}: {refused.strerror}", file=sys.stderr)
+        return 1
+
+
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The one bind failure `exc` is (or a group holds nothing but), else None."""
+    if isinstance(exc, OSError):
+        return exc if exc.errno in _BIND_ERRORS else None
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _bind_error(exc.exceptions[0])
+    return None
 
 
 def _run_workers(
