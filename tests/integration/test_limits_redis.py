@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,8 +44,16 @@ pytestmark = [
 ]
 
 TIMEOUT = 0.25
-# Scheduling slack on top of the timeout when asserting that nothing hung.
-SLACK = 0.5
+# Real Redis processes run in real time, so the tests assert which path the
+# limiter took (its statistics and the reason it logged), never how long it
+# took; this bound only turns a hang into a failure.
+HANG_GUARD = 10.0
+# Why the limiter gave up on Redis, as it logs it, for each kind of outage:
+# a killed Redis refuses the connection; a stalled one is cut by the timeout.
+OUTAGE_REASONS = {
+    "killed": "(ConnectionError: Unable to establish a connection to 127.0.0.1:",
+    "stalled": f"(no answer from Redis within {TIMEOUT}s)",
+}
 RPM_1 = KeyLimits(rpm=1)
 
 
@@ -173,48 +182,56 @@ async def after_outage(
         yield limiter
 
 
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == "tlproxy.limits" and record.levelno == logging.WARNING]
+
+
 @pytest.mark.parametrize("outage", ["killed", "stalled"])
 async def test_fail_open_admits_degraded_within_the_timeout(
-    outage: str, server: RedisServer
+    outage: str, server: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with after_outage(server, outage, on_failure="open") as limiter:
         for _ in range(2):
-            started = time.monotonic()
-            with trio.fail_after(2 * TIMEOUT + SLACK):
+            with trio.fail_after(HANG_GUARD):
                 verdict = await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
                 await limiter.settle("k", KeyLimits(tpm=10), tokens=5, estimated_tokens=1,
                                      cost_usd=0.1, now=time.time())
-            assert time.monotonic() - started < 2 * TIMEOUT + SLACK
             assert verdict == Verdict(allowed=True, degraded=True)
         stats = limiter.statistics()
         assert (stats.admitted, stats.degraded, stats.redis_failures) == (1, 2, 4)
+        # Given up on for the outage's reason (a stalled Redis: the timeout),
+        # logged once for the whole outage.
+        (warning,) = outage_warnings(caplog)
+        assert warning.startswith(f"limits store unavailable {OUTAGE_REASONS[outage]}"), warning
+        assert warning.endswith("; on_failure=open")
         if outage == "stalled":
             # Redis answers again: limits are enforced again, with the state it kept.
             server.resume()
-            with trio.fail_after(5):
+            with trio.fail_after(HANG_GUARD):
                 verdict = await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
             assert (verdict.allowed, verdict.reason, verdict.degraded) == (False, "requests", False)
 
 
 @pytest.mark.parametrize("outage", ["killed", "stalled"])
 async def test_fail_closed_answers_503_within_the_timeout(
-    outage: str, server: RedisServer
+    outage: str, server: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with after_outage(server, outage, on_failure="closed") as limiter:
-        started = time.monotonic()
-        with trio.fail_after(TIMEOUT + SLACK), pytest.raises(ProxyError) as caught:
+        with trio.fail_after(HANG_GUARD), pytest.raises(ProxyError) as caught:
             await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
-        assert time.monotonic() - started < TIMEOUT + SLACK
         error = caught.value
         assert (error.status, error.type, error.code) == (
             503, "service_unavailable", "limits_unavailable")
         stats = limiter.statistics()
         assert (stats.unavailable, stats.redis_failures, stats.degraded) == (1, 1, 0)
+        (warning,) = outage_warnings(caplog)
+        assert warning.startswith(f"limits store unavailable {OUTAGE_REASONS[outage]}"), warning
 
 
 async def test_starts_and_degrades_when_redis_was_never_there() -> None:
     url = f"redis://127.0.0.1:{free_port()}"
-    with trio.fail_after(3):
+    with trio.fail_after(HANG_GUARD):
         async with RedisLimiter(url, timeout=TIMEOUT) as limiter:
             verdict = await limiter.admit("k", KeyLimits(rpm=1), estimated_tokens=0,
                                           now=time.time())
@@ -224,7 +241,7 @@ async def test_starts_and_degrades_when_redis_was_never_there() -> None:
 async def test_cluster_starts_when_its_nodes_are_down_and_retries() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}"
     limiter = RedisLimiter(url, timeout=TIMEOUT, on_failure="closed")
-    with trio.fail_after(3):
+    with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
             await nursery.start(limiter.run)
             with pytest.raises(ProxyError):
