@@ -44,6 +44,18 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError("server did not become ready")
 
+    def wait_refused(self, timeout: float = 30.0) -> None:
+        """Wait until a new connection is refused: the server has stopped listening."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=timeout):
+                    pass
+            except ConnectionRefusedError:
+                return
+            time.sleep(0.02)
+        raise TimeoutError("server still accepts connections")
+
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
 

@@ -7,6 +7,7 @@ import msgspec
 import openai
 import pytest
 import trio
+from trio.testing import MockClock
 
 from tests.integration.conftest import CLIENT_KEY, fast_config, start_proxy
 from tests.integration.sse_wire import read_stream
@@ -156,10 +157,12 @@ async def test_stream_cut_mid_way_ends_with_error_event_and_no_done(
             pass
 
 
-async def test_slow_body_is_408(nursery: trio.Nursery) -> None:
+async def test_slow_body_is_408(autojump_clock: MockClock, nursery: trio.Nursery) -> None:
     from tlproxy.config import ServerConfig
 
-    running = await start_proxy(nursery, fast_config(server=ServerConfig(body_timeout=0.3)))
+    body_timeout = 0.25
+    running = await start_proxy(nursery, fast_config(
+        server=ServerConfig(body_timeout=body_timeout)))
     host, port = running.url.removeprefix("http://").split(":")
     # A client that announces 200 bytes, sends 10 and stalls.
     stream = await trio.open_tcp_stream(host, int(port))
@@ -167,13 +170,16 @@ async def test_slow_body_is_408(nursery: trio.Nursery) -> None:
         await stream.send_all(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
             b"content-type: application/json\r\ncontent-length: 200\r\n\r\n{\"model\": ")
+        stalled = trio.current_time()
         received = b""
-        with trio.fail_after(3):
+        with trio.fail_after(10):  # a hang guard, in virtual seconds
             while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
                 data = await stream.receive_some()
                 if not data:
                     break
                 received += data
+        # Answered the moment the body's time was up.
+        assert trio.current_time() - stalled == body_timeout
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert b"request_timeout" in body

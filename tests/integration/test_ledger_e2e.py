@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import httpx2
 import msgspec
 import openai
 import trio
+from trio.testing import MockClock
 
 from tests.integration.conftest import fast_config, start_proxy
 from tlproxy.config import (
@@ -30,6 +33,9 @@ from tlproxy.server import Running
 ADMIN = "tlp-admin-test-key-000001"
 ADMIN_HASH = "sha256:" + hashlib.sha256(ADMIN.encode()).hexdigest()
 HELLO = [{"role": "user", "content": "Hello there"}]
+# The shadow tests' client-side model; seconds exact in binary, so MockClock's
+# times add up without rounding.
+PRIMARY_TTFT = 0.03125
 
 
 def rows(db: Path) -> list[dict[str, object]]:
@@ -99,7 +105,7 @@ async def test_each_request_has_a_priced_winner_row(nursery: trio.Nursery,
 
 
 def _shadow_config(db: Path, shadow_profile: SimModelProfile) -> Config:
-    fast = SimModelProfile(ttft_ms=20.0, tokens=8)
+    fast = SimModelProfile(ttft_ms=PRIMARY_TTFT * 1000, tokens=8)
     sim = ProviderConfig(kind="sim", sim_models={"cheap": fast, "slow-shadow": shadow_profile})
     models = [
         ModelConfig(id="cheap", provider="sim", tier="economy",
@@ -112,26 +118,59 @@ def _shadow_config(db: Path, shadow_profile: SimModelProfile) -> Config:
                   shadow=ShadowConfig(sample_rate=1.0, target="premium"))
 
 
-async def _ttft(running: Running) -> float:
-    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x",
-                                  max_retries=0) as client:
-        started = trio.current_time()
-        ttft = None
-        async for chunk in await client.chat.completions.create(
-                model="economy", messages=HELLO, stream=True):
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                ttft = trio.current_time() - started
-        assert ttft is not None
-        return ttft
+async def _sdk(running: Running) -> openai.AsyncOpenAI:
+    """The SDK, its first request made: it looks up the platform in a worker
+    thread, during which the autojumping clock would run on."""
+    client = openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0,
+                                http_client=httpx2.AsyncClient())
+    await client.models.list()
+    return client
 
 
-async def test_shadow_traffic_adds_no_latency_and_is_recorded(nursery: trio.Nursery,
-                                                             tmp_path: Path) -> None:
+async def _ttft(client: openai.AsyncOpenAI) -> float:
+    started = trio.current_time()
+    ttft = None
+    async for chunk in await client.chat.completions.create(
+            model="economy", messages=HELLO, stream=True):
+        if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+            ttft = trio.current_time() - started
+    assert ttft is not None
+    return ttft
+
+
+async def _shadows_done(running: Running, count: int) -> None:
+    """Until `count` shadow copies have their answer (or failed), in virtual time."""
+    assert running.app.shadow is not None
+    with trio.fail_after(60):  # a hang guard
+        while True:
+            stats = running.app.shadow.statistics()
+            if stats.completed + stats.failed >= count:
+                return
+            await trio.sleep(0.01)
+
+
+def _on_real_time(clock: MockClock) -> None:
+    """From here on the clock runs at the real rate, without jumps.
+
+    The ledger writes its rows in a worker thread; while a thread runs, an
+    autojumping clock races through every pending timer, a hang guard's
+    included, so waiting for rows needs time that passes as the thread works.
+    """
+    clock.autojump_threshold = math.inf
+    clock.rate = 1.0
+
+
+async def test_shadow_traffic_adds_no_latency_and_is_recorded(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path,
+) -> None:
     db = tmp_path / "ledger.db"
     # The shadow target takes 1.5 s to its first token; the client must not notice.
     running = await start_proxy(nursery, _shadow_config(db, SimModelProfile(ttft_ms=1500.0)))
-    ttfts = [await _ttft(running) for _ in range(3)]
-    assert max(ttfts) < 0.5
+    async with await _sdk(running) as client:
+        ttfts = [await _ttft(client) for _ in range(3)]
+    assert ttfts == [PRIMARY_TTFT] * 3
+    await _shadows_done(running, 3)
+    _on_real_time(autojump_clock)
     pairs = []
     with trio.fail_after(10):
         while len(pairs) < 3:
@@ -144,29 +183,36 @@ async def test_shadow_traffic_adds_no_latency_and_is_recorded(nursery: trio.Nurs
 
 
 async def test_failing_shadow_target_changes_nothing_for_the_client(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     db = tmp_path / "ledger.db"
     broken = SimModelProfile(ttft_ms=0.0, error_rate=1.0)
     running = await start_proxy(nursery, _shadow_config(db, broken))
-    for _ in range(3):
-        assert await _ttft(running) < 0.5
+    async with await _sdk(running) as client:
+        for _ in range(3):
+            assert await _ttft(client) == PRIMARY_TTFT
+    await _shadows_done(running, 3)
+    _on_real_time(autojump_clock)
     await wait_rows(db, 3, kind="chat")
     async with httpx.AsyncClient(base_url=running.url) as http:
         assert msgspec.json.decode((await http.get("/healthz")).content) == {"status": "ok"}
 
 
 async def test_shadow_latencies_are_measured_from_each_side_s_start(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     db = tmp_path / "ledger.db"
-    # The client's side: economy, first token after 20 ms; the shadow's: 300 ms.
+    # The client's side: economy, first token after PRIMARY_TTFT; the shadow's
+    # after `shadow_ttft`, with no time between tokens on either.
+    shadow_ttft = 0.25
     running = await start_proxy(nursery, _shadow_config(
-        db, SimModelProfile(ttft_ms=300.0, tokens=8)))
-    seen = await _ttft(running)  # streamed, timed by the client
-    async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x",
-                                  max_retries=0) as client:
+        db, SimModelProfile(ttft_ms=shadow_ttft * 1000, tokens=8)))
+    async with await _sdk(running) as client:
+        seen = await _ttft(client)  # streamed, timed by the client
         await client.chat.completions.create(model="economy", messages=HELLO)
+    assert seen == PRIMARY_TTFT
+    await _shadows_done(running, 2)
+    _on_real_time(autojump_clock)
     columns = ("primary_ttft_ms", "primary_duration_ms", "shadow_ttft_ms",
                "shadow_duration_ms", "shadow_ok")
     pairs: list[tuple[float | None, ...]] = []
@@ -176,16 +222,10 @@ async def test_shadow_latencies_are_measured_from_each_side_s_start(
             with contextlib.closing(sqlite3.connect(db)) as conn:
                 pairs = conn.execute(f"SELECT {', '.join(columns)} FROM shadow_pairs "
                                      "ORDER BY primary_ttft_ms IS NULL").fetchall()
-    (ttft, duration, shadow_ttft, shadow_duration, ok), json_pair = pairs
-    # The primary from the request's arrival, as its client saw it (never less
-    # than the upstream's own 20 ms, never more than the client measured).
-    assert ttft is not None and 20 <= ttft <= seen * 1000
-    assert duration is not None and duration >= ttft
-    # The shadow streamed too, from the moment its copy was sent.
-    assert ok and shadow_ttft is not None and shadow_ttft >= 300
-    assert shadow_duration is not None and shadow_duration >= shadow_ttft
+    primary_ms, shadow_ms = PRIMARY_TTFT * 1000, shadow_ttft * 1000
+    # The primary from the request's arrival, as its client saw it; the
+    # shadow from the moment its copy was sent. Each answer is whole at its
+    # first token (no time between tokens).
+    assert pairs[0] == (primary_ms, primary_ms, shadow_ms, shadow_ms, 1)
     # JSON answers: no first token on either side, durations from the same starts.
-    ttft, duration, shadow_ttft, shadow_duration, ok = json_pair
-    assert ok and (ttft, shadow_ttft) == (None, None)
-    assert duration is not None and duration >= 20
-    assert shadow_duration is not None and shadow_duration >= 300
+    assert pairs[1] == (None, primary_ms, None, shadow_ms, 1)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -42,8 +44,16 @@ pytestmark = [
 ]
 
 TIMEOUT = 0.25
-# Scheduling slack on top of the timeout when asserting that nothing hung.
-SLACK = 0.5
+# Real Redis processes run in real time, so the tests assert which path the
+# limiter took (its statistics and the reason it logged), never how long it
+# took; this bound only turns a hang into a failure.
+HANG_GUARD = 10.0
+# Why the limiter gave up on Redis, as it logs it, for each kind of outage:
+# a killed Redis refuses the connection; a stalled one is cut by the timeout.
+OUTAGE_REASONS = {
+    "killed": "(ConnectionError: Unable to establish a connection to 127.0.0.1:",
+    "stalled": f"(no answer from Redis within {TIMEOUT}s)",
+}
 RPM_1 = KeyLimits(rpm=1)
 
 
@@ -103,8 +113,10 @@ async def test_two_instances_share_one_rpm_exactly(shared_url: str) -> None:
     assert remaining == list(range(10))
     for verdict in refused:
         assert verdict.reason == "requests"
+        # Redis's clock runs on while the burst is served: at most one
+        # emission interval (60 s / 10), less the time since the first admission.
         assert verdict.retry_after is not None and 0 < verdict.retry_after <= 6.0
-        assert verdict.headers["retry-after"] in {"5", "6"}
+        assert verdict.headers["retry-after"] == str(math.ceil(verdict.retry_after))
         assert verdict.headers["x-ratelimit-limit-requests"] == "10"
         assert verdict.headers["x-ratelimit-remaining-requests"] == "0"
         assert not verdict.degraded
@@ -117,8 +129,10 @@ async def test_spend_and_tokens_settled_on_one_instance_count_on_the_other(
     shared_url: str,
 ) -> None:
     limits = KeyLimits(tpm=1000, budget_usd=1.0, budget_period="day")
-    async with RedisLimiter(shared_url, timeout=2.0) as first, \
-            RedisLimiter(shared_url, timeout=2.0) as second:
+    # On the caller's clock, one instant for every call: no token flows back
+    # into the bucket between them, however long the calls take.
+    async with RedisLimiter(shared_url, clock="caller", timeout=2.0) as first, \
+            RedisLimiter(shared_url, clock="caller", timeout=2.0) as second:
         now = time.time()
         assert (await first.admit("k", limits, estimated_tokens=100, now=now)).allowed
         # 700 more tokens than reserved, and the whole budget, settled by the first...
@@ -126,7 +140,9 @@ async def test_spend_and_tokens_settled_on_one_instance_count_on_the_other(
         # ...so the second refuses, for the budget (reported before tokens).
         verdict = await second.admit("k", limits, estimated_tokens=300, now=now)
         assert (verdict.allowed, verdict.reason) == (False, "budget")
-        assert int(verdict.headers["x-ratelimit-remaining-tokens"]) in range(195, 201)
+        # 800 of the 1000 tokens used: 200 left, the 800 back in 48 s.
+        assert verdict.headers["x-ratelimit-remaining-tokens"] == "200"
+        assert verdict.headers["x-ratelimit-reset-tokens"] == "48s"
         assert int(verdict.headers["retry-after"]) >= verdict.retry_after  # type: ignore[operator]
         # Another key is untouched.
         assert (await second.admit("other", limits, estimated_tokens=300, now=now)).allowed
@@ -158,48 +174,56 @@ async def after_outage(
         yield limiter
 
 
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == "tlproxy.limits" and record.levelno == logging.WARNING]
+
+
 @pytest.mark.parametrize("outage", ["killed", "stalled"])
 async def test_fail_open_admits_degraded_within_the_timeout(
-    outage: str, server: RedisServer
+    outage: str, server: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with after_outage(server, outage, on_failure="open") as limiter:
         for _ in range(2):
-            started = time.monotonic()
-            with trio.fail_after(2 * TIMEOUT + SLACK):
+            with trio.fail_after(HANG_GUARD):
                 verdict = await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
                 await limiter.settle("k", KeyLimits(tpm=10), tokens=5, estimated_tokens=1,
                                      cost_usd=0.1, now=time.time())
-            assert time.monotonic() - started < 2 * TIMEOUT + SLACK
             assert verdict == Verdict(allowed=True, degraded=True)
         stats = limiter.statistics()
         assert (stats.admitted, stats.degraded, stats.redis_failures) == (1, 2, 4)
+        # Given up on for the outage's reason (a stalled Redis: the timeout),
+        # logged once for the whole outage.
+        (warning,) = outage_warnings(caplog)
+        assert warning.startswith(f"limits store unavailable {OUTAGE_REASONS[outage]}"), warning
+        assert warning.endswith("; on_failure=open")
         if outage == "stalled":
             # Redis answers again: limits are enforced again, with the state it kept.
             server.resume()
-            with trio.fail_after(5):
+            with trio.fail_after(HANG_GUARD):
                 verdict = await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
             assert (verdict.allowed, verdict.reason, verdict.degraded) == (False, "requests", False)
 
 
 @pytest.mark.parametrize("outage", ["killed", "stalled"])
 async def test_fail_closed_answers_503_within_the_timeout(
-    outage: str, server: RedisServer
+    outage: str, server: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with after_outage(server, outage, on_failure="closed") as limiter:
-        started = time.monotonic()
-        with trio.fail_after(TIMEOUT + SLACK), pytest.raises(ProxyError) as caught:
+        with trio.fail_after(HANG_GUARD), pytest.raises(ProxyError) as caught:
             await limiter.admit("k", RPM_1, estimated_tokens=0, now=time.time())
-        assert time.monotonic() - started < TIMEOUT + SLACK
         error = caught.value
         assert (error.status, error.type, error.code) == (
             503, "service_unavailable", "limits_unavailable")
         stats = limiter.statistics()
         assert (stats.unavailable, stats.redis_failures, stats.degraded) == (1, 1, 0)
+        (warning,) = outage_warnings(caplog)
+        assert warning.startswith(f"limits store unavailable {OUTAGE_REASONS[outage]}"), warning
 
 
 async def test_starts_and_degrades_when_redis_was_never_there() -> None:
     url = f"redis://127.0.0.1:{free_port()}"
-    with trio.fail_after(3):
+    with trio.fail_after(HANG_GUARD):
         async with RedisLimiter(url, timeout=TIMEOUT) as limiter:
             verdict = await limiter.admit("k", KeyLimits(rpm=1), estimated_tokens=0,
                                           now=time.time())
@@ -209,7 +233,7 @@ async def test_starts_and_degrades_when_redis_was_never_there() -> None:
 async def test_cluster_starts_when_its_nodes_are_down_and_retries() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}"
     limiter = RedisLimiter(url, timeout=TIMEOUT, on_failure="closed")
-    with trio.fail_after(3):
+    with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
             await nursery.start(limiter.run)
             with pytest.raises(ProxyError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ import pytest
 import trio
 
 from tlproxy import ledger as ledger_module
+from tlproxy import sqlite_wal
 from tlproxy.config import LedgerConfig
 from tlproxy.ledger import MIGRATIONS, Ledger, LedgerError, LedgerRow, SQLiteWriter
 from tlproxy.shadow import ShadowPair, ShadowResult
@@ -265,14 +267,27 @@ def test_sqlite_refuses_the_wal_switch_without_waiting(tmp_path: Path) -> None:
         sqlite3.connect(path, timeout=30).execute("PRAGMA journal_mode=WAL")
 
 
-async def test_opening_waits_out_a_writer_holding_the_lock(tmp_path: Path) -> None:
+async def test_opening_waits_out_a_writer_holding_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     path = tmp_path / "l.db"
     writer = SQLiteWriter(path)
+    # Seen, not changed: when the writer's thread is first refused by the lock.
+    refused = threading.Event()
+    is_busy = sqlite_wal.is_busy
+
+    def watched(exc: sqlite3.Error) -> bool:
+        busy = is_busy(exc)
+        if busy:
+            refused.set()
+        return busy
+
+    monkeypatch.setattr(sqlite_wal, "is_busy", watched)
     with write_locked(path) as release:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.migrate)
-            # Let the writer's thread meet the lock (and retry) before releasing it.
-            await trio.sleep(0.1)
+            # The writer's thread has met the lock (and will retry): release it.
+            assert await trio.to_thread.run_sync(refused.wait, 30.0)  # a hang guard
             release()
     await writer.aclose()
     assert db_rows(path, "PRAGMA journal_mode") == [("wal",)]
