@@ -109,7 +109,7 @@ def _convert(schema: Any) -> Any:
 
 
 def _allow_null(schema: dict[str, Any]) -> dict[str, Any]:
-    kind = schema.get("type")
+    kind: Any = schema.get("type")
     simple = isinstance(kind, (str, list)) and not any(
         key in schema for key in ("$ref", "allOf", "anyOf", "oneOf", "not", "const")
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any
 
 import jsonschema
 import pytest
 
 from tests.openai_schema import _registry, schema_names, source, validate
 
-CHAT_COMPLETION = {
+CHAT_COMPLETION: dict[str, Any] = {
     "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
     "object": "chat.completion",
     "created": 1741569952,
@@ -68,7 +69,7 @@ CHUNK_ROLE = {
     "obfuscation": "r4N7vQ2m",
 }
 
-CHUNK_CONTENT = {
+CHUNK_CONTENT: dict[str, Any] = {
     "id": "chatcmpl-123",
     "object": "chat.completion.chunk",
     "created": 1694268190,
@@ -194,7 +195,7 @@ ERROR = {
         "error",
     ],
 )
-def test_reference_examples_validate(schema_name: str, instance: dict) -> None:
+def test_reference_examples_validate(schema_name: str, instance: dict[str, Any]) -> None:
     validate(schema_name, instance)
 
 
@@ -227,20 +228,20 @@ def test_logprobs_validate() -> None:
     validate("CreateChatCompletionStreamResponse", chunk)
 
 
-def _without(instance: dict, dotted: str) -> dict:
+def _without(instance: dict[str, Any], dotted: str) -> dict[str, Any]:
     instance = copy.deepcopy(instance)
     *parents, last = dotted.split(".")
-    node = instance
+    node: Any = instance  # dicts and lists along the path
     for part in parents:
         node = node[int(part)] if part.isdigit() else node[part]
     del node[last]
     return instance
 
 
-def _with(instance: dict, dotted: str, value: object) -> dict:
+def _with(instance: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
     instance = copy.deepcopy(instance)
     *parents, last = dotted.split(".")
-    node = instance
+    node: Any = instance  # dicts and lists along the path
     for part in parents:
         node = node[int(part)] if part.isdigit() else node[part]
     node[last] = value
@@ -331,7 +332,9 @@ def _with(instance: dict, dotted: str, value: object) -> dict:
         ("ErrorResponse", {"detail": "Not Found"}, r"'error' is a required property"),
     ],
 )
-def test_broken_payloads_are_rejected(schema_name: str, instance: dict, expected: str) -> None:
+def test_broken_payloads_are_rejected(
+    schema_name: str, instance: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(jsonschema.ValidationError) as excinfo:
         validate(schema_name, instance)
     message = str(excinfo.value)
