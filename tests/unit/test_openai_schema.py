@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -372,7 +373,7 @@ def test_vendored_data_has_provenance_and_roots() -> None:
 def test_no_openapi_only_keywords_survive_conversion() -> None:
     document = _registry().contents("urn:openai-openapi:components")
 
-    def keywords(node: object, in_map: bool = False):
+    def keywords(node: object, in_map: bool = False) -> Iterator[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 if not in_map:
