@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
-    errors = sum(v for s in report["steps"] for k, v in s["results"].items()  # type: ignore[union-attr]
+    errors = sum(v for s in report["steps"] for k, v in s["results"].items()
                  if k not in ("ok", "_bodies"))
     return 1 if errors else 0
 

@@ -109,7 +109,7 @@ def _convert(schema: Any) -> Any:
 
 
 def _allow_null(schema: dict[str, Any]) -> dict[str, Any]:
-    kind = schema.get("type")
+    kind: Any = schema.get("type")
     simple = isinstance(kind, (str, list)) and not any(
         key in schema for key in ("$ref", "allOf", "anyOf", "oneOf", "not", "const")
     )
@@ -128,12 +128,14 @@ def _allow_null(schema: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def _load() -> dict[str, Any]:
     with DATA_FILE.open(encoding="utf-8") as f:
-        return json.load(f)
+        document: dict[str, Any] = json.load(f)
+    return document
 
 
 def source() -> dict[str, Any]:
     """Provenance of the vendored schemas (repository, path, commit, date, ...)."""
-    return _load()["source"]
+    provenance: dict[str, Any] = _load()["source"]
+    return provenance
 
 
 def schema_names() -> list[str]:
@@ -142,7 +144,7 @@ def schema_names() -> list[str]:
 
 
 @functools.cache
-def _registry() -> Registry:
+def _registry() -> Registry[Any]:
     schemas = {name: _convert(s) for name, s in _load()["components"]["schemas"].items()}
     for name, schema in schemas.items():
         try:
@@ -150,7 +152,9 @@ def _registry() -> Registry:
         except jsonschema.SchemaError as exc:  # pragma: no cover - only on a bad refresh
             raise jsonschema.SchemaError(f"converted schema {name!r} is invalid: {exc}") from exc
     document = {"components": {"schemas": schemas}}
-    return Registry().with_resource(_BASE_URI, DRAFT202012.create_resource(document))
+    registry: Registry[Any] = Registry().with_resource(
+        _BASE_URI, DRAFT202012.create_resource(document))
+    return registry
 
 
 @functools.cache

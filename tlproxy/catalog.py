@@ -19,6 +19,7 @@ from .config import (
     Prices,
     ProviderConfig,
     SimModelProfile,
+    Tier,
 )
 
 __all__ = [
@@ -77,7 +78,7 @@ def resolve_name(config: Config, name: str) -> NameResolution:
     """
     intent = normalize(name)
     if intent in INTENTS:
-        return NameResolution(intent=intent, pinned=None, via="intent")  # type: ignore[arg-type]
+        return NameResolution(intent=intent, pinned=None, via="intent")
     model = find_model(config, name)
     if model is not None:
         return NameResolution(intent=None, pinned=model, via="pinned")
@@ -86,7 +87,7 @@ def resolve_name(config: Config, name: str) -> NameResolution:
     if target is None:
         target, via = config.default_alias, "default-alias"
     if target in INTENTS:
-        return NameResolution(intent=target, pinned=None, via=via)  # type: ignore[arg-type]
+        return NameResolution(intent=target, pinned=None, via=via)
     model = config.model(target)
     if model is not None:
         return NameResolution(intent=None, pinned=model, via=via)
@@ -96,7 +97,7 @@ def resolve_name(config: Config, name: str) -> NameResolution:
 
 def _model(
     model_id: str,
-    tier: str,
+    tier: Tier,
     prices: tuple[float, float | None, float],
     *,
     vision: bool = True,
@@ -107,7 +108,7 @@ def _model(
     return ModelConfig(
         id=model_id,
         provider="sim",
-        tier=tier,  # type: ignore[arg-type]
+        tier=tier,
         capabilities=Capabilities(
             tools=tools,
             parallel_tool_calls=tools,

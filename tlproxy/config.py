@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -47,16 +48,22 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, message: str, *,
-                 problems: list[tuple[str, str]] | None = None) -> None:
+                 problems: Iterable[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.problems = list(problems or ())
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    pass
+    """The base of every config struct.
+
+    msgspec passes ``frozen`` down to subclasses, but type checkers read
+    structs through PEP 681's ``dataclass_transform``, where each class states
+    its own: so every subclass says ``frozen=True`` again, which also lets the
+    checker refuse an assignment to a config field.
+    """
 
 
-class ServerConfig(_Strict):
+class ServerConfig(_Strict, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     # Processes sharing the listening socket; 0 means one per CPU core.
@@ -78,7 +85,7 @@ SimHabit = Literal[
 ]
 
 
-class SimModelProfile(_Strict):
+class SimModelProfile(_Strict, frozen=True):
     """Latency and shape of one model served by the simulated upstream."""
 
     ttft_ms: float = 0.0
@@ -93,7 +100,7 @@ class SimModelProfile(_Strict):
     habits: tuple[SimHabit, ...] = ()
 
 
-class ProviderConfig(_Strict):
+class ProviderConfig(_Strict, frozen=True):
     kind: ProviderKind
     base_url: str | None = None
     # A literal key or a ``${ENV_VAR}`` reference (resolved at load time).
@@ -114,7 +121,7 @@ class ProviderConfig(_Strict):
     sim_seed: int = 0
 
 
-class LongContextPrices(_Strict):
+class LongContextPrices(_Strict, frozen=True):
     """Prices that apply instead when the prompt is longer than `above_input_tokens`."""
 
     above_input_tokens: int
@@ -124,7 +131,7 @@ class LongContextPrices(_Strict):
     cache_write_input: float | None = None
 
 
-class Prices(_Strict):
+class Prices(_Strict, frozen=True):
     """USD per one million tokens."""
 
     input: float = 0.0
@@ -136,7 +143,7 @@ class Prices(_Strict):
     long_context: LongContextPrices | None = None
 
 
-class Capabilities(_Strict):
+class Capabilities(_Strict, frozen=True):
     tools: bool = True
     parallel_tool_calls: bool = True
     vision: bool = False
@@ -145,7 +152,7 @@ class Capabilities(_Strict):
     max_output: int = 16_384
 
 
-class ModelConfig(_Strict):
+class ModelConfig(_Strict, frozen=True):
     id: str
     provider: str
     tier: Tier
@@ -165,7 +172,7 @@ class ModelConfig(_Strict):
         return self.upstream_model or self.id
 
 
-class Condition(_Strict):
+class Condition(_Strict, frozen=True):
     """What a rule requires; every condition given must hold (unset ones are ignored)."""
 
     first_turn: bool | None = None
@@ -182,13 +189,13 @@ class Condition(_Strict):
     max_prompt_tokens: int | None = None
 
 
-class Rule(_Strict):
+class Rule(_Strict, frozen=True):
     name: str
     tier: Literal["premium", "economy"]
     when: Condition = Condition()
 
 
-class Policy(_Strict):
+class Policy(_Strict, frozen=True):
     """Ordered rules, first match wins; `default_tier` when none matches."""
 
     rules: list[Rule] | None = None  # None: the built-in default rules
@@ -217,7 +224,7 @@ class Policy(_Strict):
     hedge_initial_ms: float = 1000.0
 
 
-class ClientKey(_Strict):
+class ClientKey(_Strict, frozen=True):
     name: str
     # ``sha256:<hex>`` of the key; the key itself is never stored.
     hash: str
@@ -234,7 +241,7 @@ class ClientKey(_Strict):
     shadow: ShadowConfig | None = None
 
 
-class ShadowConfig(_Strict):
+class ShadowConfig(_Strict, frozen=True):
     """Mirror a sample of traffic to another tier or model, in the background."""
 
     sample_rate: float = 0.0
@@ -245,7 +252,7 @@ class ShadowConfig(_Strict):
     rules: list[str] | None = None
 
 
-class ClassifierConfig(_Strict):
+class ClassifierConfig(_Strict, frozen=True):
     """The semantic task classifier, a slow signal (see tlproxy/classifier.py)."""
 
     enabled: bool = False
@@ -287,7 +294,7 @@ def _default_examples() -> dict[str, list[str]]:
     }
 
 
-class LedgerConfig(_Strict):
+class LedgerConfig(_Strict, frozen=True):
     enabled: bool = True
     # SQLite file (WAL mode); relative paths are relative to the working directory.
     path: str = "tlproxy-ledger.db"
@@ -298,7 +305,7 @@ class LedgerConfig(_Strict):
     queue_size: int = 10_000
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(_Strict, frozen=True):
     # Shared state across workers and instances; None keeps limits in memory.
     redis_url: str | None = None
     # Without Redis, the workers of one `tlproxy serve --workers N` share their
@@ -313,7 +320,7 @@ class LimitsConfig(_Strict):
     max_streams_per_key: int | None = None
 
 
-class Config(_Strict):
+class Config(_Strict, frozen=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []

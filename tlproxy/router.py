@@ -34,7 +34,15 @@ import msgspec
 from .catalog import find_model, resolve_name
 from .config import ClientKey, Config, ModelConfig, Policy
 from .errors import InvalidRequest, ProxyError, UpstreamError
-from .policy import Decision, RuleTrace, Signals, decide, extract_signals, possible_tiers
+from .policy import (
+    Decision,
+    RuleTrace,
+    Signals,
+    Tier,
+    decide,
+    extract_signals,
+    possible_tiers,
+)
 from .stats import StatsBook
 
 __all__ = ["Plan", "Router", "blended_price"]
@@ -56,10 +64,10 @@ class Plan(msgspec.Struct, kw_only=True):
     by_tier: dict[str, list[ModelConfig]] = {}
     # Set when the tier may still change once slow signals are in (see `Router.finish`).
     policy: Policy | None = None
-    allowed: list[str] | None = None
+    allowed: list[Tier] | None = None
 
 
-def _capped(tier: str, rule: str, allowed: set[str] | None) -> tuple[str, str]:
+def _capped(tier: Tier, rule: str, allowed: set[Tier] | None) -> tuple[Tier, str]:
     if allowed is not None and tier not in allowed:
         return sorted(allowed)[0], f"{rule} (capped by key)"
     return tier, rule
@@ -127,7 +135,7 @@ class Router:
         if allowed is not None:
             tiers = {t for t in tiers if t in allowed} | {tier}
         candidates, excluded = self.candidates(tier, body, signals, policy, now)
-        by_tier = {tier: candidates}
+        by_tier: dict[str, list[ModelConfig]] = {tier: candidates}
         for other in tiers - {tier}:
             try:
                 by_tier[other] = self.candidates(other, body, signals, policy, now)[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -21,6 +21,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
 
 from .app import App, create_app
 from .config import Config
@@ -147,8 +148,11 @@ async def serve(
             # hypercorn returns once the trigger fired and in-flight requests
             # drained (up to the graceful timeout); only then do the sims stop.
             async with trio.open_nursery() as front:
+                # The app reads ASGI messages as plain dicts; hypercorn's
+                # signature spells the same messages as TypedDicts.
+                asgi_app = cast("ASGIFramework", app)
                 addresses = await front.start(functools.partial(
-                    hypercorn_serve, app, hconfig, shutdown_trigger=trigger))
+                    hypercorn_serve, asgi_app, hconfig, shutdown_trigger=trigger))
                 task_status.started(Running(addresses=addresses, app=app, sims=sims))
         finally:
             with trio.CancelScope(shield=True):

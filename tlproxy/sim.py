@@ -318,6 +318,8 @@ class SimUpstream:
             return
         if stream:
             self.stats.streams_started += 1
+            head: list[bytes]
+            steps: list[bytes]
             if "error_first" in habits:
                 head, steps, tail = [], [], [wire.error_event()]
             else:

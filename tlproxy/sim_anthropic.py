@@ -96,7 +96,7 @@ def to_plan_request(body: dict[str, Any]) -> dict[str, Any]:
         kind = choice.get("type")
         out["tool_choice"] = (
             {"type": "function", "function": {"name": choice.get("name")}} if kind == "tool"
-            else {"any": "required"}.get(kind, kind)
+            else ("required" if kind == "any" else kind)
         )
         if choice.get("disable_parallel_tool_use"):
             out["parallel_tool_calls"] = False

@@ -99,7 +99,7 @@ def to_plan_request(body: dict[str, Any], *, model: str) -> dict[str, Any]:
                             "(user or model) and parts")
         called = _convert_turn(role, parts, i, called, messages)
     out: dict[str, Any] = {"model": model, "messages": messages, "n": 1}
-    tools = [
+    tools: list[dict[str, Any]] = [
         {"type": "function", "function": {
             "name": d.get("name"),
             "parameters": d.get("parametersJsonSchema") or d.get("parameters") or {}}}
@@ -257,7 +257,7 @@ async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
     """Answer one Gemini API request."""
     send = request.send
     query = urllib.parse.parse_qs(request.query)
-    key = request.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
+    key = request.headers.get("x-goog-api-key") or next(iter(query.get("key", [])), None)
     if key is None:
         await core.send_json(send, 403, *GeminiWire.error(403))
         return

@@ -104,7 +104,7 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
     """Decide what to answer, deterministically from the request."""
     messages = body.get("messages") or []
     last = messages[-1] if messages else {}
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     prompt = _text_of(last_user.get("content"))
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
     rng = random.Random(seed)

@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import time
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,21 @@ def is_busy(exc: sqlite3.Error) -> bool:
 
 
 def open_wal(path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
-             open_timeout: float = 30.0, **connect_args: object) -> sqlite3.Connection:
+             open_timeout: float = 30.0,
+             isolation_level: Literal["DEFERRED", "EXCLUSIVE", "IMMEDIATE"] | None = "DEFERRED",
+             check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection to `path` in WAL mode (or whatever mode the file allows).
 
     ``busy_timeout`` is each statement's wait for a lock; ``open_timeout`` bounds
     the retries of the WAL switch. Other `sqlite3.Error`s are raised at once.
+    ``isolation_level`` and ``check_same_thread`` are `sqlite3.connect`'s, with
+    its defaults.
     """
     deadline = time.monotonic() + open_timeout
     delay = 0.005
     while True:
-        conn = sqlite3.connect(path, timeout=busy_timeout, **connect_args)  # type: ignore[call-overload]
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=isolation_level,
+                               check_same_thread=check_same_thread)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.Error as exc:

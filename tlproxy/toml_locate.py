@@ -245,7 +245,7 @@ class _Scanner:
     def basic_string(self) -> str:
         start = self.pos
         self.expect('"')
-        out = []
+        out: list[str] = []
         text = self.text
         while self.pos < len(text):
             ch = text[self.pos]

@@ -76,13 +76,13 @@ from bench.overhead.stats import (
     machine_ticks,
     nginx_config,
     parent_pid,
-    percentile,
     plan_slices,
     process_tree,
     proxy_config_toml,
     slice_order,
     vm_kib,
 )
+from bench.ttft.stats import percentile
 
 __all__ = [
     "FirstContentDetector",

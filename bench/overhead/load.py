@@ -46,10 +46,10 @@ from bench.overhead.stats import (
     Record,
     Tally,
     compare,
-    percentile,
     plan_slices,
     slice_order,
 )
+from bench.ttft.stats import percentile
 
 # -- load --------------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ async def run_load(clients: dict[str, list[httpx.AsyncClient]], stack: Stack, lo
     summaries = {t: tallies[t].summary(clock_hz, cores) for t in targets}
     summaries["proxy"]["proxy_cpu_ms_per_request"] = tallies["proxy"].cpu_ms_per_request(
         "proxy", clock_hz)
-    out = {
+    out: dict[str, Any] = {
         "load": load,
         "concurrency": concurrency,
         "slices_per_target": slices,

@@ -78,6 +78,11 @@ def _dnp(runs: dict[str, Any], get: Callable[[dict[str, Any]], float | None],
     return "/".join(_f(get(runs[t]), digits) for t in TARGETS_WITH_NGINX)
 
 
+def _getter(name: str, key: str) -> Callable[[dict[str, Any]], float | None]:
+    """What `_dnp` reads of each target: ``run[name][key]``, None when absent."""
+    return lambda run: run[name].get(key)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -100,8 +105,7 @@ def _nginx_rows(result: dict[str, Any], load: str) -> list[list[str]]:
                 ]
             else:
                 cells += [f"{d['ttft_ms']['n']}/{n['ttft_ms']['n']}/{p['ttft_ms']['n']}"]
-                cells += [_dnp(run, lambda r, k=k: r["ttft_ms"][k], 2)
-                          for k in ("p50", "p90", "p99")]
+                cells += [_dnp(run, _getter("ttft_ms", k), 2) for k in ("p50", "p90", "p99")]
                 cells += [_f(run["nginx_comparison"]["ttft_added_ms"]["p50"]),
                           _f(run["proxy_vs_nginx"]["ttft_added_ms"]["p50"])]
             cells += [
@@ -111,7 +115,7 @@ def _nginx_rows(result: dict[str, Any], load: str) -> list[list[str]]:
                 _f(p.get("proxy_cpu_ms_per_request"), 3),
                 _f(_ratio(n.get("nginx_cpu_ms_per_request"),
                           p.get("proxy_cpu_ms_per_request")), 3),
-                *(_dnp(run, lambda r, k=k: r["cpu_percent"].get(k))
+                *(_dnp(run, _getter("cpu_percent", k))
                   for k in ("sim", "client", "machine", "other")),
             ]
             rows.append(cells)

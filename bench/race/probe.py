@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from bench.overhead.stats import machine_ticks
+from tlproxy.classifier import Embed
 from tlproxy.config import Config
 from tlproxy.server import Running
 
@@ -39,10 +40,10 @@ class Probe:
             raise SystemExit("the classifier is not enabled on the server")
         classify = classifier.classify
 
-        async def timed_classify(prompt: str) -> str | None:
+        async def timed_classify(prompt: str, *, embed: Embed | None = None) -> str | None:
             start = trio.current_time()
             try:
-                return await classify(prompt)
+                return await classify(prompt, embed=embed)
             finally:
                 if self.on:
                     self.decisions.append(trio.current_time() - start)

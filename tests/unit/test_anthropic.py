@@ -600,7 +600,7 @@ def test_thinking_is_not_forwarded() -> None:
 
 def test_tool_calls_are_numbered_among_tool_calls_only() -> None:
     translator = AnthropicStreamTranslator(model="claude-x", created=7)
-    script = [
+    script: list[dict[str, Any]] = [
         {
             "type": "message_start",
             "message": {"id": "msg_x", "usage": {"input_tokens": 3, "cache_read_input_tokens": 4}},

@@ -731,8 +731,7 @@ def test_error_messages_are_redacted() -> None:
     body = json.dumps(
         {"error": {"code": 400, "message": "key AIzaSyA-abcdefghijklmnopqrstuvwxyz01"}}
     )
-    body = body.encode()
-    assert "AIza" not in map_gemini_error(400, body, {}).message
+    assert "AIza" not in map_gemini_error(400, body.encode(), {}).message
 
 
 # ---------------------------------------------------------------- property

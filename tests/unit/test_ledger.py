@@ -244,7 +244,7 @@ async def test_concurrent_migrations_apply_once(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def write_locked(path: Path) -> Iterator[Callable[[], None]]:
+def write_locked(path: Path) -> Iterator[Callable[[], object]]:
     """A fresh rollback-journal file whose write lock another connection holds.
 
     Yields the function that commits and so releases the lock. While it is held,

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 
 from tests.openai_schema import _registry, schema_names, source, validate
 
-CHAT_COMPLETION = {
+CHAT_COMPLETION: dict[str, Any] = {
     "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
     "object": "chat.completion",
     "created": 1741569952,
@@ -68,7 +70,7 @@ CHUNK_ROLE = {
     "obfuscation": "r4N7vQ2m",
 }
 
-CHUNK_CONTENT = {
+CHUNK_CONTENT: dict[str, Any] = {
     "id": "chatcmpl-123",
     "object": "chat.completion.chunk",
     "created": 1694268190,
@@ -194,7 +196,7 @@ ERROR = {
         "error",
     ],
 )
-def test_reference_examples_validate(schema_name: str, instance: dict) -> None:
+def test_reference_examples_validate(schema_name: str, instance: dict[str, Any]) -> None:
     validate(schema_name, instance)
 
 
@@ -227,20 +229,20 @@ def test_logprobs_validate() -> None:
     validate("CreateChatCompletionStreamResponse", chunk)
 
 
-def _without(instance: dict, dotted: str) -> dict:
+def _without(instance: dict[str, Any], dotted: str) -> dict[str, Any]:
     instance = copy.deepcopy(instance)
     *parents, last = dotted.split(".")
-    node = instance
+    node: Any = instance  # dicts and lists along the path
     for part in parents:
         node = node[int(part)] if part.isdigit() else node[part]
     del node[last]
     return instance
 
 
-def _with(instance: dict, dotted: str, value: object) -> dict:
+def _with(instance: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
     instance = copy.deepcopy(instance)
     *parents, last = dotted.split(".")
-    node = instance
+    node: Any = instance  # dicts and lists along the path
     for part in parents:
         node = node[int(part)] if part.isdigit() else node[part]
     node[last] = value
@@ -331,7 +333,9 @@ def _with(instance: dict, dotted: str, value: object) -> dict:
         ("ErrorResponse", {"detail": "Not Found"}, r"'error' is a required property"),
     ],
 )
-def test_broken_payloads_are_rejected(schema_name: str, instance: dict, expected: str) -> None:
+def test_broken_payloads_are_rejected(
+    schema_name: str, instance: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(jsonschema.ValidationError) as excinfo:
         validate(schema_name, instance)
     message = str(excinfo.value)
@@ -369,7 +373,7 @@ def test_vendored_data_has_provenance_and_roots() -> None:
 def test_no_openapi_only_keywords_survive_conversion() -> None:
     document = _registry().contents("urn:openai-openapi:components")
 
-    def keywords(node: object, in_map: bool = False):
+    def keywords(node: object, in_map: bool = False) -> Iterator[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 if not in_map:

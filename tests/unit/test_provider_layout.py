@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -20,6 +21,9 @@ from tlproxy.providers._http import HTTPProvider
 from tlproxy.providers.anthropic import AnthropicProvider
 from tlproxy.providers.gemini import GeminiProvider
 from tlproxy.providers.openai import OpenAIProvider
+
+# The adapters, which share one constructor (HTTPProvider's own takes no URL).
+Adapter = type[OpenAIProvider | AnthropicProvider | GeminiProvider]
 
 PUBLIC = {
     anthropic: {
@@ -43,8 +47,8 @@ PUBLIC = {
 
 
 @pytest.mark.parametrize("module", list(PUBLIC), ids=lambda m: m.__name__)
-def test_adapter_packages_export_the_names_callers_import(module: object) -> None:
-    assert set(module.__all__) == PUBLIC[module]  # type: ignore[attr-defined]
+def test_adapter_packages_export_the_names_callers_import(module: ModuleType) -> None:
+    assert set(module.__all__) == PUBLIC[module]
     for name in PUBLIC[module]:
         assert getattr(module, name) is not None
 
@@ -61,7 +65,7 @@ def test_adapter_packages_export_the_names_callers_import(module: object) -> Non
     ],
 )
 async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
-    adapter: type[HTTPProvider], api_key: str | None, auth: dict[str, str]
+    adapter: Adapter, api_key: str | None, auth: dict[str, str]
 ) -> None:
     pinged: list[httpx.Request] = []
 
@@ -150,7 +154,7 @@ def test_stop_sequences(stop: object, expected: list[str] | None) -> None:
     assert _shapes.stop_sequences({"stop": stop}) == expected
 
 
-STREAMS = {
+STREAMS: dict[Adapter, bytes | Path] = {
     OpenAIProvider: b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
                     b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}'
                     b"\n\ndata: [DONE]\n\n",
@@ -162,7 +166,7 @@ STREAMS = {
 @pytest.mark.parametrize("adapter", list(STREAMS), ids=lambda a: a.__name__)
 @pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
 async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
-    adapter: type[HTTPProvider], encoding: str
+    adapter: Adapter, encoding: str
 ) -> None:
     # One SSE loop for every protocol: a compressed stream is no special case.
     raw = STREAMS[adapter]

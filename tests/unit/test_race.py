@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -827,7 +827,7 @@ async def test_tier_left_out_of_speculation_starts_only_once_decided(
     async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         opened[candidate.key] = trio.current_time()
 
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
+        async def chunks() -> AsyncGenerator[dict[str, Any], None]:
             await trio.sleep(0.1)
             yield {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
 

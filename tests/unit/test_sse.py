@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -361,7 +362,7 @@ sse_events = st.lists(
 
 @PROPERTY
 @given(events=sse_events, bom=st.booleans(), data=st.data())
-def test_roundtrip_any_split(events: list[dict], bom: bool, data: st.DataObject) -> None:
+def test_roundtrip_any_split(events: list[dict[str, Any]], bom: bool, data: st.DataObject) -> None:
     stream = BOM if bom else b""
     stream += b"".join(encode_event(**ev) for ev in events)
     # Re-terminate every line with its own CRLF, LF or CR to mix all three.

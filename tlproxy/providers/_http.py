@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import httpx
 import msgspec
@@ -208,7 +208,9 @@ async def translate_sse(
         # Read to the end, even after the final or an error event (the
         # upstream closes right after either): leaving early would abandon
         # httpx's nested async generators, which trio reports at GC time.
-        async with contextlib.aclosing(response.aiter_bytes()) as stream:
+        # httpx declares an AsyncIterator; it is an async generator, closable.
+        body = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        async with contextlib.aclosing(body) as stream:
             async for data in stream:
                 for event in [] if failure or ended else decoder.feed(data):
                     if event.data == sentinel:

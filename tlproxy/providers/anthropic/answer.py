@@ -71,7 +71,7 @@ def from_anthropic_response(resp: JSON, *, model: str, created: int) -> JSON:
     calls came back). Thinking blocks are not forwarded. Raises
     `UpstreamError` (502) when the answer is not a Message.
     """
-    content = resp.get("content") if isinstance(resp, dict) else None
+    content = resp.get("content")
     if not isinstance(content, list):
         raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
     texts: list[str] = []
@@ -156,7 +156,7 @@ class AnthropicStreamTranslator:
             raise _stream_error(data.get("error"))
         out: list[Chunk] = []
         if kind == "message_start":
-            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            message = m if isinstance(m := data.get("message"), dict) else {}
             self._id = _completion_id(message.get("id"))
             self._merge_usage(message.get("usage"))
         elif kind == "content_block_start":
@@ -169,7 +169,7 @@ class AnthropicStreamTranslator:
                 # A call without arguments still needs valid JSON for the client.
                 out.append(self._chunk(self._arguments(tool, "{}")))
         elif kind == "message_delta":
-            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            delta = d if isinstance(d := data.get("delta"), dict) else {}
             self._stop_reason = delta.get("stop_reason") or self._stop_reason
             self._merge_usage(data.get("usage"))
         elif kind == "message_stop":

@@ -268,12 +268,11 @@ def from_gemini_embed_response(
     usage for embeddings, so ``usage`` is an estimate from ``texts`` (the
     inputs): about four characters per token, rounded up per input.
     """
-    if isinstance(resp, dict) and isinstance(resp.get("embedding"), dict):
+    if isinstance(resp.get("embedding"), dict):
         raw = [resp["embedding"]]
     else:
-        raw = resp.get("embeddings") if isinstance(resp, dict) else None
-        raw = raw if isinstance(raw, list) else None
-    vectors = [e.get("values") if isinstance(e, dict) else None for e in raw or ()]
+        raw = found if isinstance(found := resp.get("embeddings"), list) else []
+    vectors: list[Any] = [e.get("values") if isinstance(e, dict) else None for e in raw]
     if not vectors or not all(isinstance(v, list) for v in vectors):
         raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
     data = []
