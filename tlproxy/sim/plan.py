@@ -2,7 +2,7 @@
 
 Pure and deterministic from the request (and the model's profile): the text
 or tool calls, the usage, and the failures a marker in the last user message
-scripts. Each protocol's wire (`tlproxy.sim`, `sim_anthropic`, `sim_gemini`)
+scripts. Each protocol's wire (`tlproxy.sim.openai`, `.anthropic`, `.gemini`)
 renders the same plan in its own format.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from .config import SimModelProfile
+from ..config import SimModelProfile
 
 __all__ = [
     "Answer",
