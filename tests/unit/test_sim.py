@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tlproxy import sim
 from tlproxy.config import SimModelProfile
 from tlproxy.sim import example_from_schema, plan_answer
 
@@ -59,3 +60,13 @@ def test_tools_give_calls_unless_none() -> None:
 ])
 def test_markers_script_failures(text: str, field: str, value: object) -> None:
     assert getattr(plan_answer({"messages": user(text)}, PROFILE), field) == value
+
+
+def test_the_sim_package_exports_the_names_callers_import() -> None:
+    # Locked, so a later move inside the package cannot drop a name silently.
+    assert set(sim.__all__) == {
+        "Answer", "ChoicePlan", "SimRequest", "SimStats", "SimUpstream", "Simulator", "Wire",
+        "embedding_vector", "example_from_schema", "plan_answer",
+    }
+    for name in sim.__all__:
+        assert getattr(sim, name) is not None
