@@ -88,7 +88,7 @@ _SSE_HEADERS: Headers = [
 
 
 class Wire(abc.ABC):
-    """One protocol's rendering of planned answers; `SimUpstream.respond` drives it.
+    """One protocol's rendering of planned answers; `Simulator.respond` drives it.
 
     A stream is rendered as three lists of framed events: ``head``, sent at
     once; ``steps``, one per token (what ``[sim:cut=N]`` counts), paced by the
