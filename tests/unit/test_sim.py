@@ -7,6 +7,7 @@ import pytest
 from tlproxy import sim
 from tlproxy.config import SimModelProfile
 from tlproxy.sim import example_from_schema, plan_answer
+from tlproxy.sim.plan import embedding_size
 
 PROFILE = SimModelProfile(tokens=10)
 
@@ -61,6 +62,23 @@ def test_tools_give_calls_unless_none() -> None:
 def test_markers_script_failures(text: str, field: str, value: object) -> None:
     assert getattr(plan_answer({"messages": user(text)}, PROFILE), field) == value
 
+
+@pytest.mark.parametrize(("requested", "size"), [
+    (None, 256),  # the model's own
+    (8, 8),
+    (256, 256),
+    (257, None),  # longer than the model makes
+    (2**62, None),
+    (0, None),
+    (-1, None),
+    (True, None),
+    (8.0, None),
+    ("8", None),
+])
+def test_embedding_size_only_shortens_the_models_vectors(
+    requested: object, size: int | None
+) -> None:
+    assert embedding_size(requested, SimModelProfile(embedding_dimensions=256)) == size
 
 def test_the_sim_package_exports_the_names_callers_import() -> None:
     # Locked, so a later move inside the package cannot drop a name silently.

@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from . import core
-from .plan import Answer, embedding_vector
+from .plan import Answer, embedding_size, embedding_vector
 
 __all__ = ["GeminiWire", "WireError", "handles", "serve", "to_plan_request"]
 
@@ -314,7 +314,10 @@ async def _embed(
         text = _texts(((one or {}).get("content") or {}).get("parts"))
         if not text:
             raise WireError("* EmbedContentRequest.content: content is not specified")
-        dimensions = one.get("outputDimensionality") or profile.embedding_dimensions
+        dimensions = embedding_size(one.get("outputDimensionality"), profile)
+        if dimensions is None:
+            raise WireError(f"* EmbedContentRequest.outputDimensionality: at most "
+                            f"{profile.embedding_dimensions} for models/{model}")
         vectors.append({"values": embedding_vector(text, dimensions)})
     await trio.sleep(sim.ttft(profile))
     answer = {"embedding": vectors[0]} if method == "embedContent" else {"embeddings": vectors}

@@ -30,7 +30,7 @@ import trio
 
 from ..sse import DONE, encode_data
 from . import core
-from .plan import Answer, ChoicePlan, embedding_vector
+from .plan import Answer, ChoicePlan, embedding_size, embedding_vector
 
 __all__ = [
     "AZURE_FILTER_CHUNK",
@@ -283,6 +283,14 @@ async def _embeddings(sim: core.Simulator, raw: bytes, send: Any) -> None:
     sim.stats.last_body = body
     model = body.get("model", "")
     profile = sim.profile(model)
+    dims = embedding_size(body.get("dimensions"), profile)
+    if dims is None:
+        message = (f"Invalid 'dimensions': {model} has embeddings of at most "
+                   f"{profile.embedding_dimensions} dimensions.")
+        error = core.error_body(message, "invalid_request_error")
+        error["error"].update(param="dimensions", code="invalid_value")
+        await core.send_json(send, 400, error)
+        return
     await trio.sleep(sim.ttft(profile))
     if sim.draws_error(profile):
         error = core.error_body("The server is overloaded.", "server_error")
@@ -292,7 +300,6 @@ async def _embeddings(sim: core.Simulator, raw: bytes, send: Any) -> None:
     if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
                                    and isinstance(inputs[0], int)):
         inputs = [inputs]
-    dims = body.get("dimensions") or profile.embedding_dimensions
     data = []
     tokens = 0
     for index, item in enumerate(inputs or []):
