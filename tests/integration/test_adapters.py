@@ -316,6 +316,20 @@ async def test_embeddings_float_and_base64(stack: Stack) -> None:
     assert len(raw.parse().data[0].embedding) == 64
 
 
+@pytest.mark.parametrize("model", ["gemini-embedding-001", "text-embedding-3-small"])
+@pytest.mark.parametrize("dimensions", [65, 2**40])
+async def test_embeddings_longer_than_the_model_makes_are_refused_upstream(
+    stack: Stack, model: str, dimensions: int
+) -> None:
+    # The upstream (the sim, as the real APIs) only shortens a model's vectors:
+    # a size above the model's own is a 400 there, not an allocation.
+    with pytest.raises(openai.BadRequestError):
+        await stack.sdk.embeddings.create(model=model, input="hello", dimensions=dimensions)
+    served = await stack.sdk.embeddings.create(
+        model=model, input="hello", encoding_format="float", dimensions=64)
+    assert len(served.data[0].embedding) == 64
+
+
 async def test_keys_go_upstream_in_their_headers_and_never_back(
     stack: Stack, adapter: str
 ) -> None:

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+from tlproxy import sim
 from tlproxy.config import SimModelProfile
 from tlproxy.sim import example_from_schema, plan_answer
+from tlproxy.sim.plan import embedding_size
 
 PROFILE = SimModelProfile(tokens=10)
 
@@ -59,3 +61,30 @@ def test_tools_give_calls_unless_none() -> None:
 ])
 def test_markers_script_failures(text: str, field: str, value: object) -> None:
     assert getattr(plan_answer({"messages": user(text)}, PROFILE), field) == value
+
+
+@pytest.mark.parametrize(("requested", "size"), [
+    (None, 256),  # the model's own
+    (8, 8),
+    (256, 256),
+    (257, None),  # longer than the model makes
+    (2**62, None),
+    (0, None),
+    (-1, None),
+    (True, None),
+    (8.0, None),
+    ("8", None),
+])
+def test_embedding_size_only_shortens_the_models_vectors(
+    requested: object, size: int | None
+) -> None:
+    assert embedding_size(requested, SimModelProfile(embedding_dimensions=256)) == size
+
+def test_the_sim_package_exports_the_names_callers_import() -> None:
+    # Locked, so a later move inside the package cannot drop a name silently.
+    assert set(sim.__all__) == {
+        "Answer", "ChoicePlan", "SimRequest", "SimStats", "SimUpstream", "Simulator", "Wire",
+        "embedding_vector", "example_from_schema", "plan_answer",
+    }
+    for name in sim.__all__:
+        assert getattr(sim, name) is not None

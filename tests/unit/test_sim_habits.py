@@ -21,7 +21,7 @@ import trio
 
 from tlproxy.config import ConfigError, SimHabit, SimModelProfile, load_config
 from tlproxy.sim import SimUpstream
-from tlproxy.sim_openai import AZURE_FILTER_CHUNK, REASONING, REFUSAL
+from tlproxy.sim.openai import AZURE_FILTER_CHUNK, REASONING, REFUSAL
 from tlproxy.sse import SSEDecoder
 
 PROMPT = [{"role": "user", "content": "Tell me about routing"}]

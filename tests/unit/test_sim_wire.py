@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from tlproxy import sim_anthropic, sim_gemini
 from tlproxy.config import SimModelProfile
 from tlproxy.providers.anthropic import to_anthropic_request
 from tlproxy.providers.gemini import to_gemini_request
+from tlproxy.sim import anthropic as sim_anthropic
+from tlproxy.sim import gemini as sim_gemini
 from tlproxy.sim import plan_answer
 
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}}

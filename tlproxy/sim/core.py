@@ -1,46 +1,23 @@
-"""The simulated upstream: a fake OpenAI server with realistic, controllable latency.
+"""The simulated upstream's core: the state every protocol shares, and the pacing.
 
-It serves when no provider is configured (so a new user sees the proxy work at
-once), in tests (as the upstream every integration test talks to over real
-sockets) and in benchmarks (``tlproxy sim --port``).
-
-Answers are deterministic functions of the request (same prompt, same text),
-so tests can assert on them. Latency is not: each model has a profile (TTFT,
-optionally lognormal from a median and a p99, inter-token delay, token count,
-error rate) drawn from a seeded generator.
-
-The planner (`plan_answer`) is protocol-neutral; `SimUpstream` renders its
-plans in OpenAI's wire format (`tlproxy.sim_openai`), Anthropic's and
-Gemini's (`tlproxy.sim_anthropic` and `tlproxy.sim_gemini`, which convert
-their requests into the OpenAI-shaped dict the planner reads), chosen by
-path, and paces them here (latency, cuts, compression, comments). A
-request can script a failure with a marker in its last user message, so the
-proxy's error paths can be driven through the real server, whatever the
-protocol:
-
-* ``[sim:status=429]`` (or any status): answer with that HTTP error;
-* ``[sim:cut=N]``: stream N content chunks, then drop the stream without its end;
-* ``[sim:stall]``: never send a first token.
-
-Each model's profile may also turn on habits of real upstreams (``habits``,
-none by default), so the proxy's adapters, race and engine meet them in
-tests: Azure's filter-only first chunk, SSE comments, reasoning and refusal
-deltas, usage in a vendor field or on the finish chunk, gzip, an error event
-in place of the first chunk, no ``[DONE]``, Anthropic's pings and 529s,
-Gemini's SAFETY and RECITATION stops, headers long before the first event.
-docs/configuration.md says what each one sends.
+`Simulator` holds the model profiles, the counters (`SimStats`), the seeded
+latency generator and the prompt cache; its `respond` plans an answer
+(`tlproxy.sim.plan`), applies the scripted and random failures and the
+model's habits, and sends the answer in a `Wire`'s format: whole after the
+model's latency, or streamed event by event at its pace, watching for the
+client leaving. Each protocol module (`openai`, `anthropic`, `gemini`)
+builds on this one with its `Wire` and its ``serve``; this module knows none
+of them (`tlproxy.sim.upstream` picks the protocol).
 """
 
 from __future__ import annotations
 
 import abc
-import base64
 import contextlib
 import hashlib
 import hmac
 import math
 import random
-import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -49,29 +26,21 @@ from typing import Any
 import msgspec
 import trio
 
-from .asgi import lifespan
-from .config import SimModelProfile
-from .sim_plan import (
-    Answer,
-    ChoicePlan,
-    embedding_vector,
-    example_from_schema,
-    plan_answer,
-    stop_by_filters,
-)
+from ..config import SimModelProfile
+from .plan import Answer, plan_answer, stop_by_filters
 
 __all__ = [
-    "Answer",
-    "ChoicePlan",
+    "Habits",
+    "Headers",
     "PlannerTurn",
     "SimRequest",
     "SimStats",
-    "SimUpstream",
+    "Simulator",
     "Wire",
-    "embedding_vector",
+    "decode_object",
     "error_body",
-    "example_from_schema",
-    "plan_answer",
+    "ident",
+    "send_json",
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -119,7 +88,7 @@ _SSE_HEADERS: Headers = [
 
 
 class Wire(abc.ABC):
-    """One protocol's rendering of planned answers; `SimUpstream.respond` drives it.
+    """One protocol's rendering of planned answers; `Simulator.respond` drives it.
 
     A stream is rendered as three lists of framed events: ``head``, sent at
     once; ``steps``, one per token (what ``[sim:cut=N]`` counts), paced by the
@@ -202,15 +171,13 @@ def ident(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:24]
 
 
-class SimUpstream:
-    """An ASGI app that answers like OpenAI's, Anthropic's and Gemini's APIs, with latency.
+class Simulator:
+    """What the simulated upstream knows and does whatever the protocol.
 
-    The protocol is chosen by path: ``.../chat/completions`` and
-    ``.../embeddings`` speak OpenAI, ``.../v1/messages`` Anthropic
-    (`tlproxy.sim_anthropic`), ``.../models/{model}:{method}`` Gemini
-    (`tlproxy.sim_gemini`). With an `api_key`, requests must present it the way
-    their protocol does, or get that protocol's authentication error.
-    `wall_clock` gives the Unix time answers carry (OpenAI's ``created``).
+    `profiles` are the models it serves (`default` for any other name);
+    `seed` fixes the latency draws; with an `api_key`, requests must present
+    it (`key_ok`). `wall_clock` gives the Unix time answers carry (OpenAI's
+    ``created``). `tlproxy.sim.upstream.SimUpstream` makes it an ASGI app.
     """
 
     def __init__(
@@ -242,56 +209,16 @@ class SimUpstream:
         sigma = math.log(profile.ttft_p99_ms / profile.ttft_ms) / 2.3263
         return median * math.exp(self._rng.gauss(0.0, sigma))
 
+    def draws_error(self, profile: SimModelProfile) -> bool:
+        """Whether this request fails at random, by the profile's `error_rate`."""
+        return bool(profile.error_rate) and self._rng.random() < profile.error_rate
+
     def key_ok(self, presented: str | None, *, required: bool = True) -> bool:
         """Whether a request's key is acceptable: any key when none is configured."""
         if self.api_key is None:
             return presented is not None or not required
         return presented is not None and hmac.compare_digest(
             presented.encode(), self.api_key.encode())
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        path = scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        self.stats.requests += 1
-        self.stats.last_path = path
-        self.stats.last_query = scope.get("query_string", b"").decode("latin-1")
-        self.stats.last_headers = headers
-        request = SimRequest(path=path, query=self.stats.last_query, headers=headers, raw=body,
-                             receive=receive, send=send)
-        # Imported here: the protocol modules build on this one.
-        from . import sim_anthropic, sim_gemini, sim_openai
-
-        if path.endswith("/v1/messages") or (
-            path.endswith("/models") and "anthropic-version" in headers
-        ):
-            await sim_anthropic.serve(self, request)
-        elif sim_gemini.handles(path, headers):
-            await sim_gemini.serve(self, request)
-        elif not self.key_ok(_bearer(headers), required=False):
-            await send_json(send, 401, *sim_openai.OpenAIWire.error(401))
-        elif path.endswith("/chat/completions"):
-            await sim_openai.serve(self, request)
-        elif path.endswith("/embeddings"):
-            await self._embeddings(body, send)
-        elif path.endswith("/models"):
-            data = [
-                {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "sim"}
-                for m in self.profiles
-            ]
-            await send_json(send, 200, {"object": "list", "data": data})
-        else:
-            await send_json(send, 404, error_body(f"Unknown path {path}", "invalid_request_error"))
 
     async def respond(
         self, request: SimRequest, wire: Wire, body: dict[str, Any], model: str, *, stream: bool
@@ -310,7 +237,7 @@ class SimUpstream:
         status = answer.fail_status
         if status is None and "overloaded" in habits:
             status = wire.overloaded
-        if status is None and profile.error_rate and self._rng.random() < profile.error_rate:
+        if status is None and self.draws_error(profile):
             status = self._rng.choice(wire.transient)
         gzip = "gzip" in habits
         if status is not None:
@@ -412,43 +339,9 @@ class SimUpstream:
         self.stats.streams_completed += 1
         await emit(tail[-1] if tail else b"", more=False)
 
-    async def _embeddings(self, raw: bytes, send: Any) -> None:
-        body = decode_object(raw)
-        if body is None:
-            await send_json(send, 400, error_body("invalid JSON", "invalid_request_error"))
-            return
-        self.stats.last_body = body
-        model = body.get("model", "")
-        profile = self.profile(model)
-        await trio.sleep(self.ttft(profile))
-        if profile.error_rate and self._rng.random() < profile.error_rate:
-            await send_json(send, 503, error_body("The server is overloaded.", "server_error"))
-            return
-        inputs = body.get("input")
-        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
-                                       and isinstance(inputs[0], int)):
-            inputs = [inputs]
-        dims = body.get("dimensions") or profile.embedding_dimensions
-        data = []
-        tokens = 0
-        for index, item in enumerate(inputs or []):
-            text = item if isinstance(item, str) else " ".join(map(str, item))
-            tokens += len(item) if isinstance(item, list) else max(1, math.ceil(len(item) / 4))
-            vector = embedding_vector(text, dims)
-            value: Any = vector
-            if body.get("encoding_format") == "base64":
-                value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-            data.append({"object": "embedding", "index": index, "embedding": value})
-        await send_json(send, 200, {"object": "list", "data": data, "model": model,
-                                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-
-
-def _bearer(headers: dict[str, str]) -> str | None:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return token if scheme.lower() == "bearer" and token else None
-
 
 def error_body(message: str, kind: str) -> dict[str, Any]:
+    """OpenAI's error envelope (the shape of the sim's protocol-neutral errors too)."""
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 

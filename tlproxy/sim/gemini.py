@@ -23,7 +23,8 @@ from typing import Any
 import msgspec
 import trio
 
-from . import sim as core
+from . import core
+from .plan import Answer, embedding_size, embedding_vector
 
 __all__ = ["GeminiWire", "WireError", "handles", "serve", "to_plan_request"]
 
@@ -182,13 +183,13 @@ class GeminiWire(core.Wire):
         body, _ = self.error(503)
         return _event(body)
 
-    def _finish(self, answer: core.Answer, habits: core.Habits) -> str:
+    def _finish(self, answer: Answer, habits: core.Habits) -> str:
         reason = answer.choices[0].finish_reason
         if reason == "content_filter":
             return "RECITATION" if "recitation_stop" in habits else "SAFETY"
         return _FINISH[reason]
 
-    def _stopped(self, answer: core.Answer, finish: str) -> dict[str, Any]:
+    def _stopped(self, answer: Answer, finish: str) -> dict[str, Any]:
         """The last event of a candidate the filters stopped: no content, the reason why."""
         response = self._response(answer, [], finish)
         candidate = response["candidates"][0]
@@ -201,7 +202,7 @@ class GeminiWire(core.Wire):
         return response
 
     def _response(
-        self, answer: core.Answer, parts: list[dict[str, Any]], finish: str | None
+        self, answer: Answer, parts: list[dict[str, Any]], finish: str | None
     ) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         usage: dict[str, Any] = {"promptTokenCount": answer.prompt_tokens}
@@ -213,7 +214,7 @@ class GeminiWire(core.Wire):
         return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": self.model,
                 "responseId": self.response_id}
 
-    def _parts(self, answer: core.Answer) -> list[dict[str, Any]]:
+    def _parts(self, answer: Answer) -> list[dict[str, Any]]:
         """One part per streamed event: text tokens, then whole function calls."""
         plan = answer.choices[0]
         parts: list[dict[str, Any]] = [{"text": token} for token in plan.tokens]
@@ -221,7 +222,7 @@ class GeminiWire(core.Wire):
                   for _, name, arguments in plan.tool_calls]
         return parts
 
-    def message(self, answer: core.Answer, habits: core.Habits = frozenset()) -> Any:
+    def message(self, answer: Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
         parts = self._parts(answer)
         if plan.tokens:
@@ -234,7 +235,7 @@ class GeminiWire(core.Wire):
         return response
 
     def stream(
-        self, answer: core.Answer, habits: core.Habits = frozenset()
+        self, answer: Answer, habits: core.Habits = frozenset()
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         parts = self._parts(answer) or [{"text": ""}]
         finish = self._finish(answer, habits)
@@ -253,7 +254,7 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + _encode(payload) + b"\r\n\r\n"
 
 
-async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
+async def serve(sim: core.Simulator, request: core.SimRequest) -> None:
     """Answer one Gemini API request."""
     send = request.send
     query = urllib.parse.parse_qs(request.query)
@@ -298,7 +299,7 @@ async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
 
 
 async def _embed(
-    sim: core.SimUpstream, request: core.SimRequest, body: dict[str, Any], model: str, method: str
+    sim: core.Simulator, request: core.SimRequest, body: dict[str, Any], model: str, method: str
 ) -> None:
     requests = body.get("requests") if method == "batchEmbedContents" else [body]
     if not isinstance(requests, list) or not requests:
@@ -313,8 +314,11 @@ async def _embed(
         text = _texts(((one or {}).get("content") or {}).get("parts"))
         if not text:
             raise WireError("* EmbedContentRequest.content: content is not specified")
-        dimensions = one.get("outputDimensionality") or profile.embedding_dimensions
-        vectors.append({"values": core.embedding_vector(text, dimensions)})
+        dimensions = embedding_size(one.get("outputDimensionality"), profile)
+        if dimensions is None:
+            raise WireError(f"* EmbedContentRequest.outputDimensionality: at most "
+                            f"{profile.embedding_dimensions} for models/{model}")
+        vectors.append({"values": embedding_vector(text, dimensions)})
     await trio.sleep(sim.ttft(profile))
     answer = {"embedding": vectors[0]} if method == "embedContent" else {"embeddings": vectors}
     await core.send_json(request.send, 200, answer)

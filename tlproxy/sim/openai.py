@@ -1,4 +1,9 @@
-"""The simulated upstream speaking OpenAI's Chat Completions (``POST .../chat/completions``).
+"""The simulated upstream speaking OpenAI's API: Chat Completions, embeddings, the models.
+
+``POST .../chat/completions`` and ``POST .../embeddings`` answer as OpenAI
+does, ``GET .../models`` lists the sim's models; the key, when the sim has
+one, comes as ``Authorization: Bearer``. This is the protocol of any path
+the other protocols do not claim.
 
 The plan is rendered as a ``chat.completion`` or as ``chat.completion.chunk``
 events: a role chunk, one chunk per token or tool-call fragment, the finish
@@ -16,12 +21,16 @@ deltas: a transcript and PCM16 data per token, then the expiry), and no
 from __future__ import annotations
 
 import base64
+import math
+import struct
 from typing import Any
 
 import msgspec
+import trio
 
-from . import sim as core
-from .sse import DONE, encode_data
+from ..sse import DONE, encode_data
+from . import core
+from .plan import Answer, ChoicePlan, embedding_size, embedding_vector
 
 __all__ = [
     "AZURE_FILTER_CHUNK",
@@ -52,7 +61,7 @@ AZURE_FILTER_CHUNK = {
 }
 
 
-def usage_of(answer: core.Answer, reasoning: int = 0) -> dict[str, Any]:
+def usage_of(answer: Answer, reasoning: int = 0) -> dict[str, Any]:
     completion = answer.completion_tokens + reasoning
     return {
         "prompt_tokens": answer.prompt_tokens,
@@ -99,7 +108,7 @@ class OpenAIWire(core.Wire):
         message = "The server had an error while processing your request. Sorry about that!"
         return encode_data(_encode(core.error_body(message, "server_error")))
 
-    def message(self, answer: core.Answer, habits: core.Habits = _NONE) -> Any:
+    def message(self, answer: Answer, habits: core.Habits = _NONE) -> Any:
         choices = []
         refuses = "refusal" in habits
         reasoning = reasoning_field(habits)
@@ -133,7 +142,7 @@ class OpenAIWire(core.Wire):
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
     def stream(
-        self, answer: core.Answer, habits: core.Habits = _NONE
+        self, answer: Answer, habits: core.Habits = _NONE
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return encode_data(_encode({**self.base, "choices": choices, **extra}))
@@ -182,12 +191,12 @@ def reasoning_field(habits: core.Habits) -> str | None:
     return "reasoning" if "reasoning" in habits else None
 
 
-def reasoning_tokens(answer: core.Answer, habits: core.Habits) -> int:
+def reasoning_tokens(answer: Answer, habits: core.Habits) -> int:
     return len(REASONING) * len(answer.choices) if reasoning_field(habits) else 0
 
 
 def plan_deltas(
-    plan: core.ChoicePlan, habits: core.Habits = _NONE, *, audio: dict[str, Any] | None = None
+    plan: ChoicePlan, habits: core.Habits = _NONE, *, audio: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The deltas OpenAI would stream for one choice, after its role chunk.
 
@@ -225,7 +234,32 @@ def _pcm(text: str) -> str:
     return base64.b64encode(bytes(48 * len(text))).decode()
 
 
-async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
+async def serve(sim: core.Simulator, request: core.SimRequest) -> None:
+    """Answer one OpenAI request: chat completions, embeddings or the model list."""
+    send, path = request.send, request.path
+    if not sim.key_ok(_bearer(request.headers), required=False):
+        await core.send_json(send, 401, *OpenAIWire.error(401))
+    elif path.endswith("/chat/completions"):
+        await _chat(sim, request)
+    elif path.endswith("/embeddings"):
+        await _embeddings(sim, request.raw, send)
+    elif path.endswith("/models"):
+        data = [
+            {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "sim"}
+            for m in sim.profiles
+        ]
+        await core.send_json(send, 200, {"object": "list", "data": data})
+    else:
+        error = core.error_body(f"Unknown path {path}", "invalid_request_error")
+        await core.send_json(send, 404, error)
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _chat(sim: core.Simulator, request: core.SimRequest) -> None:
     """Answer one ``POST .../chat/completions``."""
     body = core.decode_object(request.raw)
     if body is None:
@@ -238,3 +272,43 @@ async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
         model=model, ident="chatcmpl-" + core.ident(request.raw), created=int(sim.wall_clock()),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
     await sim.respond(request, wire, body, model, stream=bool(body.get("stream")))
+
+
+async def _embeddings(sim: core.Simulator, raw: bytes, send: Any) -> None:
+    """Answer one ``POST .../embeddings``: a deterministic vector per input."""
+    body = core.decode_object(raw)
+    if body is None:
+        await core.send_json(send, 400, core.error_body("invalid JSON", "invalid_request_error"))
+        return
+    sim.stats.last_body = body
+    model = body.get("model", "")
+    profile = sim.profile(model)
+    dims = embedding_size(body.get("dimensions"), profile)
+    if dims is None:
+        message = (f"Invalid 'dimensions': {model} has embeddings of at most "
+                   f"{profile.embedding_dimensions} dimensions.")
+        error = core.error_body(message, "invalid_request_error")
+        error["error"].update(param="dimensions", code="invalid_value")
+        await core.send_json(send, 400, error)
+        return
+    await trio.sleep(sim.ttft(profile))
+    if sim.draws_error(profile):
+        error = core.error_body("The server is overloaded.", "server_error")
+        await core.send_json(send, 503, error)
+        return
+    inputs = body.get("input")
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
+                                   and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    data = []
+    tokens = 0
+    for index, item in enumerate(inputs or []):
+        text = item if isinstance(item, str) else " ".join(map(str, item))
+        tokens += len(item) if isinstance(item, list) else max(1, math.ceil(len(item) / 4))
+        vector = embedding_vector(text, dims)
+        value: Any = vector
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    await core.send_json(send, 200, {"object": "list", "data": data, "model": model,
+                                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -22,10 +22,11 @@ from typing import Any
 
 import msgspec
 
-from . import sim as core
-from .sse import encode_event
+from ..sse import encode_event
+from . import core
+from .plan import Answer
 
-__all__ = ["AnthropicWire", "WireError", "serve", "to_plan_request"]
+__all__ = ["AnthropicWire", "WireError", "handles", "serve", "to_plan_request"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -48,6 +49,12 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool
 
 class WireError(ValueError):
     """A request the real API would refuse with 400 ``invalid_request_error``."""
+
+
+def handles(path: str, headers: dict[str, str]) -> bool:
+    """Whether a request is for Anthropic's API (messages, or the model list it versions)."""
+    return path.endswith("/v1/messages") or (
+        path.endswith("/models") and "anthropic-version" in headers)
 
 
 def to_plan_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +176,7 @@ class AnthropicWire(core.Wire):
         body, _ = self.error(529)
         return encode_event(_encode(body).decode(), event="error")
 
-    def _usage(self, answer: core.Answer) -> dict[str, Any]:
+    def _usage(self, answer: Answer) -> dict[str, Any]:
         read, written = self._cache_reads_and_writes(answer.prompt_tokens)
         return {"input_tokens": answer.prompt_tokens - read - written,
                 "output_tokens": answer.completion_tokens,
@@ -186,12 +193,12 @@ class AnthropicWire(core.Wire):
             self._cache_use = read, prompt_tokens - read
         return self._cache_use
 
-    def _envelope(self, answer: core.Answer, content: list[Any], stop_reason: str | None) -> Any:
+    def _envelope(self, answer: Answer, content: list[Any], stop_reason: str | None) -> Any:
         return {"id": self.message_id, "type": "message", "role": "assistant",
                 "model": self.model, "content": content, "stop_reason": stop_reason,
                 "stop_sequence": None, "usage": self._usage(answer)}
 
-    def message(self, answer: core.Answer, habits: core.Habits = frozenset()) -> Any:
+    def message(self, answer: Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
         content: list[dict[str, Any]] = []
         if plan.tokens or not plan.tool_calls:
@@ -202,7 +209,7 @@ class AnthropicWire(core.Wire):
         return self._envelope(answer, content, _STOP_REASONS[plan.finish_reason])
 
     def stream(
-        self, answer: core.Answer, habits: core.Habits = frozenset()
+        self, answer: Answer, habits: core.Habits = frozenset()
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         plan = answer.choices[0]
         start = self._envelope(answer, [], None)
@@ -258,14 +265,14 @@ def _delta(index: int, delta: dict[str, Any]) -> bytes:
     return _event("content_block_delta", {"index": index, "delta": delta})
 
 
-def _models(sim: core.SimUpstream) -> dict[str, Any]:
+def _models(sim: core.Simulator) -> dict[str, Any]:
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
             for m in sim.profiles]
     return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}
 
 
-async def serve(sim: core.SimUpstream, request: core.SimRequest) -> None:
+async def serve(sim: core.Simulator, request: core.SimRequest) -> None:
     """Answer one Anthropic request (``POST .../v1/messages`` or ``GET .../v1/models``)."""
     send = request.send
     if "x-api-key" not in request.headers:

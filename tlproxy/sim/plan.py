@@ -2,7 +2,7 @@
 
 Pure and deterministic from the request (and the model's profile): the text
 or tool calls, the usage, and the failures a marker in the last user message
-scripts. Each protocol's wire (`tlproxy.sim`, `sim_anthropic`, `sim_gemini`)
+scripts. Each protocol's wire (`tlproxy.sim.openai`, `.anthropic`, `.gemini`)
 renders the same plan in its own format.
 """
 
@@ -17,11 +17,12 @@ from typing import Any
 
 import msgspec
 
-from .config import SimModelProfile
+from ..config import SimModelProfile
 
 __all__ = [
     "Answer",
     "ChoicePlan",
+    "embedding_size",
     "embedding_vector",
     "example_from_schema",
     "plan_answer",
@@ -187,6 +188,20 @@ def stop_by_filters(answer: Answer) -> None:
 def _retokenize(text: str) -> list[str]:
     parts = re.findall(r"\s*\S+", text)
     return parts
+
+
+def embedding_size(requested: Any, profile: SimModelProfile) -> int | None:
+    """How long the vectors answering a request are: None for a size to refuse.
+
+    A request that names no size gets the model's own (`embedding_dimensions`);
+    one may ask for fewer, never more (real APIs only shorten a model's
+    vectors), so what the sim allocates stays within what its config allows.
+    """
+    if requested is None:
+        return profile.embedding_dimensions
+    if isinstance(requested, bool) or not isinstance(requested, int):
+        return None
+    return requested if 1 <= requested <= profile.embedding_dimensions else None
 
 
 def embedding_vector(text: str, dimensions: int) -> list[float]:
