@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from tests.openai_schema import validate as validate_schema
+from tlproxy.providers.transport import Transport
 from tlproxy.sse import SSEDecoder
 
 USER = {"role": "user", "content": "Hi"}
@@ -64,6 +65,11 @@ def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> 
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+def mock_transport(handler: Handler) -> Transport:
+    """A transport whose upstream is `handler`: a request in, a response out."""
+    return Transport(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
 class Split(httpx.AsyncByteStream):

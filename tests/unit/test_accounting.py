@@ -21,7 +21,7 @@ from tlproxy.errors import UpstreamError
 from tlproxy.ledger import Ledger, LedgerRow
 from tlproxy.metrics import Metrics
 from tlproxy.pricing import cost_usd, estimate_usage, usage_from_openai
-from tlproxy.providers._http import transport_error
+from tlproxy.providers.transport import transport_error
 from tlproxy.providers.openai import map_openai_error
 from tlproxy.race import AttemptRecord, Candidate
 from tlproxy.shadow import Shadow, ShadowPair

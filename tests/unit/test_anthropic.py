@@ -23,6 +23,7 @@ from tests.unit.adapter_support import (
     Handler,
     Recordings,
     Split,
+    mock_transport,
     openai_messages,
     usage,
     validate,
@@ -805,9 +806,9 @@ def test_any_message_list_translates_or_is_an_invalid_request(messages: list[Any
 
 
 def provider(handler: Handler, **kwargs: Any) -> AnthropicProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return AnthropicProvider(
-        "anthropic", base_url="https://api.test", api_key="sk-ant-test-key", client=client, **kwargs
+        "anthropic", base_url="https://api.test", api_key="sk-ant-test-key",
+        transport=mock_transport(handler), **kwargs
     )
 
 
@@ -929,7 +930,7 @@ async def test_chat_translates_the_answer() -> None:
         "a",
         base_url="https://api.test/v1/",
         api_key=None,
-        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        transport=mock_transport(handler),
     )
     for candidate in (p, p_v1):
         answer = await candidate.chat({"messages": [USER]}, model="claude-up")

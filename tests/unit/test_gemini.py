@@ -24,6 +24,7 @@ from tests.unit.adapter_support import (
     USER,
     Handler,
     Recordings,
+    mock_transport,
     openai_messages,
     usage,
     validate,
@@ -774,8 +775,8 @@ def test_any_message_list_translates_or_is_an_invalid_request(
 
 
 def provider(handler: Handler, base_url: str = "https://gl.test") -> GeminiProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return GeminiProvider("gemini", base_url=base_url, api_key="AIza-test-key", client=client)
+    return GeminiProvider("gemini", base_url=base_url, api_key="AIza-test-key",
+                          transport=mock_transport(handler))
 
 
 async def test_clean_stream_uses_sse_and_the_key_header() -> None:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.adapter_support import USER, Handler, Split, collect, usage
+from tests.unit.adapter_support import USER, Handler, Split, collect, mock_transport, usage
 from tlproxy.errors import UpstreamError
 from tlproxy.providers.openai import (
     OpenAIProvider,
@@ -198,9 +198,8 @@ def test_whatever_the_upstream_does_usage_comes_once_and_last(
 
 
 def provider(handler: Handler) -> OpenAIProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return OpenAIProvider("up", base_url="https://api.test/v1/", api_key="sk-test-key-123",
-                          client=client)
+                          transport=mock_transport(handler))
 
 
 def streaming(body: bytes, **headers: str) -> Handler:

@@ -20,6 +20,7 @@ from tlproxy.providers._http import HTTPProvider
 from tlproxy.providers.anthropic import AnthropicProvider
 from tlproxy.providers.gemini import GeminiProvider
 from tlproxy.providers.openai import OpenAIProvider
+from tlproxy.providers.transport import Transport
 
 PUBLIC = {
     anthropic: {
@@ -69,8 +70,8 @@ async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
         pinged.append(request)
         return httpx.Response(401)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    provider = adapter("p", base_url="http://up/v1", api_key=api_key, client=client)
+    transport = Transport(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    provider = adapter("p", base_url="http://up/v1", api_key=api_key, transport=transport)
     assert isinstance(provider, HTTPProvider)
     assert provider.name == "p"
     assert await provider.ping()  # any answer, even 401, means the upstream is there
@@ -79,10 +80,11 @@ async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
     sent = {k: v for k, v in pinged[0].headers.items() if k in ours}
     assert sent == {"content-type": "application/json", **auth}
     await provider.aclose()
-    assert not client.is_closed  # the caller's client, unless owns_client
-    owned = adapter("p", base_url="http://up", api_key=None, client=client, owns_client=True)
+    assert not transport.is_closed  # the caller's transport, unless owns_transport
+    owned = adapter("p", base_url="http://up", api_key=None, transport=transport,
+                    owns_transport=True)
     await owned.aclose()
-    assert client.is_closed
+    assert transport.is_closed
 
 
 def test_assistant_message_content_is_null_only_beside_tool_calls() -> None:
@@ -176,8 +178,8 @@ async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
         return httpx.Response(200, headers={"content-encoding": encoding}, content=content)
 
     async def chunks(transport: httpx.MockTransport) -> list[dict[str, object]]:
-        client = httpx.AsyncClient(transport=transport)
-        provider = adapter("p", base_url="http://up/v1", api_key="k", client=client)
+        provider = adapter("p", base_url="http://up/v1", api_key="k",
+                           transport=Transport(httpx.AsyncClient(transport=transport)))
         async with provider.stream_chat({"messages": [{"role": "user", "content": "Hi"}]},
                                         model="m") as stream:
             # `created` is the clock's second: it may tick between the two reads.

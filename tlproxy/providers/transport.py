@@ -1,4 +1,12 @@
-"""The one httpx client per upstream: made safe to cancel under trio, and sharded.
+"""One upstream's connection pool, and the one place its errors become ours.
+
+The adapters never touch the HTTP library: they build an `Endpoint` once per
+URL (its headers included), then `send` a JSON request and get a whole
+`Reply`, or `stream` one and read its body as it comes. Every exception of
+the HTTP library is mapped to `UpstreamError` by `map_exceptions`, here and
+nowhere else, whether it is raised while connecting, sending, or reading a
+streamed body; bodies are read decoded (upstreams may gzip an event stream as
+they would any answer).
 
 httpx hands a request body to its transport as an async generator. When an
 attempt is cancelled while that body is being sent (the race cancels losers
@@ -17,14 +25,140 @@ divides that cost by the square of the number of pools.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 
 import httpx
 
 from ..config import ProviderConfig
+from ..errors import UpstreamError
 
-__all__ = ["make_client"]
+__all__ = [
+    "Endpoint",
+    "Reply",
+    "Transport",
+    "make_transport",
+    "map_exceptions",
+    "transport_error",
+]
+
+# How long a readiness ping may take, whatever the configured timeouts.
+PING_TIMEOUT = 2.0
+
+
+def transport_error(exc: httpx.HTTPError) -> UpstreamError:
+    """An HTTP library's exception, as the error our client should see."""
+    # No connection (refused, unresolvable, none free in the pool in time): the
+    # request was never sent, so the upstream bills nothing for it.
+    unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError("the upstream provider timed out", status=504, code="timeout",
+                             unsent=unsent)
+    return UpstreamError(
+        f"could not reach the upstream provider ({type(exc).__name__})", status=502,
+        unsent=unsent,
+    )
+
+
+@contextlib.contextmanager
+def map_exceptions() -> Iterator[None]:
+    """The boundary: the HTTP library's exceptions leave as `UpstreamError`."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise transport_error(exc) from None
+
+
+class Endpoint:
+    """A URL and the headers every request to it carries, built once per adapter.
+
+    A header without a value (no API key configured) is left out.
+    """
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self, url: str, headers: Mapping[str, str | None]) -> None:
+        self.url = url
+        self.headers = {k: v for k, v in headers.items() if v}
+
+
+class Reply:
+    """An upstream's answer: its status and headers, and its body (read by `send`,
+    read as it comes by `stream`)."""
+
+    __slots__ = ("_response", "content", "status")
+
+    def __init__(self, response: httpx.Response, content: bytes = b"") -> None:
+        self._response = response
+        self.status = response.status_code
+        self.content = content
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def aread(self) -> bytes:
+        """The whole (rest of the) body, decoded."""
+        with map_exceptions():
+            self.content = await self._response.aread()
+        return self.content
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body as it comes, decoded; a failure is an `UpstreamError`."""
+        with map_exceptions():
+            async with contextlib.aclosing(self._response.aiter_bytes()) as stream:
+                async for data in stream:
+                    yield data
+
+
+class Transport:
+    """One upstream's pooled connections. ``client`` is closed by `aclose`."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    @property
+    def is_closed(self) -> bool:
+        return self._client.is_closed
+
+    async def send(self, endpoint: Endpoint, body: bytes) -> Reply:
+        """POST `body`; the reply with its whole body read."""
+        with map_exceptions():
+            response = await self._client.post(
+                endpoint.url, content=body, headers=endpoint.headers
+            )
+        return Reply(response, response.content)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, endpoint: Endpoint, body: bytes) -> AsyncIterator[Reply]:
+        """POST `body`; the reply, its body unread, closed on leaving."""
+        with map_exceptions():
+            response = await self._client.send(
+                self._client.build_request(
+                    "POST", endpoint.url, content=body, headers=endpoint.headers
+                ),
+                stream=True,
+            )
+        try:
+            yield Reply(response)
+        finally:
+            with map_exceptions():
+                await response.aclose()
+
+    async def ping(self, endpoint: Endpoint) -> bool:
+        """Whether the upstream answers at all; any HTTP status, even 401, means it is there."""
+        try:
+            with map_exceptions():
+                await self._client.get(
+                    endpoint.url, headers=endpoint.headers, timeout=PING_TIMEOUT
+                )
+        except UpstreamError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class _Once:
@@ -69,8 +203,8 @@ class _UpstreamTransport(httpx.AsyncBaseTransport):
             await shard.aclose()
 
 
-def make_client(config: ProviderConfig, *, shards: int = 8) -> httpx.AsyncClient:
-    """One pooled client per upstream, HTTP/2 when the upstream speaks it."""
+def make_transport(config: ProviderConfig, *, shards: int = 8) -> Transport:
+    """One pooled transport per upstream, HTTP/2 when the upstream speaks it."""
     plain_http = (config.base_url or "").startswith("http:")
     per_shard = max(1, -(-config.max_connections // shards))
     limits = httpx.Limits(
@@ -90,9 +224,9 @@ def make_client(config: ProviderConfig, *, shards: int = 8) -> httpx.AsyncClient
         )
         for _ in range(shards)
     ]
-    return httpx.AsyncClient(
+    return Transport(httpx.AsyncClient(
         transport=_UpstreamTransport(transports),
         timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
         # Proxies from the environment would surprise an operator on a hot path.
         trust_env=False,
-    )
+    ))
