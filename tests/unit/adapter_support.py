@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import httpx2
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
@@ -20,7 +20,7 @@ from tlproxy.sse import SSEDecoder
 USER = {"role": "user", "content": "Hi"}
 ROLE = {"role": "assistant", "content": "", "refusal": None}
 
-Handler = Callable[[httpx.Request], Any]
+Handler = Callable[[httpx2.Request], Any]
 
 
 def validate(schema: str, instance: dict[str, Any]) -> None:
@@ -69,10 +69,10 @@ def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> 
 
 def mock_transport(handler: Handler) -> Transport:
     """A transport whose upstream is `handler`: a request in, a response out."""
-    return Transport(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    return Transport(httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
 
 
-class Split(httpx.AsyncByteStream):
+class Split(httpx2.AsyncByteStream):
     """Serves a body in small pieces, so events arrive cut across reads."""
 
     def __init__(self, body: bytes, size: int = 37) -> None:

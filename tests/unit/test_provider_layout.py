@@ -11,7 +11,7 @@ import gzip
 import zlib
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tlproxy.errors import InvalidRequest
@@ -64,13 +64,13 @@ def test_adapter_packages_export_the_names_callers_import(module: object) -> Non
 async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
     adapter: type[HTTPProvider], api_key: str | None, auth: dict[str, str]
 ) -> None:
-    pinged: list[httpx.Request] = []
+    pinged: list[httpx2.Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         pinged.append(request)
-        return httpx.Response(401)
+        return httpx2.Response(401)
 
-    transport = Transport(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    transport = Transport(httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
     provider = adapter("p", base_url="http://up/v1", api_key=api_key, transport=transport)
     assert isinstance(provider, HTTPProvider)
     assert provider.name == "p"
@@ -171,19 +171,19 @@ async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
     body = raw if isinstance(raw, bytes) else raw.read_bytes()
     compress = {"identity": lambda b: b, "gzip": gzip.compress, "deflate": zlib.compress}
 
-    def handler(request: httpx.Request, encoded: bool = True) -> httpx.Response:
+    def handler(request: httpx2.Request, encoded: bool = True) -> httpx2.Response:
         if not encoded:
-            return httpx.Response(200, content=body)
+            return httpx2.Response(200, content=body)
         content = compress[encoding](body)
-        return httpx.Response(200, headers={"content-encoding": encoding}, content=content)
+        return httpx2.Response(200, headers={"content-encoding": encoding}, content=content)
 
-    async def chunks(transport: httpx.MockTransport) -> list[dict[str, object]]:
+    async def chunks(transport: httpx2.MockTransport) -> list[dict[str, object]]:
         provider = adapter("p", base_url="http://up/v1", api_key="k",
-                           transport=Transport(httpx.AsyncClient(transport=transport)))
+                           transport=Transport(httpx2.AsyncClient(transport=transport)))
         async with provider.stream_chat({"messages": [{"role": "user", "content": "Hi"}]},
                                         model="m") as stream:
             # `created` is the clock's second: it may tick between the two reads.
             return [{k: v for k, v in c.items() if k != "created"} async for c in stream]
 
-    plain = await chunks(httpx.MockTransport(lambda r: handler(r, encoded=False)))
-    assert plain and await chunks(httpx.MockTransport(handler)) == plain
+    plain = await chunks(httpx2.MockTransport(lambda r: handler(r, encoded=False)))
+    assert plain and await chunks(httpx2.MockTransport(handler)) == plain

@@ -8,7 +8,7 @@ nowhere else, whether it is raised while connecting, sending, or reading a
 streamed body; bodies are read decoded (upstreams may gzip an event stream as
 they would any answer).
 
-httpx hands a request body to its transport as an async generator. When an
+httpx2 hands a request body to its transport as an async generator. When an
 attempt is cancelled while that body is being sent (the race cancels losers
 at any moment), the generator is left suspended and trio finalizes it later,
 at garbage collection, with a `ResourceWarning`. Bodies here are always
@@ -29,7 +29,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 
-import httpx
+import httpx2
 
 from ..config import ProviderConfig
 from ..errors import UpstreamError
@@ -47,12 +47,12 @@ __all__ = [
 PING_TIMEOUT = 2.0
 
 
-def transport_error(exc: httpx.HTTPError) -> UpstreamError:
+def transport_error(exc: httpx2.HTTPError) -> UpstreamError:
     """An HTTP library's exception, as the error our client should see."""
     # No connection (refused, unresolvable, none free in the pool in time): the
     # request was never sent, so the upstream bills nothing for it.
-    unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-    if isinstance(exc, httpx.TimeoutException):
+    unsent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+    if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError("the upstream provider timed out", status=504, code="timeout",
                              unsent=unsent)
     return UpstreamError(
@@ -66,7 +66,7 @@ def map_exceptions() -> Iterator[None]:
     """The boundary: the HTTP library's exceptions leave as `UpstreamError`."""
     try:
         yield
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise transport_error(exc) from None
 
 
@@ -89,7 +89,7 @@ class Reply:
 
     __slots__ = ("_response", "content", "status")
 
-    def __init__(self, response: httpx.Response, content: bytes = b"") -> None:
+    def __init__(self, response: httpx2.Response, content: bytes = b"") -> None:
         self._response = response
         self.status = response.status_code
         self.content = content
@@ -115,7 +115,7 @@ class Reply:
 class Transport:
     """One upstream's pooled connections. ``client`` is closed by `aclose`."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx2.AsyncClient) -> None:
         self._client = client
 
     @property
@@ -177,7 +177,7 @@ class _Once:
         return data
 
 
-class _BytesBody(httpx.AsyncByteStream):
+class _BytesBody(httpx2.AsyncByteStream):
     def __init__(self, data: bytes) -> None:
         self._data = data
 
@@ -185,14 +185,14 @@ class _BytesBody(httpx.AsyncByteStream):
         return _Once(self._data)
 
 
-class _UpstreamTransport(httpx.AsyncBaseTransport):
-    def __init__(self, shards: list[httpx.AsyncBaseTransport]) -> None:
+class _UpstreamTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, shards: list[httpx2.AsyncBaseTransport]) -> None:
         self._shards = shards
         self._next = 0
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if isinstance(request.stream, httpx.ByteStream):
-            # httpx has already read a bytes body (and set content-length).
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if isinstance(request.stream, httpx2.ByteStream):
+            # httpx2 has already read a bytes body (and set content-length).
             request.stream = _BytesBody(request.content)
         shard = self._shards[self._next]
         self._next = (self._next + 1) % len(self._shards)
@@ -207,15 +207,15 @@ def make_transport(config: ProviderConfig, *, shards: int = 8) -> Transport:
     """One pooled transport per upstream, HTTP/2 when the upstream speaks it."""
     plain_http = (config.base_url or "").startswith("http:")
     per_shard = max(1, -(-config.max_connections // shards))
-    limits = httpx.Limits(
+    limits = httpx2.Limits(
         max_connections=per_shard,
         max_keepalive_connections=per_shard,
         keepalive_expiry=30.0,
     )
     # No TLS over plain http: skip loading the CA bundle (tens of ms each).
-    verify: ssl.SSLContext | bool = False if plain_http else httpx.create_ssl_context()
-    transports: list[httpx.AsyncBaseTransport] = [
-        httpx.AsyncHTTPTransport(
+    verify: ssl.SSLContext | bool = False if plain_http else httpx2.create_ssl_context()
+    transports: list[httpx2.AsyncBaseTransport] = [
+        httpx2.AsyncHTTPTransport(
             # Over plain http, HTTP/2 means prior knowledge (h2c): no HTTP/1.1 at all.
             http1=not (config.http2 and plain_http),
             http2=config.http2,
@@ -224,9 +224,9 @@ def make_transport(config: ProviderConfig, *, shards: int = 8) -> Transport:
         )
         for _ in range(shards)
     ]
-    return Transport(httpx.AsyncClient(
+    return Transport(httpx2.AsyncClient(
         transport=_UpstreamTransport(transports),
-        timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+        timeout=httpx2.Timeout(config.read_timeout, connect=config.connect_timeout),
         # Proxies from the environment would surprise an operator on a hot path.
         trust_env=False,
     ))
