@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.unit.adapter_support import MockPool
 from tlproxy.errors import InvalidRequest
 from tlproxy.providers import _envelopes, _shapes, anthropic, gemini
 from tlproxy.providers._http import HTTPProvider
@@ -70,7 +71,8 @@ async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
         pinged.append(request)
         return httpx2.Response(401)
 
-    transport = Transport(httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+    pool = MockPool(handler)
+    transport = Transport(pool)
     provider = adapter("p", base_url="http://up/v1", api_key=api_key, transport=transport)
     assert isinstance(provider, HTTPProvider)
     assert provider.name == "p"
@@ -80,11 +82,11 @@ async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
     sent = {k: v for k, v in pinged[0].headers.items() if k in ours}
     assert sent == {"content-type": "application/json", **auth}
     await provider.aclose()
-    assert not transport.is_closed  # the caller's transport, unless owns_transport
+    assert not pool.closed  # the caller's transport, unless owns_transport
     owned = adapter("p", base_url="http://up", api_key=None, transport=transport,
                     owns_transport=True)
     await owned.aclose()
-    assert transport.is_closed
+    assert pool.closed
 
 
 def test_assistant_message_content_is_null_only_beside_tool_calls() -> None:
@@ -177,13 +179,12 @@ async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
         content = compress[encoding](body)
         return httpx2.Response(200, headers={"content-encoding": encoding}, content=content)
 
-    async def chunks(transport: httpx2.MockTransport) -> list[dict[str, object]]:
-        provider = adapter("p", base_url="http://up/v1", api_key="k",
-                           transport=Transport(httpx2.AsyncClient(transport=transport)))
+    async def chunks(pool: MockPool) -> list[dict[str, object]]:
+        provider = adapter("p", base_url="http://up/v1", api_key="k", transport=Transport(pool))
         async with provider.stream_chat({"messages": [{"role": "user", "content": "Hi"}]},
                                         model="m") as stream:
             # `created` is the clock's second: it may tick between the two reads.
             return [{k: v for k, v in c.items() if k != "created"} async for c in stream]
 
-    plain = await chunks(httpx2.MockTransport(lambda r: handler(r, encoded=False)))
-    assert plain and await chunks(httpx2.MockTransport(handler)) == plain
+    plain = await chunks(MockPool(lambda r: handler(r, encoded=False)))
+    assert plain and await chunks(MockPool(handler)) == plain
