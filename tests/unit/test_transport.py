@@ -23,7 +23,9 @@ from tlproxy.providers.transport import (
     Endpoint,
     Reply,
     Transport,
+    _Shards,
     map_exceptions,
+    shard_sizes,
     transport_error,
 )
 
@@ -189,3 +191,31 @@ async def test_a_ping_is_true_for_any_answer_and_false_when_nothing_answers() ->
 def test_reply_headers_are_read_by_lower_case_name() -> None:
     reply = Reply(429, [(b"Retry-After", b"12"), (b"content-type", b"application/json")])
     assert reply.headers == {"retry-after": "12", "content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("connections", "sizes"),
+    [(1000, [125] * 8), (10, [2, 2, 1, 1, 1, 1, 1, 1]), (3, [1, 1, 1]), (1, [1])],
+)
+def test_max_connections_is_split_over_the_shards_exactly(
+    connections: int, sizes: list[int]
+) -> None:
+    assert shard_sizes(connections, 8) == sizes
+
+
+async def test_requests_go_round_robin_over_the_shards_and_all_are_closed() -> None:
+    served: list[int] = []
+
+    def pool(number: int) -> MockPool:
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            served.append(number)
+            return httpx2.Response(200, content=b"{}")
+        return MockPool(handler)
+
+    pools = [pool(n) for n in range(3)]
+    transport = Transport(_Shards(list(pools)))
+    for _ in range(7):
+        await transport.send(Endpoint("http://up/x", {}), b"")
+    assert served == [0, 1, 2, 0, 1, 2, 0]
+    await transport.aclose()
+    assert all(p.closed for p in pools)

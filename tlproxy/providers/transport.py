@@ -19,8 +19,14 @@ decoded as they come.
 
 httpcore2's pool assigns waiting requests to connections in one pass over
 the connections and the requests (httpcore's rescanned every connection for
-every waiting request, which is why each upstream's pool used to be split
-into round-robin shards). One pool per upstream is enough again.
+every waiting request). That pass still asks every idle connection whether
+its server has closed it (a poll of its socket), and it runs when each
+request starts and ends, so a request costs a system call per idle
+connection: after a burst has left hundreds of connections idle (they are
+kept alive for reuse), each later request pays for all of them. Requests are
+therefore still spread round-robin over several smaller pools of one
+upstream (`_Shards`), each keeping its connections alive, which divides that
+cost by the number of pools.
 
 A request body is bytes already in memory; httpcore2 sends it from a
 generator that it closes itself (`aclosing`) when an attempt is cancelled
@@ -273,7 +279,30 @@ class _Deflate:
         return bytes(self._zlib.flush())
 
 
-def make_transport(config: ProviderConfig) -> Transport:
+def shard_sizes(connections: int, shards: int) -> list[int]:
+    """`connections` split over at most `shards` pools of at least one each."""
+    count = max(1, min(shards, connections))
+    return [connections // count + (i < connections % count) for i in range(count)]
+
+
+class _Shards:
+    """Several pools of one upstream, taking requests in turn (see the module's essay)."""
+
+    def __init__(self, pools: list[Pool]) -> None:
+        self._pools = pools
+        self._next = 0
+
+    async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
+        pool = self._pools[self._next]
+        self._next = (self._next + 1) % len(self._pools)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+def make_transport(config: ProviderConfig, *, shards: int = 8) -> Transport:
     """One pooled transport per upstream, HTTP/2 when the upstream speaks it.
 
     Over TLS the upstream's certificate is checked against the system's trust
@@ -281,18 +310,22 @@ def make_transport(config: ProviderConfig) -> Transport:
     ``SSL_CERT_DIR``) when set (`httpcore2.default_ssl_context`).
     """
     plain_http = (config.base_url or "").startswith("http:")
-    pool = httpcore2.AsyncConnectionPool(
-        # One TLS context for every connection (loading a trust store takes
-        # tens of ms); none over plain http.
-        ssl_context=None if plain_http else httpcore2.default_ssl_context(),
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_connections,
-        keepalive_expiry=30.0,
-        # Over plain http, HTTP/2 means prior knowledge (h2c): no HTTP/1.1 at all.
-        http1=not (config.http2 and plain_http),
-        http2=config.http2,
-        network_backend=httpcore2.TrioBackend(),
-    )
+    # One TLS context for every connection (loading a trust store takes tens
+    # of ms); none over plain http.
+    ssl_context = None if plain_http else httpcore2.default_ssl_context()
+    pool = _Shards([
+        httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=size,
+            max_keepalive_connections=size,
+            keepalive_expiry=30.0,
+            # Over plain http, HTTP/2 means prior knowledge (h2c): no HTTP/1.1 at all.
+            http1=not (config.http2 and plain_http),
+            http2=config.http2,
+            network_backend=httpcore2.TrioBackend(),
+        )
+        for size in shard_sizes(config.max_connections, shards)
+    ])
     return Transport(
         pool, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout
     )
