@@ -7,6 +7,7 @@ here, so a later move cannot drop a name silently.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+import tlproxy.providers
 from tests.unit.adapter_support import MockPool
 from tlproxy.errors import InvalidRequest
 from tlproxy.providers import _envelopes, _shapes, anthropic, gemini
@@ -188,3 +190,44 @@ async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
 
     plain = await chunks(MockPool(lambda r: handler(r, encoded=False)))
     assert plain and await chunks(MockPool(handler)) == plain
+
+
+PROVIDERS = Path(tlproxy.providers.__file__).parent
+HTTP_LIBRARIES = {"httpcore2", "httpx2", "httpx", "httpcore", "h2", "h11", "zlib"}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, relative ones resolved from `tlproxy.providers`."""
+    names: set[str] = set()
+    package = ".".join(path.relative_to(PROVIDERS.parent.parent).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PROVIDERS.rglob("*.py")), ids=lambda p: str(p.relative_to(PROVIDERS))
+)
+def test_only_the_transport_imports_the_http_library(path: Path) -> None:
+    # One boundary: the exceptions of the layers below become ours in
+    # transport.map_exceptions, so nothing else may even see them.
+    libraries = {name.split(".")[0] for name in imported(path)} & HTTP_LIBRARIES
+    assert libraries == (HTTP_LIBRARIES & {"httpcore2", "zlib"} if path.name == "transport.py"
+                         else set())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(PROVIDERS.glob("*/answer.py")), *sorted(PROVIDERS.glob("*/request.py")),
+     PROVIDERS / "_status.py", PROVIDERS / "_envelopes.py", PROVIDERS / "_shapes.py"],
+    ids=lambda p: str(p.relative_to(PROVIDERS)),
+)
+def test_pure_modules_import_no_io(path: Path) -> None:
+    io = {"tlproxy.providers._http", "tlproxy.providers.transport", "trio"}
+    assert not {name for name in imported(path) if name in io or name.split(".")[0] in io}
