@@ -467,8 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"), handlers=[handler])
-    # One line per upstream request at INFO would drown the proxy's own logs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         # Every option belongs to the benchmark tool, --help included.

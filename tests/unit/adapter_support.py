@@ -1,25 +1,29 @@
-"""What the Anthropic and Gemini adapter tests share: recorded fixtures, the
-OpenAI shapes their answers must have, and a mock upstream that cuts bodies.
+"""What the adapter tests share: recorded fixtures, the OpenAI shapes their
+answers must have, and a mock upstream (at the connection pool's seam) that
+cuts bodies.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import httpcore2
+import httpx2
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from tests.openai_schema import validate as validate_schema
+from tlproxy.providers.transport import Transport
 from tlproxy.sse import SSEDecoder
 
 USER = {"role": "user", "content": "Hi"}
 ROLE = {"role": "assistant", "content": "", "refusal": None}
 
-Handler = Callable[[httpx.Request], Any]
+Handler = Callable[[httpx2.Request], Any]
 
 
 def validate(schema: str, instance: dict[str, Any]) -> None:
@@ -66,7 +70,57 @@ def usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> 
     }
 
 
-class Split(httpx.AsyncByteStream):
+class MockPool:
+    """A connection pool whose upstream is `handler`, httpcore2's seam as
+    ``httpx.MockTransport`` is httpx's.
+
+    The handler gets the request as sent (an ``httpx2.Request``, for its
+    conveniences: ``.url``, ``.headers``, ``.content``) and returns an
+    ``httpx2.Response``, whose body goes back as it is on the wire: still
+    compressed, cut where its stream cuts it. Exceptions are raised as they
+    come (a handler raises httpcore2's, as a real pool would).
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.closed = False
+
+    async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
+        assert isinstance(request.stream, AsyncIterable)
+        sent = httpx2.Request(
+            request.method.decode(), bytes(request.url).decode(), headers=request.headers,
+            content=b"".join([part async for part in request.stream]),
+        )
+        response = self._handler(sent)
+        if inspect.isawaitable(response):
+            response = await response
+        assert isinstance(response, httpx2.Response)
+        stream = response.stream
+        assert isinstance(stream, AsyncIterable)
+
+        async def body() -> AsyncIterator[bytes]:
+            # Closed when the reader stops early, as httpcore2 closes its own.
+            parts = stream.__aiter__()
+            try:
+                async for part in parts:
+                    yield part
+            finally:
+                if inspect.isasyncgen(parts):
+                    await parts.aclose()
+
+        return httpcore2.Response(response.status_code, headers=response.headers.raw,
+                                  content=body())
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def mock_transport(handler: Handler) -> Transport:
+    """A transport whose upstream is `handler`: a request in, a response out."""
+    return Transport(MockPool(handler))
+
+
+class Split(httpx2.AsyncByteStream):
     """Serves a body in small pieces, so events arrive cut across reads."""
 
     def __init__(self, body: bytes, size: int = 37) -> None:

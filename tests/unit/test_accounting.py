@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import httpcore2
 import httpx
 import pytest
 import trio
@@ -21,8 +22,8 @@ from tlproxy.errors import UpstreamError
 from tlproxy.ledger import Ledger, LedgerRow
 from tlproxy.metrics import Metrics
 from tlproxy.pricing import cost_usd, estimate_usage, usage_from_openai
-from tlproxy.providers._http import transport_error
 from tlproxy.providers.openai import map_openai_error
+from tlproxy.providers.transport import transport_error
 from tlproxy.race import AttemptRecord, Candidate
 from tlproxy.shadow import Shadow, ShadowPair
 
@@ -74,12 +75,12 @@ def estimated_cost(model_id: str, chunks: int) -> float:
     (http_error(500), 0, True),
     (http_error(503), 0, True),
     (http_error(400), 0, True),
-    (transport_error(httpx.ConnectError("connection refused")), 0, True),
-    (transport_error(httpx.ConnectTimeout("no SYN-ACK")), 0, True),
-    (transport_error(httpx.PoolTimeout("no free connection")), 0, True),
+    (transport_error(httpcore2.ConnectError("connection refused")), 0, True),
+    (transport_error(httpcore2.ConnectTimeout("no SYN-ACK")), 0, True),
+    (transport_error(httpcore2.PoolTimeout("no free connection")), 0, True),
     # Sent, then the answer never came or broke: the upstream may be generating.
-    (transport_error(httpx.ReadTimeout("slow")), 0, False),
-    (transport_error(httpx.RemoteProtocolError("cut")), 0, False),
+    (transport_error(httpcore2.ReadTimeout("slow")), 0, False),
+    (transport_error(httpcore2.RemoteProtocolError("cut")), 0, False),
     (UpstreamError("an error event in a 200 stream"), 0, False),
     (UpstreamError("the stream broke", status=502), 3, False),
     (RuntimeError("a bug"), 0, False),
@@ -113,7 +114,7 @@ async def test_refused_attempts_cost_nothing_and_cut_ones_keep_their_estimate(
 ) -> None:
     rows, request, metrics = await accounted([
         attempt("gpt-5-nano", "failed", error=http_error(429)),
-        attempt("gpt-5-mini", "failed", error=transport_error(httpx.ConnectError("refused"))),
+        attempt("gpt-5-mini", "failed", error=transport_error(httpcore2.ConnectError("refused"))),
         attempt("gemini-2.5-flash", "lost", chunks=3),  # a hedge cancelled mid-way
         attempt("claude-haiku-4-5", "deadline", error=UpstreamError("no first token")),
         attempt("gpt-5-nano", "won", first=0.375, chunks=6, usage=USAGE),
@@ -205,7 +206,7 @@ async def test_a_client_that_left_makes_the_winner_cancelled(
 @pytest.mark.parametrize(("answer", "error", "status", "estimated"), [
     ({"usage": {"prompt_tokens": 40, "total_tokens": 40}}, None, "ok", False),
     (None, http_error(503), "error", None),
-    (None, transport_error(httpx.ReadTimeout("slow")), "error", True),
+    (None, transport_error(httpcore2.ReadTimeout("slow")), "error", True),
     (None, None, "cancelled", True),
 ], ids=["answered", "refused", "read-timeout", "cancelled"])
 async def test_classifier_calls_are_rows_of_their_request(

@@ -12,7 +12,8 @@ import itertools
 import json
 from typing import Any
 
-import httpx
+import httpcore2
+import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from tests.unit.adapter_support import (
     Handler,
     Recordings,
     Split,
+    mock_transport,
     openai_messages,
     usage,
     validate,
@@ -805,22 +807,22 @@ def test_any_message_list_translates_or_is_an_invalid_request(messages: list[Any
 
 
 def provider(handler: Handler, **kwargs: Any) -> AnthropicProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return AnthropicProvider(
-        "anthropic", base_url="https://api.test", api_key="sk-ant-test-key", client=client, **kwargs
+        "anthropic", base_url="https://api.test", api_key="sk-ant-test-key",
+        transport=mock_transport(handler), **kwargs
     )
 
 
-def sse(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(
+def sse(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> httpx2.Response:
+    return httpx2.Response(
         status, headers={"content-type": "text/event-stream", **(headers or {})}, stream=Split(body)
     )
 
 
 async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
         return sse(DATA.bytes("stream_tool_use.sse"))
 
@@ -839,7 +841,7 @@ async def test_clean_stream_sends_anthropic_headers_and_translates() -> None:
 async def test_stream_cut_before_message_stop_is_an_error() -> None:
     cut = DATA.bytes("stream_basic.sse").split(b"event: message_delta")[0]
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         return sse(cut)
 
     received: list[dict[str, Any]] = []
@@ -861,7 +863,7 @@ async def test_stream_closed_after_its_stop_reason_is_complete() -> None:
     closed_early = whole.split(b"event: message_stop")[0]
     answers = []
     for body in (whole, closed_early):
-        async def handler(request: httpx.Request, body: bytes = body) -> httpx.Response:
+        async def handler(request: httpx2.Request, body: bytes = body) -> httpx2.Response:
             return sse(body)
 
         chunks = await collect(provider(handler), {"messages": [USER]})
@@ -871,11 +873,11 @@ async def test_stream_closed_after_its_stop_reason_is_complete() -> None:
 
 
 async def test_rate_limited_stream_keeps_retry_after() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         body = (
             b'{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests"}}'
         )
-        return httpx.Response(429, headers={"retry-after": "12"}, stream=Split(body))
+        return httpx2.Response(429, headers={"retry-after": "12"}, stream=Split(body))
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})
@@ -887,8 +889,8 @@ async def test_rate_limited_stream_keeps_retry_after() -> None:
 
 
 async def test_overloaded_529_is_a_retryable_503() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(529, content=DATA.bytes("error_overloaded.json"))
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(529, content=DATA.bytes("error_overloaded.json"))
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})
@@ -902,8 +904,8 @@ async def test_overloaded_529_is_a_retryable_503() -> None:
 
 
 async def test_timeout_is_a_retryable_504() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpcore2.ReadTimeout("slow")
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})
@@ -911,8 +913,8 @@ async def test_timeout_is_a_retryable_504() -> None:
 
 
 async def test_connection_failure_is_a_retryable_502() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpcore2.ConnectError("refused")
 
     with pytest.raises(UpstreamError) as caught:
         await provider(handler).chat({"messages": [USER]}, model="claude-up")
@@ -920,16 +922,16 @@ async def test_connection_failure_is_a_retryable_502() -> None:
 
 
 async def test_chat_translates_the_answer() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         assert "stream" not in json.loads(request.content)
-        return httpx.Response(200, content=DATA.bytes("message_tool_use.json"))
+        return httpx2.Response(200, content=DATA.bytes("message_tool_use.json"))
 
     p = provider(handler)
     p_v1 = AnthropicProvider(
         "a",
         base_url="https://api.test/v1/",
         api_key=None,
-        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        transport=mock_transport(handler),
     )
     for candidate in (p, p_v1):
         answer = await candidate.chat({"messages": [USER]}, model="claude-up")
@@ -941,8 +943,8 @@ async def test_chat_translates_the_answer() -> None:
 
 
 async def test_invalid_json_answer_is_a_502() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"<html>")
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=b"<html>")
 
     with pytest.raises(UpstreamError) as caught:
         await provider(handler).chat({"messages": [USER]}, model="claude-up")
@@ -950,7 +952,7 @@ async def test_invalid_json_answer_is_a_502() -> None:
 
 
 async def test_no_embeddings() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         raise AssertionError("no request expected")
 
     with pytest.raises(InvalidRequest):
@@ -960,7 +962,7 @@ async def test_no_embeddings() -> None:
 async def test_error_event_mid_stream_ends_it_with_the_mapped_error() -> None:
     start = DATA.bytes("stream_basic.sse").split(b"event: content_block_stop")[0]
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         return sse(start + DATA.bytes("stream_error.sse"))
 
     received: list[dict[str, Any]] = []
@@ -981,7 +983,7 @@ def test_sampling_can_be_left_out() -> None:
 async def test_a_model_that_refuses_temperature_is_retried_once_and_remembered() -> None:
     sent: list[dict[str, Any]] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         sent.append(body)
         if "temperature" in body:
@@ -989,8 +991,8 @@ async def test_a_model_that_refuses_temperature_is_retried_once_and_remembered()
                 "type": "invalid_request_error",
                 "message": "`temperature` is deprecated for this model.",
             }
-            return httpx.Response(400, json={"type": "error", "error": error})
-        return httpx.Response(200, content=DATA.bytes("message_text.json"))
+            return httpx2.Response(400, json={"type": "error", "error": error})
+        return httpx2.Response(200, content=DATA.bytes("message_text.json"))
 
     p = provider(handler)
     for _ in range(2):

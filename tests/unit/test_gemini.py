@@ -14,7 +14,8 @@ import json
 import struct
 from typing import Any
 
-import httpx
+import httpcore2
+import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from tests.unit.adapter_support import (
     USER,
     Handler,
     Recordings,
+    mock_transport,
     openai_messages,
     usage,
     validate,
@@ -773,16 +775,16 @@ def test_any_message_list_translates_or_is_an_invalid_request(
 
 
 def provider(handler: Handler, base_url: str = "https://gl.test") -> GeminiProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return GeminiProvider("gemini", base_url=base_url, api_key="AIza-test-key", client=client)
+    return GeminiProvider("gemini", base_url=base_url, api_key="AIza-test-key",
+                          transport=mock_transport(handler))
 
 
 async def test_clean_stream_uses_sse_and_the_key_header() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        return httpx.Response(200, stream=Split(DATA.bytes("stream_function_call.sse")))
+        return httpx2.Response(200, stream=Split(DATA.bytes("stream_function_call.sse")))
 
     chunks = await collect(provider(handler), {"model": "premium", "messages": [USER]})
     [request] = seen
@@ -801,8 +803,8 @@ async def test_clean_stream_uses_sse_and_the_key_header() -> None:
 async def test_stream_cut_before_any_finish_reason_is_an_error() -> None:
     cut = DATA.bytes("stream_function_call.sse").rsplit(b"data: ", 1)[0]
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Split(cut))
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Split(cut))
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})
@@ -813,8 +815,8 @@ async def test_stream_cut_before_any_finish_reason_is_an_error() -> None:
 
 
 async def test_rate_limited_stream_derives_retry_after() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
             429, stream=Split(DATA.bytes("error_resource_exhausted.json"))
         )
 
@@ -824,8 +826,8 @@ async def test_rate_limited_stream_derives_retry_after() -> None:
 
 
 async def test_unavailable_is_a_retryable_503() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
             503,
             json={
                 "error": {
@@ -842,8 +844,8 @@ async def test_unavailable_is_a_retryable_503() -> None:
 
 
 async def test_timeout_is_a_retryable_504() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectTimeout("slow", request=request)
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpcore2.ConnectTimeout("slow")
 
     with pytest.raises(UpstreamError) as caught:
         await provider(handler).chat({"messages": [USER]}, model="gemini-2.5-flash")
@@ -851,9 +853,9 @@ async def test_timeout_is_a_retryable_504() -> None:
 
 
 async def test_chat_translates_the_answer() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         assert request.url.path == "/v1/models/gemini-2.5-flash:generateContent"
-        return httpx.Response(200, content=DATA.bytes("generate_function_call.json"))
+        return httpx2.Response(200, content=DATA.bytes("generate_function_call.json"))
 
     answer = await provider(handler, "https://gl.test/v1/").chat(
         {"messages": [USER]}, model="models/gemini-2.5-flash"
@@ -863,10 +865,10 @@ async def test_chat_translates_the_answer() -> None:
 
 
 async def test_embed_round_trip() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         assert request.url.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
         assert len(json.loads(request.content)["requests"]) == 3
-        return httpx.Response(200, content=DATA.bytes("batch_embed_contents.json"))
+        return httpx2.Response(200, content=DATA.bytes("batch_embed_contents.json"))
 
     out = await provider(handler).embed(
         {"input": ["a", "bb", "ccccc"], "encoding_format": "float"}, model="gemini-embedding-001"
@@ -880,8 +882,8 @@ async def test_error_object_mid_stream_ends_it_with_the_mapped_error() -> None:
     error = {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}
     error_event = b"data: " + json.dumps({"error": error}).encode() + b"\r\n\r\n"
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Split(first + error_event))
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Split(first + error_event))
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]})

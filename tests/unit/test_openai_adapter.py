@@ -14,12 +14,13 @@ import json
 import zlib
 from typing import Any
 
-import httpx
+import httpcore2
+import httpx2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.adapter_support import USER, Handler, Split, collect, usage
+from tests.unit.adapter_support import USER, Handler, Split, collect, mock_transport, usage
 from tlproxy.errors import UpstreamError
 from tlproxy.providers.openai import (
     OpenAIProvider,
@@ -198,24 +199,23 @@ def test_whatever_the_upstream_does_usage_comes_once_and_last(
 
 
 def provider(handler: Handler) -> OpenAIProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return OpenAIProvider("up", base_url="https://api.test/v1/", api_key="sk-test-key-123",
-                          client=client)
+                          transport=mock_transport(handler))
 
 
 def streaming(body: bytes, **headers: str) -> Handler:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream", **headers},
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream", **headers},
                               stream=Split(body))
     return handler
 
 
 async def test_stream_request_forces_usage_and_renames_the_model() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        return httpx.Response(200, stream=Split(sse(ANSWER)))
+        return httpx2.Response(200, stream=Split(sse(ANSWER)))
 
     body = {"model": "premium", "messages": [USER], "stream_options": {"include_usage": False}}
     assert await collect(provider(handler), body, model="gpt-up") == ANSWER
@@ -303,25 +303,25 @@ async def test_a_malformed_chunk_is_a_retryable_502() -> None:
 
 
 async def test_a_connection_lost_after_done_loses_nothing() -> None:
-    class Broken(httpx.AsyncByteStream):
+    class Broken(httpx2.AsyncByteStream):
         async def __aiter__(self) -> Any:
             yield sse(ANSWER)
-            raise httpx.ReadError("reset")
+            raise httpcore2.ReadError("reset")
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Broken())
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Broken())
 
     assert await collect(provider(handler), {"messages": [USER]}, model="gpt-up") == ANSWER
 
 
 async def test_a_connection_lost_mid_answer_is_a_retryable_502() -> None:
-    class Broken(httpx.AsyncByteStream):
+    class Broken(httpx2.AsyncByteStream):
         async def __aiter__(self) -> Any:
             yield sse([ROLE, HELLO], done=False)
-            raise httpx.ReadError("reset")
+            raise httpcore2.ReadError("reset")
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Broken())
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Broken())
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]}, model="gpt-up")
@@ -329,9 +329,9 @@ async def test_a_connection_lost_mid_answer_is_a_retryable_502() -> None:
 
 
 async def test_http_errors_of_a_stream_are_mapped() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         body = gzip.compress(b'{"error": {"message": "slow down", "type": "requests"}}')
-        return httpx.Response(429, headers={"retry-after": "3", "content-encoding": "gzip"},
+        return httpx2.Response(429, headers={"retry-after": "3", "content-encoding": "gzip"},
                               stream=Split(body))
 
     with pytest.raises(UpstreamError) as caught:
@@ -341,8 +341,8 @@ async def test_http_errors_of_a_stream_are_mapped() -> None:
 
 
 async def test_timeout_is_a_retryable_504() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpcore2.ReadTimeout("slow")
 
     with pytest.raises(UpstreamError) as caught:
         await collect(provider(handler), {"messages": [USER]}, model="gpt-up")
@@ -353,11 +353,11 @@ async def test_json_answer_and_embeddings_are_decoded_from_gzip() -> None:
     answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}
     vectors = {"object": "list", "data": [], "model": "e", "usage": usage(1, 0)}
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         sent = json.loads(request.content)
         assert "stream_options" not in sent
         payload = vectors if request.url.path.endswith("/embeddings") else answer
-        return httpx.Response(200, headers={"content-encoding": "gzip"},
+        return httpx2.Response(200, headers={"content-encoding": "gzip"},
                               content=gzip.compress(json.dumps(payload).encode()))
 
     p = provider(handler)
@@ -378,12 +378,12 @@ async def test_any_split_of_a_gzip_stream_gives_the_same_chunks(
         at += size
     pieces = [p for p in pieces if p]
 
-    class Pieces(httpx.AsyncByteStream):
+    class Pieces(httpx2.AsyncByteStream):
         async def __aiter__(self) -> Any:
             for piece in pieces:
                 yield piece
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=Pieces())
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-encoding": "gzip"}, stream=Pieces())
 
     assert await collect(provider(handler), {"messages": [USER]}, model="gpt-up") == ANSWER

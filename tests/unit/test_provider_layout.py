@@ -7,20 +7,24 @@ here, so a later move cannot drop a name silently.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import zlib
 from pathlib import Path
 from types import ModuleType
 
-import httpx
+import httpx2
 import pytest
 
+import tlproxy.providers
+from tests.unit.adapter_support import MockPool
 from tlproxy.errors import InvalidRequest
 from tlproxy.providers import _envelopes, _shapes, anthropic, gemini
 from tlproxy.providers._http import HTTPProvider
 from tlproxy.providers.anthropic import AnthropicProvider
 from tlproxy.providers.gemini import GeminiProvider
 from tlproxy.providers.openai import OpenAIProvider
+from tlproxy.providers.transport import Transport
 
 # The adapters, which share one constructor (HTTPProvider's own takes no URL).
 Adapter = type[OpenAIProvider | AnthropicProvider | GeminiProvider]
@@ -67,14 +71,15 @@ def test_adapter_packages_export_the_names_callers_import(module: ModuleType) ->
 async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
     adapter: Adapter, api_key: str | None, auth: dict[str, str]
 ) -> None:
-    pinged: list[httpx.Request] = []
+    pinged: list[httpx2.Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         pinged.append(request)
-        return httpx.Response(401)
+        return httpx2.Response(401)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    provider = adapter("p", base_url="http://up/v1", api_key=api_key, client=client)
+    pool = MockPool(handler)
+    transport = Transport(pool)
+    provider = adapter("p", base_url="http://up/v1", api_key=api_key, transport=transport)
     assert isinstance(provider, HTTPProvider)
     assert provider.name == "p"
     assert await provider.ping()  # any answer, even 401, means the upstream is there
@@ -83,10 +88,11 @@ async def test_adapters_share_one_constructor_and_leave_out_a_missing_key(
     sent = {k: v for k, v in pinged[0].headers.items() if k in ours}
     assert sent == {"content-type": "application/json", **auth}
     await provider.aclose()
-    assert not client.is_closed  # the caller's client, unless owns_client
-    owned = adapter("p", base_url="http://up", api_key=None, client=client, owns_client=True)
+    assert not pool.closed  # the caller's transport, unless owns_transport
+    owned = adapter("p", base_url="http://up", api_key=None, transport=transport,
+                    owns_transport=True)
     await owned.aclose()
-    assert client.is_closed
+    assert pool.closed
 
 
 def test_assistant_message_content_is_null_only_beside_tool_calls() -> None:
@@ -173,19 +179,59 @@ async def test_every_adapter_reads_its_stream_decoded_through_the_shared_loop(
     body = raw if isinstance(raw, bytes) else raw.read_bytes()
     compress = {"identity": lambda b: b, "gzip": gzip.compress, "deflate": zlib.compress}
 
-    def handler(request: httpx.Request, encoded: bool = True) -> httpx.Response:
+    def handler(request: httpx2.Request, encoded: bool = True) -> httpx2.Response:
         if not encoded:
-            return httpx.Response(200, content=body)
+            return httpx2.Response(200, content=body)
         content = compress[encoding](body)
-        return httpx.Response(200, headers={"content-encoding": encoding}, content=content)
+        return httpx2.Response(200, headers={"content-encoding": encoding}, content=content)
 
-    async def chunks(transport: httpx.MockTransport) -> list[dict[str, object]]:
-        client = httpx.AsyncClient(transport=transport)
-        provider = adapter("p", base_url="http://up/v1", api_key="k", client=client)
+    async def chunks(pool: MockPool) -> list[dict[str, object]]:
+        provider = adapter("p", base_url="http://up/v1", api_key="k", transport=Transport(pool))
         async with provider.stream_chat({"messages": [{"role": "user", "content": "Hi"}]},
                                         model="m") as stream:
             # `created` is the clock's second: it may tick between the two reads.
             return [{k: v for k, v in c.items() if k != "created"} async for c in stream]
 
-    plain = await chunks(httpx.MockTransport(lambda r: handler(r, encoded=False)))
-    assert plain and await chunks(httpx.MockTransport(handler)) == plain
+    plain = await chunks(MockPool(lambda r: handler(r, encoded=False)))
+    assert plain and await chunks(MockPool(handler)) == plain
+
+
+PROVIDERS = Path(tlproxy.providers.__file__).parent
+HTTP_LIBRARIES = {"httpcore2", "httpx2", "httpx", "httpcore", "h2", "h11", "zlib"}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, relative ones resolved from `tlproxy.providers`."""
+    names: set[str] = set()
+    package = ".".join(path.relative_to(PROVIDERS.parent.parent).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PROVIDERS.rglob("*.py")), ids=lambda p: str(p.relative_to(PROVIDERS))
+)
+def test_only_the_transport_imports_the_http_library(path: Path) -> None:
+    # One boundary: the exceptions of the layers below become ours in
+    # transport.map_exceptions, so nothing else may even see them.
+    libraries = {name.split(".")[0] for name in imported(path)} & HTTP_LIBRARIES
+    assert libraries == (HTTP_LIBRARIES & {"httpcore2", "zlib"} if path.name == "transport.py"
+                         else set())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(PROVIDERS.glob("*/answer.py")), *sorted(PROVIDERS.glob("*/request.py")),
+     PROVIDERS / "_status.py", PROVIDERS / "_envelopes.py", PROVIDERS / "_shapes.py"],
+    ids=lambda p: str(p.relative_to(PROVIDERS)),
+)
+def test_pure_modules_import_no_io(path: Path) -> None:
+    io = {"tlproxy.providers._http", "tlproxy.providers.transport", "trio"}
+    assert not {name for name in imported(path) if name in io or name.split(".")[0] in io}

@@ -7,9 +7,9 @@ from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
-from .transport import make_client
+from .transport import make_transport
 
-__all__ = ["Provider", "build_providers", "make_client"]
+__all__ = ["Provider", "build_providers", "make_transport"]
 
 
 # Adapter class per provider kind; a "sim" speaks OpenAI's protocol.
@@ -22,7 +22,7 @@ _ADAPTERS: dict[str, type[OpenAIProvider | AnthropicProvider | GeminiProvider]] 
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
-    """One adapter per configured provider, each with its own pooled client."""
+    """One adapter per configured provider, each with its own pooled transport."""
     providers: dict[str, Provider] = {}
     for name, provider in config.providers.items():
         if not provider.base_url:
@@ -33,6 +33,6 @@ def build_providers(config: Config) -> dict[str, Provider]:
         options = {"prompt_cache": True} if provider.prompt_cache else {}
         providers[name] = adapter(
             name, base_url=provider.base_url, api_key=provider.api_key,
-            client=make_client(provider), owns_client=True, **options,
+            transport=make_transport(provider), owns_transport=True, **options,
         )
     return providers

@@ -4,8 +4,8 @@ An adapter turns OpenAI-shaped requests (plain decoded JSON, a ``dict``) into
 its upstream's protocol and the answers back into OpenAI's shapes: a
 ``chat.completion`` dict, a stream of ``chat.completion.chunk`` dicts, or an
 embedding list. Errors leave an adapter only as `tlproxy.errors.UpstreamError`:
-third-party exceptions (httpx, decode errors) are mapped at this boundary and
-nowhere else.
+the HTTP library's exceptions are mapped in one place (`transport.map_exceptions`),
+decode errors where the body is decoded.
 
 A stream is an async context manager yielding an async iterator, never a bare
 async generator, so that the upstream connection is closed deterministically

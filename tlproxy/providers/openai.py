@@ -17,27 +17,19 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from ..errors import UpstreamError
-from ._http import (
-    HTTPProvider,
-    credentials_rejected,
-    encode_body,
-    json_answer,
-    translate_sse,
-    transport_error,
-    unavailable,
-)
+from ._http import HTTPProvider, encode_body, json_answer, translate_sse
+from ._status import credentials_rejected, unavailable
 from .base import JSON, Chunk
+from .transport import Transport
 
 __all__ = [
     "OpenAIProvider",
     "OpenAIStreamTranslator",
     "map_openai_error",
     "map_openai_stream_error",
-    "map_transport_error",
 ]
 
 
@@ -195,9 +187,6 @@ class OpenAIStreamTranslator:
         self._usage = {**head, "choices": [], "usage": usage}
 
 
-map_transport_error = transport_error
-
-
 class OpenAIProvider(HTTPProvider):
     kind = "openai"
 
@@ -207,19 +196,19 @@ class OpenAIProvider(HTTPProvider):
         *,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
-        owns_client: bool = False,
+        transport: Transport,
+        owns_transport: bool = False,
     ) -> None:
         base = base_url.rstrip("/")
         super().__init__(
             name,
-            client=client,
-            owns_client=owns_client,
+            transport=transport,
+            owns_transport=owns_transport,
             ping_url=base + "/models",
             headers={"authorization": f"Bearer {api_key}" if api_key else None},
         )
-        self._chat_url = base + "/chat/completions"
-        self._embed_url = base + "/embeddings"
+        self._chat = self.endpoint(base + "/chat/completions")
+        self._embed = self.endpoint(base + "/embeddings")
 
     def _body(self, body: JSON, model: str, *, stream: bool) -> bytes:
         out = dict(body)
@@ -234,53 +223,29 @@ class OpenAIProvider(HTTPProvider):
         return encode_body(out)
 
     async def chat(self, body: JSON, *, model: str) -> JSON:
-        try:
-            response = await self._client.post(
-                self._chat_url, content=self._body(body, model, stream=False),
-                headers=self._headers,
-            )
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from None
-        if response.status_code != 200:
-            raise map_openai_error(response.status_code, response.content, response.headers)
-        return json_answer(response.content)
+        reply = await self._transport.send(self._chat, self._body(body, model, stream=False))
+        if reply.status != 200:
+            raise map_openai_error(reply.status, reply.content, reply.headers)
+        return json_answer(reply.content)
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
-        request = self._client.build_request(
-            "POST", self._chat_url, content=self._body(body, model, stream=True),
-            headers=self._headers,
-        )
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from None
-        try:
-            if response.status_code != 200:
-                try:
-                    content = await response.aread()
-                except httpx.HTTPError as exc:
-                    raise map_transport_error(exc) from None
-                raise map_openai_error(response.status_code, content, response.headers)
+        payload = self._body(body, model, stream=True)
+        async with self._transport.stream(self._chat, payload) as reply:
+            if reply.status != 200:
+                raise map_openai_error(reply.status, await reply.aread(), reply.headers)
             n = body.get("n")
             translator = OpenAIStreamTranslator(choices=n if isinstance(n, int) else 1)
-            chunks = translate_sse(response, translator, sentinel="[DONE]")
+            chunks = translate_sse(reply, translator, sentinel="[DONE]")
             try:
                 yield chunks
             finally:
                 await chunks.aclose()
-        finally:
-            await response.aclose()
 
     async def embed(self, body: JSON, *, model: str) -> JSON:
         out = dict(body)
         out["model"] = model
-        try:
-            response = await self._client.post(
-                self._embed_url, content=encode_body(out), headers=self._headers
-            )
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from None
-        if response.status_code != 200:
-            raise map_openai_error(response.status_code, response.content, response.headers)
-        return json_answer(response.content)
+        reply = await self._transport.send(self._embed, encode_body(out))
+        if reply.status != 200:
+            raise map_openai_error(reply.status, reply.content, reply.headers)
+        return json_answer(reply.content)

@@ -12,11 +12,10 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-import httpx
-
 from ...errors import InvalidRequest
-from .._http import HTTPProvider, encode_body, json_answer, translate_sse, transport_error
+from .._http import HTTPProvider, encode_body, json_answer, translate_sse
 from ..base import JSON, Chunk
+from ..transport import Reply, Transport
 from .answer import AnthropicStreamTranslator, from_anthropic_response, map_anthropic_error
 from .request import to_anthropic_request
 
@@ -32,7 +31,7 @@ class AnthropicProvider(HTTPProvider):
 
     ``base_url`` may be given with or without its ``/v1``
     (``https://api.anthropic.com`` or ``https://api.anthropic.com/v1``). The
-    ``client`` is the caller's and stays open unless ``owns_client``.
+    ``transport`` is the caller's and stays open unless ``owns_transport``.
     """
 
     kind = "anthropic"
@@ -43,21 +42,21 @@ class AnthropicProvider(HTTPProvider):
         *,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        transport: Transport,
         default_max_tokens: int = 4096,
         prompt_cache: bool = False,
-        owns_client: bool = False,
+        owns_transport: bool = False,
     ) -> None:
         base = base_url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         super().__init__(
             name,
-            client=client,
-            owns_client=owns_client,
+            transport=transport,
+            owns_transport=owns_transport,
             ping_url=base + "/models",
             headers={"anthropic-version": ANTHROPIC_VERSION, "x-api-key": api_key},
         )
-        self._url = base + "/messages"
+        self._messages = self.endpoint(base + "/messages")
         self._default_max_tokens = default_max_tokens
         self._prompt_cache = prompt_cache
         self._no_sampling: set[str] = set()  # models that refused temperature / top_p
@@ -78,22 +77,17 @@ class AnthropicProvider(HTTPProvider):
 
     async def _send(
         self, stack: contextlib.AsyncExitStack, body: JSON, model: str, *, stream: bool
-    ) -> tuple[httpx.Response, bytes]:
-        """POST the request; a 2xx response (unread when streaming) and its body so far."""
+    ) -> Reply:
+        """POST the request; a 2xx reply (its body unread when streaming)."""
         while True:
             payload = self._payload(body, model, stream=stream)
-            try:
-                response = await stack.enter_async_context(
-                    self._client.stream("POST", self._url, content=payload, headers=self._headers)
-                )
-                ok = 200 <= response.status_code < 300
-                content = b"" if ok and stream else await response.aread()
-            except httpx.HTTPError as exc:
-                raise transport_error(exc) from None
+            reply = await stack.enter_async_context(self._transport.stream(self._messages, payload))
+            ok = 200 <= reply.status < 300
+            content = b"" if ok and stream else await reply.aread()
             if ok:
-                return response, content
+                return reply
             if (
-                response.status_code == 400
+                reply.status == 400
                 and model not in self._no_sampling
                 and _SAMPLING_REFUSED.search(content)
             ):
@@ -101,19 +95,21 @@ class AnthropicProvider(HTTPProvider):
                 # Clients send them by habit; learn it once and send without.
                 self._no_sampling.add(model)
                 continue
-            raise map_anthropic_error(response.status_code, content, response.headers)
+            raise map_anthropic_error(reply.status, content, reply.headers)
 
     async def chat(self, body: JSON, *, model: str) -> JSON:
         async with contextlib.AsyncExitStack() as stack:
-            _, content = await self._send(stack, body, model, stream=False)
-        return from_anthropic_response(json_answer(content), model=model, created=int(time.time()))
+            reply = await self._send(stack, body, model, stream=False)
+        return from_anthropic_response(
+            json_answer(reply.content), model=model, created=int(time.time())
+        )
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
         translator = AnthropicStreamTranslator(model=model, created=int(time.time()))
         async with contextlib.AsyncExitStack() as stack:
-            response, _ = await self._send(stack, body, model, stream=True)
-            chunks = translate_sse(response, translator)
+            reply = await self._send(stack, body, model, stream=True)
+            chunks = translate_sse(reply, translator)
             stack.push_async_callback(chunks.aclose)
             yield chunks
 

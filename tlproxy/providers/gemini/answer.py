@@ -36,7 +36,7 @@ from .._envelopes import (
     openai_usage,
     usage_chunk,
 )
-from .._http import (
+from .._status import (
     credentials_rejected,
     rate_limited,
     request_refused,
