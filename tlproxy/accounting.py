@@ -228,9 +228,10 @@ class Accounting:
         rule: str,
         primary_model: ModelConfig,
         call: Callable[[str], Awaitable[ShadowAnswer]],
-        body: dict[str, Any],
+        prompt: str | None,
     ) -> None:
-        """Send the copy in the background; returns at once.
+        """Send the copy in the background; returns at once. `prompt` is the question
+        the comparison shows (the last user text, cut short).
 
         Call it once the client has the whole answer: the primary's duration
         is from the request's arrival to now, its TTFT the client's.
@@ -267,12 +268,4 @@ class Accounting:
                            key=key.name if key else None,
                            key_limit=config.max_concurrency if config and key and key.shadow
                            else None,
-                           prompt=_prompt(body))
-
-
-def _prompt(body: dict[str, Any]) -> str | None:
-    for message in reversed(body.get("messages") or ()):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            return content[:500] if isinstance(content, str) else None
-    return None
+                           prompt=prompt)

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .accounting import Accounting
 from .asgi import Receive, Send, lifespan
+from .call import ChatCall, ChatFacts
 from .catalog import INTENTS
 from .config import ClientKey, Config, validate
 from .config_check import key_problems
@@ -45,7 +46,6 @@ from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
-from .router import Plan
 from .shadow import Shadow
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 
@@ -68,7 +68,7 @@ class Request:
     """One HTTP request: scope, body reader, and the response's progress."""
 
     __slots__ = (
-        "answered", "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers",
+        "answered", "arrived", "client_gone", "cost_usd", "error", "extra_headers",
         "headers", "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send",
         "settle", "started", "status", "ttft", "usage_tokens",
     )
@@ -98,7 +98,6 @@ class Request:
         self.answered = False
         # Headers every response to this request carries (a key's x-ratelimit-*).
         self.extra_headers: list[tuple[bytes, bytes]] = []
-        self.body_json: dict[str, Any] | None = None
         self.settle: tuple[KeyLimits, int] | None = None
         self.usage_tokens: int | None = None
         self.cost_usd: float | None = None
@@ -235,7 +234,7 @@ class App:
             await provider.aclose()
         await self.limiter.aclose()
 
-    async def _admit(self, request: Request, plan: Plan) -> None:
+    async def _admit(self, request: Request, call: ChatCall) -> None:
         """A key's rate limits and budget: one look-up, awaited inside the decision."""
         key = request.key
         if key is None:
@@ -245,8 +244,9 @@ class App:
             limits = self._key_limits[key.name] = KeyLimits.from_client_key(key)
         if limits.unlimited:
             return
-        signals = plan.signals
-        estimate = (signals.prompt_tokens if signals else 0) + _requested_output(request)
+        # The prompt and the output the client capped: a request without a cap
+        # reserves its prompt, and settles at what it used (see `call.py`).
+        estimate = call.facts.prompt_tokens + call.facts.requested_output
         verdict = await self.limiter.admit(
             key.name, limits, estimated_tokens=estimate, now=time.time())
         request.extra_headers = [(k.encode(), v.encode()) for k, v in verdict.headers.items()]
@@ -422,8 +422,11 @@ class App:
                                   self.config.server.body_timeout)
         chat, raw = decode_chat_request(body)
         self._check_sizes(chat)
-        request.body_json = raw
-        await self.engine.chat(request, chat, raw)
+        headers = request.text_headers()
+        call = ChatCall(id=request.id, arrived=request.arrived, key=request.key,
+                        headers=headers, chat=chat, body=raw,
+                        facts=ChatFacts.of(raw, headers))
+        await self.engine.chat(request, call)
 
     def _check_sizes(self, chat: ChatRequest) -> None:
         limits = self.config.limits
@@ -551,12 +554,6 @@ def _merge(
         return override
     names = {name.lower() for name, _ in override}
     return [*(h for h in base if h[0].lower() not in names), *override]
-
-
-def _requested_output(request: Request) -> int:
-    body = request.body_json or {}
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return value if isinstance(value, int) else 256
 
 
 def create_app(config: Config, *, providers: dict[str, Provider] | None = None) -> App:

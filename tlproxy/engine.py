@@ -27,6 +27,7 @@ import msgspec
 import trio
 
 from .accounting import Accounting, ShadowAnswer, ShadowPlan
+from .call import ChatCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
@@ -37,7 +38,7 @@ from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Router
 from .sse import DONE, encode_data
 from .stats import StatsBook
-from .wire import ChatRequest, EmbeddingRequest
+from .wire import EmbeddingRequest
 
 if TYPE_CHECKING:
     from .app import Request
@@ -89,7 +90,7 @@ class Engine:
         self.router = Router(config, self.stats, semantic=self.classifier is not None)
         # Gates a request must pass before it is answered (a key's rate limit
         # and budget): awaited inside the decision, so they overlap the race.
-        self.admit: Callable[[Request, Plan], Awaitable[None]] | None = None
+        self.admit: Callable[[Request, ChatCall], Awaitable[None]] | None = None
         self.open_streams = 0
         self.streams_by_key: dict[str, int] = {}
         # The ledger and shadow traffic; the app replaces this with its own.
@@ -97,17 +98,16 @@ class Engine:
 
     # -- chat ------------------------------------------------------------
 
-    async def chat(self, request: Request, chat: ChatRequest, body: dict[str, Any]) -> None:
-        plan = self.router.plan_chat(
-            body, headers=request.text_headers(), key=request.key, now=trio.current_time())
-        if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+    async def chat(self, request: Request, call: ChatCall) -> None:
+        plan = self.router.plan(call.facts, key=call.key, now=trio.current_time())
+        body = call.body
+        if call.stream:
             with self._stream_slot(request):
-                await self._stream(request, body, plan, include_usage)
+                await self._stream(request, call, plan)
             return
         result: tuple[Route, dict[str, Any]] | None = None
         async with (_cancelled_on_disconnect(request),
-                    self._race(request, body, plan, stream=False) as (route, winner)):
+                    self._race(request, call, plan, stream=False) as (route, winner)):
             result = route, winner.first_chunks[-1]
         if result is None:
             return  # the client went away; the upstream calls were cancelled
@@ -121,7 +121,8 @@ class Engine:
             message = ((answer.get("choices") or [{}])[0].get("message") or {})
             shadow.parts.append(message.get("content") or "")
             self.accounting.submit_shadow(shadow, request, route.rule, route.model,
-                                          self._shadow_call(body, stream=False), body)
+                                          self._shadow_call(body, stream=False),
+                                          _question(call))
 
     @contextlib.contextmanager
     def _stream_slot(self, request: Request) -> Iterator[None]:
@@ -152,14 +153,13 @@ class Engine:
                 if not self.streams_by_key[key]:
                     del self.streams_by_key[key]
 
-    async def _stream(
-        self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool
-    ) -> None:
+    async def _stream(self, request: Request, call: ChatCall, plan: Plan) -> None:
+        include_usage = call.include_usage
         shadow: ShadowPlan | None = None
         complete = False
         async with (
             _cancelled_on_disconnect(request),
-            self._race(request, body, plan, stream=True) as (route, winner),
+            self._race(request, call, plan, stream=True) as (route, winner),
         ):
             request.route = route
             shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
@@ -198,13 +198,15 @@ class Engine:
         if complete and shadow is not None and request.route is not None:
             self.accounting.submit_shadow(shadow, request, request.route.rule,
                                           request.route.model,
-                                          self._shadow_call(body, stream=True), body)
+                                          self._shadow_call(call.body, stream=True),
+                                          _question(call))
 
     @contextlib.asynccontextmanager
     async def _race(
-        self, request: Request, body: dict[str, Any], plan: Plan, *, stream: bool
+        self, request: Request, call: ChatCall, plan: Plan, *, stream: bool
     ) -> AsyncIterator[tuple[Route, Winner]]:
         """Run the race for this plan; enter once the decision is final and a model won."""
+        body = call.body
         models = {m.id: m for tier in plan.by_tier.values() for m in tier}
         policy = self.router.policy_for(request.key)
         final = {"tier": plan.tier, "rule": plan.rule}
@@ -214,9 +216,9 @@ class Engine:
             semantic: list[str | None] = [None]
             async with trio.open_nursery() as nursery:
                 if self.admit is not None:
-                    nursery.start_soon(self.admit, request, plan)
+                    nursery.start_soon(self.admit, request, call)
                 if plan.policy is not None and self.classifier is not None:
-                    nursery.start_soon(self._classify, request, body, semantic)
+                    nursery.start_soon(self._classify, request, call, semantic)
             final["tier"], final["rule"] = self.router.finish(plan, semantic[0])
             return final["tier"]
 
@@ -348,11 +350,11 @@ class Engine:
 
         return call
 
-    async def _classify(self, request: Request, body: dict[str, Any],
+    async def _classify(self, request: Request, call: ChatCall,
                         out: list[str | None]) -> None:
         assert self.classifier is not None
         out[0] = await self.classifier.classify(
-            last_user_text(body), embed=functools.partial(self._embed_texts, request=request))
+            call.facts.last_user_text, embed=functools.partial(self._embed_texts, request=request))
 
     async def _embed_texts(self, texts: list[str], *,
                            request: Request | None = None) -> list[list[float]]:
@@ -467,16 +469,9 @@ def _total_tokens(usage: Any) -> int | None:
     return None
 
 
-def last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body.get("messages") or ()):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(str(p.get("text") or "") for p in content
-                                if isinstance(p, dict))
-    return ""
+def _question(call: ChatCall) -> str | None:
+    """What a shadow comparison shows as the question: the last user text, cut short."""
+    return call.facts.last_user_text[:500] or None
 
 
 # Delta fields that carry a token, and the kind each is counted as, in the

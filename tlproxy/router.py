@@ -31,10 +31,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from .call import ChatFacts
 from .catalog import find_model, resolve_name
 from .config import ClientKey, Config, ModelConfig, Policy
 from .errors import InvalidRequest, ProxyError, UpstreamError
-from .policy import Decision, RuleTrace, Signals, decide, extract_signals, possible_tiers
+from .policy import Decision, RuleTrace, Signals, decide, possible_tiers
 from .stats import StatsBook
 
 __all__ = ["Plan", "Router", "blended_price"]
@@ -90,10 +91,14 @@ class Router:
         key: ClientKey | None = None,
         now: float = 0.0,
     ) -> Plan:
-        requested = str(body.get("model") or "")
+        """The plan for a decoded chat body (`tlproxy route --explain`, tests)."""
+        return self.plan(ChatFacts.of(body, headers), key=key, now=now)
+
+    def plan(self, facts: ChatFacts, *, key: ClientKey | None = None, now: float = 0.0) -> Plan:
+        """The plan for a request's facts, derived once by the edge."""
+        requested = facts.requested
         resolution = resolve_name(self.config, requested)
-        signals = extract_signals(body, headers)
-        signals.semantic_known = not self.semantic
+        signals = msgspec.structs.replace(facts.signals, semantic_known=not self.semantic)
         allowed = set(key.allowed_tiers) if key and key.allowed_tiers else None
         if resolution.pinned is not None:
             model = resolution.pinned
@@ -106,7 +111,7 @@ class Router:
                     f"This API key may not use the {model.tier} model '{model.id}'.",
                     status=403, type="invalid_request_error", param="model",
                     code="model_not_allowed")
-            need = _Need.of(body, signals)
+            need = _Need.of(facts, signals)
             problem = need.unfit(model)
             if problem is not None:
                 raise need.refusal(model.tier, [(model, problem)], self.config.models,
@@ -126,11 +131,11 @@ class Router:
         tier, rule = _capped(decision.tier, decision.rule, allowed)
         if allowed is not None:
             tiers = {t for t in tiers if t in allowed} | {tier}
-        candidates, excluded = self.candidates(tier, body, signals, policy, now)
+        candidates, excluded = self.candidates(tier, facts, signals, policy, now)
         by_tier = {tier: candidates}
         for other in tiers - {tier}:
             try:
-                by_tier[other] = self.candidates(other, body, signals, policy, now)[0]
+                by_tier[other] = self.candidates(other, facts, signals, policy, now)[0]
             except (InvalidRequest, UpstreamError):
                 by_tier[other] = []
         open_policy = policy if len(tiers) > 1 else None
@@ -175,7 +180,7 @@ class Router:
     def candidates(
         self,
         tier: str,
-        body: Mapping[str, Any],
+        facts: ChatFacts,
         signals: Signals,
         policy: Policy,
         now: float,
@@ -188,7 +193,7 @@ class Router:
         `UpstreamError` (503) when some could, but every one of them is
         unhealthy right now.
         """
-        need = _Need.of(body, signals)
+        need = _Need.of(facts, signals)
         eligible: list[ModelConfig] = []
         excluded: list[tuple[str, str]] = []
         unfit: list[tuple[ModelConfig, _Unfit]] = []
@@ -249,13 +254,9 @@ class _Need(NamedTuple):
     output_param: str
 
     @classmethod
-    def of(cls, body: Mapping[str, Any], signals: Signals) -> _Need:
-        param = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
-        output = body.get(param) or 0
-        if not isinstance(output, int) or isinstance(output, bool):
-            output = 0
+    def of(cls, facts: ChatFacts, signals: Signals) -> _Need:
         return cls(signals.tools, signals.images, signals.json_schema,
-                   signals.prompt_tokens, output, param)
+                   signals.prompt_tokens, facts.requested_output, facts.output_param)
 
     def unfit(self, model: ModelConfig) -> _Unfit | None:
         caps = model.capabilities

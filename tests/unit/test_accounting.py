@@ -275,7 +275,7 @@ async def test_both_shadow_sides_are_timed_from_their_own_start(
                                 trio.current_time() - sent)
 
         accounting.submit_shadow(plan, request, "first-turn", model("claude-sonnet-4-6"),
-                                 call, BODY)
+                                 call, "Hello there")
         await trio.sleep(1.0)
     await ledger.aclose()
     (pair,) = pairs
