@@ -168,7 +168,6 @@ class App:
         self.providers = providers
         self.metrics = Metrics()
         self.access = AccessLog()
-        self.engine = Engine(config, providers, self.metrics)
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
@@ -184,15 +183,15 @@ class App:
         # Per stored key name: the record last checked and what is wrong with it.
         self._key_verdicts: dict[str, tuple[ClientKey, str | None]] = {}
         self._background: trio.Nursery | None = None
-        self.engine.admit = self._admit
         self.ledger = Ledger.from_config(config.ledger) if config.ledger.enabled else None
         self.shadow = None
         if config.shadow is not None or any(k.shadow for k in config.keys):
             bound = config.shadow.max_concurrency if config.shadow else 8
             self.shadow = Shadow(max_concurrency=bound,
                                  record=self.ledger.record_shadow if self.ledger else _ignore)
-        self.engine.accounting = Accounting(config, self.ledger, self.shadow,
-                                            metrics=self.metrics)
+        self.accounting = Accounting(config, self.ledger, self.shadow, metrics=self.metrics)
+        self.engine = Engine(config, providers, accounting=self.accounting,
+                             metrics=self.metrics, admit=self._admit)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -291,7 +290,7 @@ class App:
                     f"Request id: {request.id}", type="server_error"))
         finally:
             # The winner's ledger row, now that what the client saw is known.
-            self.engine.accounting.finish(request)
+            self.accounting.finish(request)
             self._settle(request)
             self._observe(request)
 

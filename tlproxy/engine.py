@@ -43,7 +43,7 @@ from .wire import EmbeddingRequest
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Engine", "Route", "token_kind"]
+__all__ = ["Admit", "Engine", "Route", "token_kind"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -75,26 +75,42 @@ class Route(msgspec.Struct, frozen=True):
         ]
 
 
+# A gate a request must pass before it is answered (a key's rate limits and
+# budget): awaited inside the decision, so it overlaps the race. It raises
+# the `ProxyError` to answer with when the request is refused.
+Admit = Callable[["Request", ChatCall], Awaitable[None]]
+
+
 class Engine:
+    """One request's lifetime, for every request of an app.
+
+    Its collaborators are given when it is built: the providers by name, the
+    metrics, the accounting (ledger and shadow traffic) and `admit`, the gate
+    of a key's limits (None: every request is admitted).
+    """
+
     def __init__(
-        self, config: Config, providers: dict[str, Provider], metrics: Metrics | None = None
+        self,
+        config: Config,
+        providers: dict[str, Provider],
+        *,
+        accounting: Accounting,
+        metrics: Metrics,
+        admit: Admit | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
+        self.accounting = accounting
+        self.admit = admit
         self.stats = StatsBook()
         self.classifier = (
             TaskClassifier(config.classifier, self._embed_texts)
             if config.classifier.enabled else None
         )
         self.router = Router(config, self.stats, semantic=self.classifier is not None)
-        # Gates a request must pass before it is answered (a key's rate limit
-        # and budget): awaited inside the decision, so they overlap the race.
-        self.admit: Callable[[Request, ChatCall], Awaitable[None]] | None = None
         self.open_streams = 0
         self.streams_by_key: dict[str, int] = {}
-        # The ledger and shadow traffic; the app replaces this with its own.
-        self.accounting = Accounting(config, None, None)
 
     # -- chat ------------------------------------------------------------
 
