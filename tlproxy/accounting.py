@@ -98,11 +98,14 @@ class Accounting:
     # -- the ledger --------------------------------------------------------
 
     def attempt(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                tier: str, rule: str, *, stream: bool = True) -> None:
+                tier: str | None, rule: str, *, stream: bool = True) -> None:
         """Price one finished attempt and queue its row; adds its cost to the request.
 
-        The winner's row is held until `finish`. A JSON attempt (`stream` false)
-        has no time to first token: its row's ``ttft_ms`` is None.
+        `tier` and `rule` are the request's decision; an attempt outside `tier`
+        (or any attempt, when `tier` is None: no decision was made) has the
+        rule ``speculative:<rule>``. The winner's row is held until `finish`.
+        A JSON attempt (`stream` false) has no time to first token: its row's
+        ``ttft_ms`` is None.
         """
         model = self.config.model(record.candidate.key)
         if model is None:

@@ -225,8 +225,14 @@ class Engine:
         body = call.body
         models = {m.id: m for tier in plan.by_tier.values() for m in tier}
         policy = self.router.policy_for(request.key)
-        final = {"tier": plan.tier, "rule": plan.rule}
         speculate = policy.speculate and len(plan.possible_tiers) > 1
+        slow = plan.policy is not None or self.admit is not None
+        booking = _Booking(plan.tier, plan.rule, decided=not slow)
+
+        def on_record(record: AttemptRecord) -> None:
+            self._on_record(record, stream)
+            booking.book(lambda tier, rule: self.accounting.attempt(
+                record, request, body, tier, rule, stream=stream))
 
         async def decide() -> str:
             semantic: list[str | None] = [None]
@@ -235,10 +241,8 @@ class Engine:
                     nursery.start_soon(self.admit, request, call)
                 if plan.policy is not None and self.classifier is not None:
                     nursery.start_soon(self._classify, request, call, semantic)
-            final["tier"], final["rule"] = self.router.finish(plan, semantic[0])
-            return final["tier"]
+            return booking.decide(*self.router.finish(plan, semantic[0]))
 
-        slow = plan.policy is not None or self.admit is not None
         if slow and not speculate:
             # Decide first, then race only inside the decided tier.
             await decide()
@@ -246,7 +250,7 @@ class Engine:
         candidates = {
             tier: [self._candidate(m, tier, policy, stream=stream) for m in ranked]
             for tier, ranked in plan.by_tier.items()
-            if speculate or tier == final["tier"]
+            if speculate or tier == booking.tier
         }
 
         @contextlib.asynccontextmanager
@@ -262,20 +266,22 @@ class Engine:
         try:
             async with race(
                 candidates=candidates,
-                decide=decide if slow else final["tier"],
+                decide=decide if slow else booking.tier,
                 open_stream=open_stream,
                 first_token_kind=token_kind if stream else _whole_answer,
                 fanout=policy.fanout,
                 max_attempts=policy.max_attempts,
                 hedge=True,
-                on_record=lambda record: self._on_record(record, request, body, final, stream),
+                on_record=on_record,
                 speculate=policy.speculate_tiers,
             ) as winner:
                 model = models[winner.candidate.key]
-                yield Route(model, final["tier"], final["rule"]), winner
+                yield Route(model, booking.tier, booking.rule), winner
         except RaceFailed as failed:
             error = failed.first_error()
             raise error if isinstance(error, ProxyError) else UpstreamError(str(error)) from None
+        finally:
+            booking.close()
 
     def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
                    stream: bool) -> Candidate:
@@ -308,10 +314,8 @@ class Engine:
         return Candidate(key=model.id, tier=tier, hedge_delay=delay,
                          first_token_deadline=deadline)
 
-    def _on_record(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                   final: dict[str, str], stream: bool) -> None:
-        self.accounting.attempt(record, request, body, final["tier"], final["rule"],
-                                stream=stream)
+    def _on_record(self, record: AttemptRecord, stream: bool) -> None:
+        """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.race.labels(record.outcome, start).inc()
@@ -442,6 +446,48 @@ class Engine:
             return route, answer
         assert last is not None
         raise last
+
+
+class _Booking:
+    """The tier and rule a request's attempts are booked against in the ledger.
+
+    While slow signals are pending, the race runs on a provisional decision,
+    and an attempt may end (fail, miss its deadline) before the real one is
+    made. Its row waits for it: the row's rule is the decided rule, marked
+    ``speculative:`` when the attempt's tier is not the decided tier, whether
+    the attempt ended before the decision or after. When no decision is ever
+    made (the admission refused the request, the client left), every attempt
+    was speculative: its rule is the provisional one, marked so.
+    """
+
+    __slots__ = ("decided", "held", "rule", "tier")
+
+    def __init__(self, tier: str, rule: str, *, decided: bool) -> None:
+        self.tier = tier
+        self.rule = rule
+        self.decided = decided
+        self.held: list[Callable[[str | None, str], None]] = []
+
+    def book(self, write: Callable[[str | None, str], None]) -> None:
+        """Book an attempt with `write(decided tier, rule)`: now, or once decided."""
+        if self.decided:
+            write(self.tier, self.rule)
+        else:
+            self.held.append(write)
+
+    def decide(self, tier: str, rule: str) -> str:
+        self.tier, self.rule, self.decided = tier, rule, True
+        self._flush(tier)
+        return tier
+
+    def close(self) -> None:
+        """The race is over; book what is still held (no decision: speculative)."""
+        self._flush(self.tier if self.decided else None)
+
+    def _flush(self, tier: str | None) -> None:
+        held, self.held = self.held, []
+        for write in held:
+            write(tier, self.rule)
 
 
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]
