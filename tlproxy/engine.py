@@ -12,6 +12,10 @@ usage and absent when it did not; the usage-only chunk the proxy asked for
 for itself is dropped when the client did not ask; every choice carries
 ``finish_reason``. A stream that fails after the response started ends with
 an OpenAI error event and no ``[DONE]``: a cut stream never looks complete.
+
+One clock: every time the engine measures or decides by is read from
+``trio.current_time()`` (the race's clock), so trio's `MockClock` drives a
+whole request in tests; the wall clock appears only in ledger timestamps.
 """
 
 from __future__ import annotations

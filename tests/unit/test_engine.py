@@ -258,3 +258,178 @@ async def test_attempts_of_a_request_never_decided_are_all_speculative(
         ("p1", "speculative:first-turn", "error", 250.0),
         ("p2", "speculative:first-turn", "cancelled", 750.0),
     ]
+
+
+# -- one request's lifetime, at exact virtual times --------------------------
+
+def events(body: bytes) -> list[Any]:
+    """The SSE `data:` payloads of a response body, decoded ([DONE] as the string)."""
+    out: list[Any] = []
+    for frame in body.split(b"\n\n"):
+        if frame.startswith(b"data: "):
+            data = frame.removeprefix(b"data: ")
+            out.append("[DONE]" if data == b"[DONE]" else msgspec.json.decode(data))
+    return out
+
+
+def contents(body: bytes) -> str:
+    return "".join(choice["delta"].get("content") or "" for event in events(body)
+                   if isinstance(event, dict) for choice in event.get("choices", ()))
+
+
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+          "choices": [{"index": 0, "finish_reason": "stop",
+                       "message": {"role": "assistant", "content": "An answer"}}],
+          "usage": USAGE}
+
+
+async def test_a_json_answer_is_sent_whole_when_the_upstream_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({"e1": [0.5, ANSWER]})
+    harness = Harness(upstream)
+    client = Client()
+    request = await harness.chat(client, model="economy", messages=QUESTION)
+    assert client.status == 200
+    assert client.body_times() == [0.5]
+    answer = msgspec.json.decode(client.body)
+    # Repaired to OpenAI's exact shape: the fields OpenAI always sends are there.
+    assert answer["choices"][0]["logprobs"] is None
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "An answer",
+                                               "refusal": None}
+    assert request.ttft is None  # a JSON answer has no first token
+    assert request.usage_tokens == 6
+    (row,) = await harness.rows()
+    assert (row.model, row.rule, row.status, row.winner) == ("e1", "intent:economy", "ok", True)
+    assert (row.ttft_ms, row.client_ttft_ms, row.duration_ms) == (None, None, 500.0)
+
+
+async def test_a_stream_starts_with_the_first_token_and_ends_with_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({"e1": [
+        0.25, chunk(role="assistant", content=""), 0.125, chunk("Hello"),
+        0.5, chunk(" world"), 0.5, chunk(finish="stop"), chunk(usage=USAGE)]})
+    harness = Harness(upstream)
+    client = Client()
+    request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
+    assert client.status == 200
+    start = next(t for t, m in client.sent if m["type"] == "http.response.start")
+    # Nothing is sent before the first token: the role chunk waits for it.
+    assert start == request.ttft == 0.375
+    times = client.body_times()
+    assert (times[0], times[1], times[-1]) == (0.375, 0.875, 1.375)
+    sent = events(client.body)
+    assert contents(client.body) == "Hello world"
+    assert sent[-1] == "[DONE]"
+    # The usage chunk was the proxy's, not asked for by the client: dropped.
+    assert all("usage" not in e for e in sent if isinstance(e, dict))
+    assert [c["finish_reason"] for e in sent[:-1] for c in e["choices"]] == [
+        None, None, None, "stop"]
+    assert request.usage_tokens == 6
+    (row,) = await harness.rows()
+    assert (row.ttft_ms, row.client_ttft_ms, row.duration_ms) == (375.0, 375.0, 1375.0)
+    assert (row.status, row.completion_tokens) == ("ok", 2)
+
+
+async def test_usage_asked_for_comes_last_and_null_on_every_other_chunk(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({"e1": [0.25, *answer_stream("Hi")]})
+    client = Client()
+    await Harness(upstream).chat(client, model="economy", messages=QUESTION, stream=True,
+                                 stream_options={"include_usage": True})
+    sent = events(client.body)
+    assert [e["usage"] for e in sent[:-1]] == [None, None, None, USAGE]
+    assert sent[-2]["choices"] == [] and sent[-1] == "[DONE]"
+
+
+async def test_a_failure_before_the_first_token_falls_back_to_the_next_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({
+        "e1": [0.25, UpstreamError("unavailable", status=503)],
+        "e2": [0.5, *answer_stream("Fallback")],
+    })
+    harness = Harness(upstream)
+    client = Client()
+    request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
+    assert [(t, m, e) for t, m, e in upstream.log if e == "stream"] == [
+        (0.0, "e1", "stream"), (0.25, "e2", "stream")]
+    assert request.ttft == 0.75
+    assert contents(client.body) == "Fallback"
+    rows = {r.model: r for r in await harness.rows()}
+    assert (rows["e1"].status, rows["e1"].winner, rows["e1"].duration_ms) == (
+        "error", False, 250.0)
+    assert (rows["e2"].status, rows["e2"].winner, rows["e2"].ttft_ms) == ("ok", True, 500.0)
+
+
+async def test_a_slow_first_token_is_hedged_and_the_faster_model_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No statistics yet: the hedge starts after `hedge_initial_ms`; the first
+    token of either model wins and the other is cancelled at that moment."""
+    upstream = FakeUpstream({
+        "e1": [3.0, *answer_stream("Slow")],
+        "e2": [0.5, *answer_stream("Fast")],
+    })
+    harness = Harness(upstream, hedge_initial_ms=1000.0)
+    client = Client()
+    request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
+    # At 1.5 s the loser is cancelled and the winner's stream ends (in either order).
+    assert sorted(upstream.log) == [(0.0, "e1", "stream"), (1.0, "e2", "stream"),
+                                    (1.5, "e1", "ended"), (1.5, "e2", "ended")]
+    assert request.ttft == 1.5
+    assert contents(client.body) == "Fast"
+    rows = {r.model: r for r in await harness.rows()}
+    assert (rows["e1"].status, rows["e1"].hedge, rows["e1"].duration_ms) == (
+        "cancelled", False, 1500.0)
+    assert (rows["e2"].status, rows["e2"].hedge, rows["e2"].winner) == ("ok", True, True)
+
+
+async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    words = [step for i in range(20) for step in (0.5, chunk(f" w{i}"))]
+    upstream = FakeUpstream({"e1": [0.25, chunk(role="assistant", content=""), *words,
+                                    chunk(finish="stop")]})
+    harness = Harness(upstream)
+    client = Client(leave_at=1.5)
+    request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
+    assert upstream.log == [(0.0, "e1", "stream"), (1.5, "e1", "ended")]
+    assert request.client_gone
+    assert client.body_times() == [0.75, 1.25]
+    assert contents(client.body) == " w0 w1"
+    assert "[DONE]" not in events(client.body)
+    (row,) = await harness.rows()
+    assert (row.winner, row.status, row.client_ttft_ms) == (True, "cancelled", 750.0)
+
+
+async def test_a_client_that_leaves_before_a_json_answer_cancels_the_upstream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({"e1": [5.0, ANSWER]})
+    harness = Harness(upstream)
+    client = Client(leave_at=0.5)
+    request = await harness.chat(client, model="economy", messages=QUESTION)
+    assert upstream.log == [(0.0, "e1", "chat"), (0.5, "e1", "ended")]
+    assert client.sent == [] and request.client_gone
+    (row,) = await harness.rows()
+    assert (row.status, row.winner, row.duration_ms) == ("cancelled", False, 500.0)
+
+
+async def test_a_failure_after_the_first_token_ends_with_an_error_event_and_no_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({"e1": [0.25, chunk(role="assistant", content="Half"), 0.25,
+                                    UpstreamError("the stream broke", status=502)]})
+    harness = Harness(upstream)
+    client = Client()
+    request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
+    sent = events(client.body)
+    assert sent[-1]["error"]["message"] == "the stream broke"
+    assert "[DONE]" not in sent
+    assert request.error == "upstream_failed_mid_stream"
+    assert client.body_times()[-1] == 0.5
+    (row,) = await harness.rows()
+    assert (row.status, row.winner) == ("cut", True)
