@@ -36,10 +36,10 @@ from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
-from .pricing import CACHE_WRITE_TOKENS
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Router
+from .shapes import first_choice_text, repair_chunk, repair_completion, token_kind, total_tokens
 from .sse import DONE, encode_data
 from .stats import StatsBook
 from .wire import EmbeddingRequest
@@ -47,7 +47,7 @@ from .wire import EmbeddingRequest
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Admit", "Engine", "Route", "token_kind"]
+__all__ = ["Admit", "Engine", "Route"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -133,8 +133,8 @@ class Engine:
             return  # the client went away; the upstream calls were cancelled
         route, answer = result
         request.route = route
-        request.usage_tokens = _total_tokens(answer.get("usage"))
-        _repair_completion(answer)
+        request.usage_tokens = total_tokens(answer.get("usage"))
+        repair_completion(answer)
         await request.respond(200, _encode(answer), route.headers())
         shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
         if shadow is not None:
@@ -368,7 +368,7 @@ class Engine:
                     usage = chunk.get("usage") or usage
                     if first is None and token_kind(chunk) is not None:
                         first = trio.current_time() - started
-                    parts.extend(_first_choice_text(chunk))
+                    parts.extend(first_choice_text(chunk))
             return ShadowAnswer(model, "".join(parts), usage, first,
                                 trio.current_time() - started)
 
@@ -402,10 +402,10 @@ class Engine:
         """One chunk as the SSE bytes the client gets, or None when it is dropped."""
         usage = chunk.get("usage")
         if usage:
-            request.usage_tokens = _total_tokens(usage)
+            request.usage_tokens = total_tokens(usage)
         if shadow is not None:
-            shadow.parts.extend(_first_choice_text(chunk))
-        if not _repair_chunk(chunk, include_usage):
+            shadow.parts.extend(first_choice_text(chunk))
+        if not repair_chunk(chunk, include_usage):
             return None
         return encode_data(_encode(chunk))
 
@@ -418,7 +418,7 @@ class Engine:
         started = trio.current_time()
         route, answer = await self._embed(body, plan)
         request.route = route
-        request.usage_tokens = _total_tokens(answer.get("usage"))
+        request.usage_tokens = total_tokens(answer.get("usage"))
         self.accounting.embedding(request, body, route.model, answer, started)
         await request.respond(200, _encode(answer), route.headers())
 
@@ -497,13 +497,6 @@ class _Booking:
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]
 
 
-def _first_choice_text(chunk: Chunk) -> list[str]:
-    """The content of choice 0's delta in a chunk, if any (what shadow mode compares)."""
-    return [text for choice in chunk.get("choices") or ()
-            if choice.get("index", 0) == 0
-            and (text := (choice.get("delta") or {}).get("content"))]
-
-
 class _single:
     """A JSON answer as a one-item stream, so JSON requests run the same race.
 
@@ -529,57 +522,9 @@ def _whole_answer(_answer: Chunk) -> str:
     return "answer"
 
 
-def _total_tokens(usage: Any) -> int | None:
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-        return int(usage["total_tokens"])
-    return None
-
-
 def _question(call: ChatCall) -> str | None:
     """What a shadow comparison shows as the question: the last user text, cut short."""
     return call.facts.last_user_text[:500] or None
-
-
-# Delta fields that carry a token, and the kind each is counted as, in the
-# order a delta holding several is named by.
-_DELTA_KINDS = (
-    ("content", "content"),
-    ("refusal", "refusal"),
-    ("tool_calls", "tool_calls"),
-    ("function_call", "tool_calls"),  # the legacy single call
-    ("reasoning_content", "reasoning"),  # vLLM, DeepSeek
-    ("reasoning", "reasoning"),  # OpenRouter, Groq, vLLM's newer name
-    ("reasoning_details", "reasoning"),  # OpenRouter's structured form
-)
-
-
-def token_kind(chunk: Chunk) -> str | None:
-    """What a stream chunk's first token carries, or None when it carries none.
-
-    Any delta with something in it is progress: ``content``, ``refusal``,
-    ``tool_calls`` (or the legacy ``function_call``), ``reasoning`` (the
-    ``reasoning_content``, ``reasoning`` or ``reasoning_details`` field) and
-    ``audio`` (an ``audio`` delta with ``data`` or a ``transcript``). A
-    role-only chunk (``{"role": "assistant", "content": ""}``), the usage
-    chunk and a chunk with no choices (Azure's filter results) carry none.
-    A choice that finishes without any of these is ``finish``, so an empty
-    answer is not waited on forever.
-    """
-    choices = chunk.get("choices")
-    finished = False
-    for choice in choices if isinstance(choices, list) else ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            for field, kind in _DELTA_KINDS:
-                if delta.get(field):
-                    return kind
-            audio = delta.get("audio")
-            if isinstance(audio, dict) and (audio.get("data") or audio.get("transcript")):
-                return "audio"
-        finished = finished or bool(choice.get("finish_reason"))
-    return "finish" if finished else None
 
 
 async def _send(request: Request, data: bytes, *, more: bool = True) -> None:
@@ -621,37 +566,3 @@ async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> N
             request.client_gone = not request.answered
             scope.cancel()
             return
-
-
-def _repair_chunk(chunk: Chunk, include_usage: bool) -> bool:
-    """Make one chunk exactly what OpenAI sends; False means drop it."""
-    choices = chunk.get("choices")
-    if include_usage:
-        chunk.setdefault("usage", None)
-        _public_usage(chunk)
-    else:
-        if not choices and chunk.get("usage") is not None:
-            return False  # the usage chunk the proxy asked for, not the client
-        chunk.pop("usage", None)
-    for choice in choices or ():
-        if "finish_reason" not in choice:
-            choice["finish_reason"] = None
-    return True
-
-
-def _public_usage(holder: dict[str, Any]) -> None:
-    """OpenAI's usage fields only: what an adapter added for the pricing stays inside."""
-    usage = holder.get("usage")
-    if usage and CACHE_WRITE_TOKENS in usage:
-        # A new dict: the race's record of the attempt keeps the original.
-        holder["usage"] = {k: v for k, v in usage.items() if k != CACHE_WRITE_TOKENS}
-
-
-def _repair_completion(answer: dict[str, Any]) -> None:
-    _public_usage(answer)
-    for choice in answer.get("choices") or ():
-        choice.setdefault("logprobs", None)
-        message = choice.get("message")
-        if isinstance(message, dict):
-            message.setdefault("content", None)
-            message.setdefault("refusal", None)
