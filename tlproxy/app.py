@@ -29,7 +29,7 @@ from .call import ChatCall, ChatFacts
 from .catalog import INTENTS
 from .config import ClientKey, Config, validate
 from .config_check import key_problems
-from .engine import Engine, Route
+from .engine import Engine
 from .errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -46,6 +46,7 @@ from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
+from .router import Route
 from .shadow import Shadow
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 

@@ -38,7 +38,7 @@ from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
-from .router import Plan, Router
+from .router import Plan, Route, Router
 from .shapes import first_choice_text, repair_chunk, repair_completion, token_kind, total_tokens
 from .sse import DONE, encode_data
 from .stats import StatsBook
@@ -47,7 +47,7 @@ from .wire import EmbeddingRequest
 if TYPE_CHECKING:
     from .app import Request
 
-__all__ = ["Admit", "Engine", "Route"]
+__all__ = ["Admit", "Engine"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -61,22 +61,6 @@ _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-
-
-class Route(msgspec.Struct, frozen=True):
-    """Where a request goes and why."""
-
-    model: ModelConfig
-    tier: str
-    rule: str
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"x-tlproxy-tier", self.tier.encode()),
-            (b"x-tlproxy-model", self.model.id.encode()),
-            (b"x-tlproxy-provider", self.model.provider.encode()),
-            (b"x-tlproxy-rule", self.rule.encode()),
-        ]
 
 
 # A gate a request must pass before it is answered (a key's rate limits and

@@ -38,7 +38,7 @@ from .errors import InvalidRequest, ProxyError, UpstreamError
 from .policy import Decision, RuleTrace, Signals, decide, possible_tiers
 from .stats import StatsBook
 
-__all__ = ["Plan", "Router", "blended_price"]
+__all__ = ["Plan", "Route", "Router", "blended_price"]
 
 
 class Plan(msgspec.Struct, kw_only=True):
@@ -58,6 +58,22 @@ class Plan(msgspec.Struct, kw_only=True):
     # Set when the tier may still change once slow signals are in (see `Router.finish`).
     policy: Policy | None = None
     allowed: list[str] | None = None
+
+
+class Route(msgspec.Struct, frozen=True):
+    """Where a request goes and why."""
+
+    model: ModelConfig
+    tier: str
+    rule: str
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-tlproxy-tier", self.tier.encode()),
+            (b"x-tlproxy-model", self.model.id.encode()),
+            (b"x-tlproxy-provider", self.model.provider.encode()),
+            (b"x-tlproxy-rule", self.rule.encode()),
+        ]
 
 
 def _capped(tier: str, rule: str, allowed: set[str] | None) -> tuple[str, str]:
