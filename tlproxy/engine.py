@@ -1,17 +1,24 @@
-"""Carrying one request upstream and its answer back, in OpenAI's exact shape.
+"""Carrying one request upstream and its answer back: the engine returns values.
 
-The engine owns the request's lifetime: it picks the route, calls the
-provider, and writes the response through the edge's `Request`. For
-streams it runs the upstream stream and a disconnect listener in one nursery
-(starlette's `listen_for_disconnect` pattern), so a client that goes away
-cancels the upstream request at once.
+The engine owns a request's lifetime between the edge and the upstreams: it
+plans the route, runs the race (`race.py`) with the admission gate and the
+classifier inside the decision, and hands the edge a reply: an `Answer`
+(a complete ``chat.completion``, or an embeddings list) or a `Stream` (the
+route and the winner's chunks, in the batches they arrived in). It knows
+nothing of ASGI or bytes: the edge (`edge.py`) renders a reply as Chat
+Completions (and a Responses renderer can render the same reply). A reply is
+yielded by an async context manager, so the race and the upstream stream stay
+open exactly as long as the edge is sending, and leaving it, for whatever
+reason (the client hung up, the send failed), cancels every upstream call.
 
-Conformance repairs happen here, on every chunk, whatever the upstream:
-``usage`` is present on every chunk (``null``) when the client asked for
-usage and absent when it did not; the usage-only chunk the proxy asked for
-for itself is dropped when the client did not ask; every choice carries
-``finish_reason``. A stream that fails after the response started ends with
-an OpenAI error event and no ``[DONE]``: a cut stream never looks complete.
+The chunks are as the adapters made them, OpenAI-shaped; the repairs that
+make them exactly OpenAI's are the renderer's (`shapes.py`). On their way
+through, the engine reads what the bookkeeping needs: the usage the key is
+charged, the text a sampled shadow compares. An upstream failure after the
+first token leaves the stream as `UpstreamError`, counted here, rendered by
+the edge. The request's account (`accounting.Tab`) is the one mutable thing
+the engine and the edge share; the edge closes it with `Engine.finish` once it
+knows what the client saw.
 
 One clock: every time the engine measures or decides by is read from
 ``trio.current_time()`` (the race's clock), so trio's `MockClock` drives a
@@ -24,49 +31,100 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import trio
 
-from .accounting import Accounting, ShadowAnswer, ShadowPlan
-from .call import ChatCall
+from .accounting import Accounting, ShadowAnswer, Tab
+from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
-from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
+from .race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, race
 from .router import Plan, Route, Router
-from .shapes import first_choice_text, repair_chunk, repair_completion, token_kind, total_tokens
-from .sse import DONE, encode_data
+from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
-from .wire import EmbeddingRequest
 
-if TYPE_CHECKING:
-    from .app import Request
-
-__all__ = ["Admit", "Engine"]
+__all__ = ["Admit", "Answer", "Batches", "Engine", "Reply", "Stream"]
 
 log = logging.getLogger("tlproxy")
-_encode = msgspec.json.Encoder().encode
 
 # Attempts the race cut before their first token: their TTFT is longer than
 # the time they ran (right-censored; see `stats.py`). A failure says nothing
 # about TTFT, but a missed first-token deadline does.
 _CUT = frozenset({"lost", "outside-tier", "deadline", "cancelled"})
 
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
-
-
 # A gate a request must pass before it is answered (a key's rate limits and
 # budget): awaited inside the decision, so it overlaps the race. It raises
-# the `ProxyError` to answer with when the request is refused.
-Admit = Callable[["Request", ChatCall], Awaitable[None]]
+# the `ProxyError` to answer with when the request is refused, and notes on
+# the tab what it reserved and the headers every response carries.
+Admit = Callable[[ChatCall, Tab], Awaitable[None]]
+
+
+class Answer(msgspec.Struct, frozen=True):
+    """A complete answer: a ``chat.completion`` or an embeddings ``list``, as the
+    upstream gave it (OpenAI-shaped, not yet repaired), and where it came from."""
+
+    route: Route
+    body: dict[str, Any]
+
+
+class Batches:
+    """A streamed answer's chunks, in the batches the edge writes them in.
+
+    The first batch is everything held back until the decision was final and
+    the winner had its first token; each later one is a chunk and whatever
+    else had already arrived, so one read of the upstream is one write to the
+    client. `ended` turns true with the last batch of a stream that ended
+    whole (the edge sends ``[DONE]`` with it). An upstream failure after the
+    first token is raised from the iteration as `UpstreamError`.
+    """
+
+    __slots__ = ("_chunks", "_first", "_on_error", "_tap", "ended")
+
+    def __init__(self, first: list[Chunk], chunks: WinnerChunks, *,
+                 tap: Callable[[Chunk], None],
+                 on_error: Callable[[UpstreamError], None]) -> None:
+        self._first: list[Chunk] | None = first
+        self._chunks = chunks
+        self._tap = tap
+        self._on_error = on_error
+        self.ended = False
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> list[Chunk]:
+        if self._first is not None:
+            batch, self._first = self._first, None
+        else:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self.ended = True
+                raise
+            except UpstreamError as exc:
+                self._on_error(exc)
+                raise
+            batch = [chunk, *self._chunks.buffered()]
+            self.ended = self._chunks.ended
+        for chunk in batch:
+            self._tap(chunk)
+        return batch
+
+
+class Stream(msgspec.Struct, frozen=True):
+    """A streamed answer: where it comes from and its chunks (`Batches`)."""
+
+    route: Route
+    batches: Batches
+
+
+Reply = Answer | Stream
 
 
 class Engine:
@@ -97,122 +155,72 @@ class Engine:
             if config.classifier.enabled else None
         )
         self.router = Router(config, self.stats, semantic=self.classifier is not None)
-        self.open_streams = 0
-        self.streams_by_key: dict[str, int] = {}
 
     # -- chat ------------------------------------------------------------
 
-    async def chat(self, request: Request, call: ChatCall) -> None:
+    @contextlib.asynccontextmanager
+    async def chat(self, call: ChatCall, tab: Tab) -> AsyncIterator[Reply]:
+        """Answer `call`: enter with its reply once the decision is final and a model
+        of the decided tier answered (or produced its first token, for a stream).
+
+        Raises `ProxyError` when nothing can answer (the request refused, every
+        candidate failed); costs and usage go on `tab` either way.
+        """
         plan = self.router.plan(call.facts, key=call.key, now=trio.current_time())
-        body = call.body
-        if call.stream:
-            with self._stream_slot(request):
-                await self._stream(request, call, plan)
+        if not call.stream:
+            # The race is over before the edge writes: nothing left to cancel.
+            async with self._race(call, tab, plan, stream=False) as (route, winner):
+                answer = winner.first_chunks[-1]
+            tab.usage_tokens = total_tokens(answer.get("usage"))
+            tab.shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
+            if tab.shadow is not None:
+                message = ((answer.get("choices") or [{}])[0].get("message") or {})
+                tab.shadow.parts.append(message.get("content") or "")
+            yield Answer(route, answer)
             return
-        result: tuple[Route, dict[str, Any]] | None = None
-        async with (_cancelled_on_disconnect(request),
-                    self._race(request, call, plan, stream=False) as (route, winner)):
-            result = route, winner.first_chunks[-1]
-        if result is None:
-            return  # the client went away; the upstream calls were cancelled
-        route, answer = result
-        request.route = route
-        request.usage_tokens = total_tokens(answer.get("usage"))
-        repair_completion(answer)
-        await request.respond(200, _encode(answer), route.headers())
-        shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
-        if shadow is not None:
-            message = ((answer.get("choices") or [{}])[0].get("message") or {})
-            shadow.parts.append(message.get("content") or "")
-            self.accounting.submit_shadow(shadow, request, route.rule, route.model,
-                                          self._shadow_call(body, stream=False),
-                                          _question(call))
+        async with self._race(call, tab, plan, stream=True) as (route, winner):
+            tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
 
-    @contextlib.contextmanager
-    def _stream_slot(self, request: Request) -> Iterator[None]:
-        """Count an open stream against the worker's and the key's caps."""
-        limits = self.config.limits
-        key = request.key.name if request.key else None
-        if self.open_streams >= limits.max_streams_per_worker:
-            raise ProxyError(
-                "This server is at its limit of concurrent streams; retry shortly.",
-                status=503, type="service_unavailable", code="too_many_streams",
-                headers={"retry-after": "1"})
-        per_key = self.streams_by_key.get(key, 0) if key else 0
-        if key and limits.max_streams_per_key is not None and (
-                per_key >= limits.max_streams_per_key):
-            raise ProxyError(
-                f"This API key has {per_key} streams open, its limit; close one or retry "
-                "shortly.", status=429, type="requests", code="too_many_concurrent_streams",
-                headers={"retry-after": "1"})
-        self.open_streams += 1
-        if key:
-            self.streams_by_key[key] = per_key + 1
-        try:
-            yield
-        finally:
-            self.open_streams -= 1
-            if key:
-                self.streams_by_key[key] -= 1
-                if not self.streams_by_key[key]:
-                    del self.streams_by_key[key]
+            def tap(chunk: Chunk) -> None:
+                usage = chunk.get("usage")
+                if usage:
+                    tab.usage_tokens = total_tokens(usage)
+                if shadow is not None:
+                    shadow.parts.extend(first_choice_text(chunk))
 
-    async def _stream(self, request: Request, call: ChatCall, plan: Plan) -> None:
-        include_usage = call.include_usage
-        shadow: ShadowPlan | None = None
-        complete = False
-        async with (
-            _cancelled_on_disconnect(request),
-            self._race(request, call, plan, stream=True) as (route, winner),
-        ):
-            request.route = route
-            shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
-            await request.start(200, [*_SSE_HEADERS, *route.headers()])
-            self.metrics.open_streams.inc()
-            try:
-                # The chunks held until the decision go out in one write.
-                first = [self._frame(request, c, include_usage, shadow)
-                         for c in winner.first_chunks]
-                await _send(request, b"".join(f for f in first if f))
-                request.ttft = trio.current_time() - request.arrived
-                last = b""
-                async for chunk in winner.chunks:
-                    # Whatever else has already arrived goes out in the same
-                    # write: one send (and one socket write) per batch, not per chunk.
-                    frames = [self._frame(request, c, include_usage, shadow)
-                              for c in (chunk, *winner.chunks.buffered())]
-                    data = b"".join(f for f in frames if f)
-                    if winner.chunks.ended:
-                        last = data  # the stream ended cleanly: [DONE] joins it
-                        break
-                    if data:
-                        await _send(request, data)
-            except UpstreamError as exc:
-                self._upstream_error(route, exc)
-                request.error = "upstream_failed_mid_stream"
-                log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
-                await _send(request, encode_data(exc.body()), more=False)
-            else:
-                # Complete once [DONE] is handed over: a client that hangs up as
-                # soon as it reads it may cancel this task during the send.
-                complete = request.answered = True
-                await _send(request, last + DONE, more=False)
-            finally:
-                self.metrics.open_streams.dec()
-        if complete and shadow is not None and request.route is not None:
-            self.accounting.submit_shadow(shadow, request, request.route.rule,
-                                          request.route.model,
-                                          self._shadow_call(call.body, stream=True),
-                                          _question(call))
+            def failed(exc: UpstreamError) -> None:
+                self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
+                log.warning("request %s: upstream failed mid-stream: %s", call.id, exc)
+
+            yield Stream(route, Batches(winner.first_chunks, winner.chunks, tap=tap,
+                                        on_error=failed))
+
+    def finish(self, call: ChatCall | EmbeddingCall, tab: Tab, route: Route | None, *,
+               client_ttft: float | None, client_gone: bool, complete: bool) -> None:
+        """The request is over: what its client saw is known.
+
+        `client_ttft` is from its arrival to the first byte of a streamed answer
+        sent, `client_gone` whether the client left before the whole answer,
+        `complete` whether it was handed the whole answer. A sampled request
+        that was answered whole sends its shadow copy now; the winner's ledger
+        row is queued.
+        """
+        shadow, tab.shadow = tab.shadow, None
+        if complete and shadow is not None and route is not None and isinstance(call, ChatCall):
+            self.accounting.submit_shadow(
+                shadow, tab, route.rule, route.model,
+                self._shadow_call(call.body, stream=call.stream), _question(call),
+                client_ttft=client_ttft)
+        self.accounting.finish(tab, client_ttft=client_ttft, client_gone=client_gone)
 
     @contextlib.asynccontextmanager
     async def _race(
-        self, request: Request, call: ChatCall, plan: Plan, *, stream: bool
+        self, call: ChatCall, tab: Tab, plan: Plan, *, stream: bool
     ) -> AsyncIterator[tuple[Route, Winner]]:
         """Run the race for this plan; enter once the decision is final and a model won."""
         body = call.body
         models = {m.id: m for tier in plan.by_tier.values() for m in tier}
-        policy = self.router.policy_for(request.key)
+        policy = self.router.policy_for(call.key)
         speculate = policy.speculate and len(plan.possible_tiers) > 1
         slow = plan.policy is not None or self.admit is not None
         booking = _Booking(plan.tier, plan.rule, decided=not slow)
@@ -220,15 +228,15 @@ class Engine:
         def on_record(record: AttemptRecord) -> None:
             self._on_record(record, stream)
             booking.book(lambda tier, rule: self.accounting.attempt(
-                record, request, body, tier, rule, stream=stream))
+                record, tab, body, tier, rule, stream=stream))
 
         async def decide() -> str:
             semantic: list[str | None] = [None]
             async with trio.open_nursery() as nursery:
                 if self.admit is not None:
-                    nursery.start_soon(self.admit, request, call)
+                    nursery.start_soon(self.admit, call, tab)
                 if plan.policy is not None and self.classifier is not None:
-                    nursery.start_soon(self._classify, request, call, semantic)
+                    nursery.start_soon(self._classify, call, tab, semantic)
             return booking.decide(*self.router.finish(plan, semantic[0]))
 
         if slow and not speculate:
@@ -358,53 +366,35 @@ class Engine:
 
         return call
 
-    async def _classify(self, request: Request, call: ChatCall,
-                        out: list[str | None]) -> None:
+    async def _classify(self, call: ChatCall, tab: Tab, out: list[str | None]) -> None:
         assert self.classifier is not None
         out[0] = await self.classifier.classify(
-            call.facts.last_user_text, embed=functools.partial(self._embed_texts, request=request))
+            call.facts.last_user_text, embed=functools.partial(self._embed_texts, tab=tab))
 
     async def _embed_texts(self, texts: list[str], *,
-                           request: Request | None = None) -> list[list[float]]:
-        """The classifier's embedding call; each try is a ledger row of `request`'s."""
+                           tab: Tab | None = None) -> list[list[float]]:
+        """The classifier's embedding call; each try is a ledger row of `tab`'s request."""
         plan = self.router.plan_embedding(self.config.classifier.model)
         body = {"model": plan.requested, "input": texts, "encoding_format": "float"}
 
         def account(model: ModelConfig, started: float, answer: dict[str, Any] | None,
                     error: BaseException | None) -> None:
-            self.accounting.classifier_call(request, body, model, started, answer=answer,
+            self.accounting.classifier_call(tab, body, model, started, answer=answer,
                                             error=error)
 
         _, answer = await self._embed(body, plan, account=account)
         return [decode_embedding(d["embedding"]) for d in answer["data"]]
 
-    def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
-        self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
-
-    def _frame(self, request: Request, chunk: Chunk, include_usage: bool,
-               shadow: ShadowPlan | None) -> bytes | None:
-        """One chunk as the SSE bytes the client gets, or None when it is dropped."""
-        usage = chunk.get("usage")
-        if usage:
-            request.usage_tokens = total_tokens(usage)
-        if shadow is not None:
-            shadow.parts.extend(first_choice_text(chunk))
-        if not repair_chunk(chunk, include_usage):
-            return None
-        return encode_data(_encode(chunk))
-
     # -- embeddings ------------------------------------------------------
 
-    async def embed(
-        self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]
-    ) -> None:
-        plan = self.router.plan_embedding(embedding.model)
+    async def embed(self, call: EmbeddingCall, tab: Tab) -> Answer:
+        """Answer an embeddings request: the first candidate to answer, in order."""
+        plan = self.router.plan_embedding(call.embedding.model)
         started = trio.current_time()
-        route, answer = await self._embed(body, plan)
-        request.route = route
-        request.usage_tokens = total_tokens(answer.get("usage"))
-        self.accounting.embedding(request, body, route.model, answer, started)
-        await request.respond(200, _encode(answer), route.headers())
+        route, answer = await self._embed(call.body, plan)
+        tab.usage_tokens = total_tokens(answer.get("usage"))
+        self.accounting.embedding(tab, call.body, route.model, answer, started)
+        return Answer(route, answer)
 
     async def _embed(
         self, body: dict[str, Any], plan: Plan, *, account: _EmbedAccount | None = None
@@ -509,44 +499,3 @@ def _whole_answer(_answer: Chunk) -> str:
 def _question(call: ChatCall) -> str | None:
     """What a shadow comparison shows as the question: the last user text, cut short."""
     return call.facts.last_user_text[:500] or None
-
-
-async def _send(request: Request, data: bytes, *, more: bool = True) -> None:
-    await request.send({"type": "http.response.body", "body": data, "more_body": more})
-
-
-@contextlib.asynccontextmanager
-async def _cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
-    """Run the body while listening for the client to leave; if it does, cancel the body.
-
-    The body's own exception leaves as itself, not wrapped in a group, so the
-    edge renders it like any other error.
-    """
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
-            yield
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], Exception):
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
-
-
-async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            # Before the cancellation: the ledger reads it. A client that hangs up as
-            # soon as it has [DONE] had the whole answer, and is not counted as gone.
-            request.client_gone = not request.answered
-            scope.cancel()
-            return

@@ -67,14 +67,6 @@ class Route(msgspec.Struct, frozen=True):
     tier: str
     rule: str
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"x-tlproxy-tier", self.tier.encode()),
-            (b"x-tlproxy-model", self.model.id.encode()),
-            (b"x-tlproxy-provider", self.model.provider.encode()),
-            (b"x-tlproxy-rule", self.rule.encode()),
-        ]
-
 
 def _capped(tier: str, rule: str, allowed: set[str] | None) -> tuple[str, str]:
     if allowed is not None and tier not in allowed:

@@ -2,8 +2,9 @@
 
 Each upstream model follows a script of steps: a number sleeps that many
 seconds, a dict is the next chunk (or the JSON answer), an exception is
-raised. The client is an in-memory ASGI pair that records what was sent and
-when, and can hang up at a given time.
+raised. Requests go through the engine and the edge's renderer as the app
+composes them; the client is an in-memory ASGI pair that records what was
+sent and when, and can hang up at a given time.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import trio
 import trio.testing
 
 from tests.unit.test_ledger import MemoryWriter
-from tlproxy.accounting import Accounting
-from tlproxy.app import Request
+from tlproxy.accounting import Accounting, Tab
 from tlproxy.call import ChatCall, ChatFacts
 from tlproxy.config import ClassifierConfig, Config, ModelConfig, Policy, ProviderConfig
+from tlproxy.edge import Request, cancelled_on_disconnect, render_chat
 from tlproxy.engine import Admit, Engine
 from tlproxy.errors import ProxyError, UpstreamError
 from tlproxy.ledger import Ledger, LedgerRow
@@ -143,19 +144,29 @@ def config(**policy: Any) -> Config:
 
 
 class Client:
-    """The ASGI side of one request: what was sent, when, and a hang-up at `leave_at`."""
+    """The ASGI side of one request: what was sent, when, and a hang-up at `leave_at`.
+
+    Like hypercorn, the server also reports the exchange over
+    (``http.disconnect``) as soon as the last body message is sent.
+    """
 
     def __init__(self, leave_at: float = math.inf) -> None:
         self.leave_at = leave_at
         self.sent: list[tuple[float, dict[str, Any]]] = []
+        self._over = trio.Event()
 
     async def receive(self) -> dict[str, Any]:
-        await trio.sleep_until(self.leave_at)
+        with trio.move_on_at(self.leave_at):
+            await self._over.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
         await trio.lowlevel.checkpoint()
         self.sent.append((trio.current_time(), message))
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self._over.set()
+            # The listener hears of it before the send returns, as over a socket.
+            await trio.testing.wait_all_tasks_blocked()
 
     @property
     def status(self) -> int | None:
@@ -178,19 +189,30 @@ class Harness:
         self.upstream = upstream
         self.writer = MemoryWriter()
         self.ledger = Ledger(self.writer)
-        self.accounting = Accounting(self.config, self.ledger, None, metrics=Metrics())
+        self.metrics = Metrics()
+        self.accounting = Accounting(self.config, self.ledger, None, metrics=self.metrics)
         self.engine = Engine(self.config, {"fake": upstream}, accounting=self.accounting,
-                             metrics=Metrics(), admit=admit)
+                             metrics=self.metrics, admit=admit)
+        # The account of the last request served.
+        self.tab: Tab | None = None
 
     async def chat(self, client: Client, **body: Any) -> Request:
+        """One chat request, as the app serves it: engine, renderer, disconnect listener."""
         request = Request({"method": "POST", "path": "/v1/chat/completions", "headers": []},
                           client.receive, client.send)
         raw = msgspec.json.encode({"model": "auto", **body})
         chat, decoded = decode_chat_request(raw)
         call = ChatCall(id=request.id, arrived=request.arrived, key=None, headers={},
                         chat=chat, body=decoded, facts=ChatFacts.of(decoded))
-        await self.engine.chat(request, call)
-        self.accounting.finish(request)
+        tab = Tab(request.id, None, request.arrived)
+        try:
+            async with cancelled_on_disconnect(request), self.engine.chat(call, tab) as reply:
+                await render_chat(request, reply, include_usage=call.include_usage,
+                                  metrics=self.metrics)
+        finally:
+            self.engine.finish(call, tab, request.route, client_ttft=request.ttft,
+                               client_gone=request.client_gone, complete=request.answered)
+        self.tab = tab
         return request
 
     async def rows(self) -> list[LedgerRow]:
@@ -238,7 +260,7 @@ async def test_attempts_of_a_request_never_decided_are_all_speculative(
     """The key's limit refuses the request while both tiers are speculated: no
     decision was made, so no attempt is booked as if it had been."""
 
-    async def refuse(_request: Request, _call: ChatCall) -> None:
+    async def refuse(_call: ChatCall, _tab: Tab) -> None:
         await trio.sleep(1.0)
         raise ProxyError("over the limit", status=429, code="rate_limit_exceeded")
 
@@ -298,7 +320,9 @@ async def test_a_json_answer_is_sent_whole_when_the_upstream_answers(
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "An answer",
                                                "refusal": None}
     assert request.ttft is None  # a JSON answer has no first token
-    assert request.usage_tokens == 6
+    # The server's "exchange over" after the body is not a client that left.
+    assert not request.client_gone
+    assert harness.tab is not None and harness.tab.usage_tokens == 6
     (row,) = await harness.rows()
     assert (row.model, row.rule, row.status, row.winner) == ("e1", "intent:economy", "ok", True)
     assert (row.ttft_ms, row.client_ttft_ms, row.duration_ms) == (None, None, 500.0)
@@ -326,7 +350,7 @@ async def test_a_stream_starts_with_the_first_token_and_ends_with_done(
     assert all("usage" not in e for e in sent if isinstance(e, dict))
     assert [c["finish_reason"] for e in sent[:-1] for c in e["choices"]] == [
         None, None, None, "stop"]
-    assert request.usage_tokens == 6
+    assert harness.tab is not None and harness.tab.usage_tokens == 6
     (row,) = await harness.rows()
     assert (row.ttft_ms, row.client_ttft_ms, row.duration_ms) == (375.0, 375.0, 1375.0)
     assert (row.status, row.completion_tokens) == ("ok", 2)
