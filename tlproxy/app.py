@@ -10,7 +10,6 @@ nothing about the internals.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -34,10 +33,9 @@ from .edge import (
     ClientGone,
     Request,
     StreamSlots,
-    cancelled_on_disconnect,
-    render_chat,
     render_embeddings,
     render_error,
+    serve_chat,
 )
 from .engine import Engine
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, ProxyError
@@ -334,11 +332,8 @@ class App:
             id=request.id, arrived=request.arrived, key=request.key, headers=headers,
             chat=chat, body=raw, facts=ChatFacts.of(raw, headers))
         request.tab = tab = Tab(request.id, request.key, request.arrived)
-        with self.streams.hold(call.key) if call.stream else contextlib.nullcontext():
-            # A client that leaves cancels everything the request started, upstream included.
-            async with cancelled_on_disconnect(request), self.engine.chat(call, tab) as reply:
-                await render_chat(request, reply, include_usage=call.include_usage,
-                                  metrics=self.metrics)
+        await serve_chat(request, self.engine, call, tab, slots=self.streams,
+                         metrics=self.metrics)
 
     def _check_sizes(self, chat: ChatRequest) -> None:
         limits = self.config.limits

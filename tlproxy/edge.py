@@ -25,7 +25,7 @@ import trio
 
 from .asgi import Receive, Send
 from .config import ClientKey, LimitsConfig
-from .engine import Answer, Reply
+from .engine import Answer, Engine, Reply
 from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body
 from .metrics import Metrics
 from .router import Route
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .call import ChatCall, EmbeddingCall
 
 __all__ = ["CUT_MID_STREAM", "ClientGone", "Request", "StreamSlots", "cancelled_on_disconnect",
-           "render_chat", "render_embeddings", "render_error", "route_headers"]
+           "render_chat", "render_embeddings", "render_error", "route_headers", "serve_chat"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -165,6 +165,19 @@ def route_headers(route: Route) -> list[tuple[bytes, bytes]]:
 
 
 # -- rendering -------------------------------------------------------------
+
+async def serve_chat(request: Request, engine: Engine, call: ChatCall, tab: Tab, *,
+                     slots: StreamSlots, metrics: Metrics) -> None:
+    """Answer a chat request: the engine's reply, rendered while the client stays.
+
+    A stream holds a slot of the caps for as long as it runs; a client that
+    leaves cancels everything the request started, upstream included.
+    """
+    with slots.hold(call.key) if call.stream else contextlib.nullcontext():
+        async with cancelled_on_disconnect(request), engine.chat(call, tab) as reply:
+            await render_chat(request, reply, include_usage=call.include_usage,
+                              metrics=metrics)
+
 
 async def render_chat(request: Request, reply: Reply, *, include_usage: bool,
                       metrics: Metrics) -> None:

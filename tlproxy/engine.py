@@ -32,7 +32,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -44,12 +44,12 @@ from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
-from .race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, race
+from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
 
-__all__ = ["Admit", "Answer", "Batches", "Engine", "Reply", "Stream"]
+__all__ = ["Admit", "Answer", "Batches", "ChunkSource", "Engine", "Reply", "Stream"]
 
 log = logging.getLogger("tlproxy")
 
@@ -73,6 +73,23 @@ class Answer(msgspec.Struct, frozen=True):
     body: dict[str, Any]
 
 
+class ChunkSource(Protocol):
+    """What `Batches` reads: the race's `WinnerChunks` (or a test's script)."""
+
+    def __aiter__(self) -> ChunkSource: ...
+
+    async def __anext__(self) -> Chunk: ...
+
+    def buffered(self) -> list[Chunk]:
+        """The chunks already arrived, without waiting."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """Whether `buffered` met the stream's clean end."""
+        ...
+
+
 class Batches:
     """A streamed answer's chunks, in the batches the edge writes them in.
 
@@ -86,7 +103,7 @@ class Batches:
 
     __slots__ = ("_chunks", "_first", "_on_error", "_tap", "ended")
 
-    def __init__(self, first: list[Chunk], chunks: WinnerChunks, *,
+    def __init__(self, first: list[Chunk], chunks: ChunkSource, *,
                  tap: Callable[[Chunk], None],
                  on_error: Callable[[UpstreamError], None]) -> None:
         self._first: list[Chunk] | None = first

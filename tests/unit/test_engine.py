@@ -23,7 +23,7 @@ from tests.unit.test_ledger import MemoryWriter
 from tlproxy.accounting import Accounting, Tab
 from tlproxy.call import ChatCall, ChatFacts
 from tlproxy.config import ClassifierConfig, Config, ModelConfig, Policy, ProviderConfig
-from tlproxy.edge import Request, cancelled_on_disconnect, render_chat
+from tlproxy.edge import Request, StreamSlots, serve_chat
 from tlproxy.engine import Admit, Engine
 from tlproxy.errors import ProxyError, UpstreamError
 from tlproxy.ledger import Ledger, LedgerRow
@@ -197,7 +197,7 @@ class Harness:
         self.tab: Tab | None = None
 
     async def chat(self, client: Client, **body: Any) -> Request:
-        """One chat request, as the app serves it: engine, renderer, disconnect listener."""
+        """One chat request, served as the app serves it, and finished."""
         request = Request({"method": "POST", "path": "/v1/chat/completions", "headers": []},
                           client.receive, client.send)
         raw = msgspec.json.encode({"model": "auto", **body})
@@ -206,9 +206,8 @@ class Harness:
                         chat=chat, body=decoded, facts=ChatFacts.of(decoded))
         tab = Tab(request.id, None, request.arrived)
         try:
-            async with cancelled_on_disconnect(request), self.engine.chat(call, tab) as reply:
-                await render_chat(request, reply, include_usage=call.include_usage,
-                                  metrics=self.metrics)
+            await serve_chat(request, self.engine, call, tab,
+                             slots=StreamSlots(self.config.limits), metrics=self.metrics)
         finally:
             self.engine.finish(call, tab, request.route, client_ttft=request.ttft,
                                client_gone=request.client_gone, complete=request.answered)
