@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from .config import Config, ModelConfig
+from .config import ClientKey, Config, ModelConfig
 from .errors import UpstreamError
 from .ledger import Ledger, LedgerRow
 from .metrics import Metrics
@@ -43,9 +43,9 @@ from .race import AttemptRecord
 from .shadow import Shadow, ShadowResult, shadow_config_for, should_sample
 
 if TYPE_CHECKING:
-    from .app import Request
+    from .limits import KeyLimits
 
-__all__ = ["Accounting", "ShadowAnswer", "ShadowPlan", "refused_upstream"]
+__all__ = ["Accounting", "ShadowAnswer", "ShadowPlan", "Tab", "refused_upstream"]
 
 _STATUS = {"won": "ok", "lost": "cancelled", "outside-tier": "cancelled", "failed": "error",
            "deadline": "error", "cancelled": "cancelled"}
@@ -63,6 +63,37 @@ def refused_upstream(error: BaseException | None, chunks: int = 0) -> bool:
     """
     return (chunks == 0 and isinstance(error, UpstreamError)
             and (error.upstream_status is not None or error.unsent))
+
+
+class Tab:
+    """One request's account while it runs: what it cost so far, what it used.
+
+    Opened by the edge for each request once its key is known, written by the
+    engine (attempts, usage, a sampled shadow) and by the admission gate (the
+    tokens reserved, the rate-limit headers), read by the edge when the
+    request ends: to settle the key's usage and queue the winner's row.
+    """
+
+    __slots__ = ("arrived", "cost_usd", "held_row", "id", "key", "limit_headers", "reserved",
+                 "shadow", "usage_tokens")
+
+    def __init__(self, request_id: str, key: ClientKey | None, arrived: float) -> None:
+        self.id = request_id
+        self.key = key
+        # On trio's clock: the client's TTFT and a shadow's primary are from here.
+        self.arrived = arrived
+        self.cost_usd: float | None = None
+        # Total tokens the upstream reported for the answer, when it did.
+        self.usage_tokens: int | None = None
+        # The winner's row, queued when the request ends (`Accounting.finish`).
+        self.held_row: LedgerRow | None = None
+        # The admission gate's: the key's limits and the tokens it reserved
+        # (settled at the end against `usage_tokens`), and the ``x-ratelimit-*``
+        # headers every response to the request carries.
+        self.reserved: tuple[KeyLimits, int] | None = None
+        self.limit_headers: dict[str, str] = {}
+        # A sampled request's shadow, collecting the primary's text.
+        self.shadow: ShadowPlan | None = None
 
 
 class ShadowPlan:
@@ -97,12 +128,15 @@ class Accounting:
 
     # -- the ledger --------------------------------------------------------
 
-    def attempt(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                tier: str, rule: str, *, stream: bool = True) -> None:
-        """Price one finished attempt and queue its row; adds its cost to the request.
+    def attempt(self, record: AttemptRecord, tab: Tab, body: dict[str, Any],
+                tier: str | None, rule: str, *, stream: bool = True) -> None:
+        """Price one finished attempt and queue its row; adds its cost to the tab.
 
-        The winner's row is held until `finish`. A JSON attempt (`stream` false)
-        has no time to first token: its row's ``ttft_ms`` is None.
+        `tier` and `rule` are the request's decision; an attempt outside `tier`
+        (or any attempt, when `tier` is None: no decision was made) has the
+        rule ``speculative:<rule>``. The winner's row is held until `finish`.
+        A JSON attempt (`stream` false) has no time to first token: its row's
+        ``ttft_ms`` is None.
         """
         model = self.config.model(record.candidate.key)
         if model is None:
@@ -123,8 +157,8 @@ class Accounting:
         ttft = (record.first_token_at - record.started_at) * 1000 if (
             stream and record.first_token_at is not None) else None
         row = LedgerRow(
-            request_id=request.id, ts=time.time() - (trio.current_time() - record.started_at),
-            key=request.key.name if request.key else None, kind="chat",
+            request_id=tab.id, ts=time.time() - (trio.current_time() - record.started_at),
+            key=tab.key.name if tab.key else None, kind="chat",
             tier=record.candidate.tier, model=model.id, provider=model.provider,
             rule=rule if record.candidate.tier == tier else f"speculative:{rule}",
             prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
@@ -135,48 +169,49 @@ class Accounting:
             winner=winner, hedge=record.hedge, wasted=not winner and cost > 0,
             reference_cost_usd=reference, first_token_kind=record.first_token_kind,
         )
-        self._priced(request, row)
+        self._priced(tab, row)
         if winner:
-            request.held_row = row
+            tab.held_row = row
         elif self.ledger is not None:
             self.ledger.record(row)
 
-    def finish(self, request: Request) -> None:
+    def finish(self, tab: Tab, *, client_ttft: float | None, client_gone: bool) -> None:
         """The request is over: queue its winner's row with what the client saw.
 
-        ``client_ttft_ms`` is the request's arrival to the first byte of the
-        streamed answer sent (None for a JSON answer); a winner whose client
-        left before the whole answer was sent is ``cancelled``.
+        `client_ttft` is from the request's arrival to the first byte of the
+        streamed answer sent (None for a JSON answer), the row's
+        ``client_ttft_ms``; a winner whose client left before the whole answer
+        was sent (`client_gone`) is ``cancelled``.
         """
-        row, request.held_row = request.held_row, None
+        row, tab.held_row = tab.held_row, None
         if row is None or self.ledger is None:
             return
-        if request.client_gone and row.status == "ok":
+        if client_gone and row.status == "ok":
             row.status = "cancelled"
-        if request.ttft is not None:
-            row.client_ttft_ms = request.ttft * 1000
+        if client_ttft is not None:
+            row.client_ttft_ms = client_ttft * 1000
         self.ledger.record(row)
 
-    def embedding(self, request: Request, body: dict[str, Any], model: ModelConfig,
+    def embedding(self, tab: Tab, body: dict[str, Any], model: ModelConfig,
                   answer: dict[str, Any], started: float) -> None:
         """A client's embedding request, answered; `started` on trio's clock."""
         usage = usage_from_openai(answer.get("usage")) or estimate_usage(
             body, output_chars=0, kind="embedding")
         cost, reference = price_attempt(model, usage, self.premium, winner=True)
         duration = trio.current_time() - started
-        self._priced(request, LedgerRow(
-            request_id=request.id, ts=time.time() - duration,
-            key=request.key.name if request.key else None,
+        self._priced(tab, LedgerRow(
+            request_id=tab.id, ts=time.time() - duration,
+            key=tab.key.name if tab.key else None,
             kind="embedding", tier="embedding", model=model.id, provider=model.provider,
             rule="embedding", prompt_tokens=usage.prompt_tokens, cost_usd=cost,
             estimated=usage.estimated, duration_ms=duration * 1000,
             reference_cost_usd=reference), record=True)
 
-    def classifier_call(self, request: Request | None, body: dict[str, Any],
+    def classifier_call(self, tab: Tab | None, body: dict[str, Any],
                         model: ModelConfig, started: float, *,
                         answer: dict[str, Any] | None = None,
                         error: BaseException | None = None) -> None:
-        """One embedding call of the task classifier, for `request` (None: no request,
+        """One embedding call of the task classifier, for `tab`'s request (None: none,
         a warm-up): answered (`answer`), failed (`error`) or cancelled (neither).
 
         The row is the request's (its id and key), ``kind = 'classifier'``,
@@ -189,20 +224,19 @@ class Accounting:
         status = "ok" if answer is not None else "error" if error is not None else "cancelled"
         cost, _ = price_attempt(model, usage, self.premium, winner=False)
         duration = trio.current_time() - started
-        self._priced(request, LedgerRow(
-            request_id=request.id if request is not None else "cls_" + uuid.uuid4().hex,
+        self._priced(tab, LedgerRow(
+            request_id=tab.id if tab is not None else "cls_" + uuid.uuid4().hex,
             ts=time.time() - duration,
-            key=request.key.name if request is not None and request.key else None,
+            key=tab.key.name if tab is not None and tab.key else None,
             kind="classifier", tier=model.tier, model=model.id, provider=model.provider,
             rule="classifier", prompt_tokens=usage.prompt_tokens, cost_usd=cost,
             estimated=usage.estimated, duration_ms=duration * 1000,
             status=status, winner=False), record=True)  # type: ignore[arg-type]
 
-    def _priced(self, request: Request | None, row: LedgerRow, *,
-                record: bool = False) -> None:
-        """Count a priced row: on the request, in the metrics, and (`record`) in the ledger."""
-        if request is not None:
-            request.cost_usd = (request.cost_usd or 0.0) + row.cost_usd
+    def _priced(self, tab: Tab | None, row: LedgerRow, *, record: bool = False) -> None:
+        """Count a priced row: on the tab, in the metrics, and (`record`) in the ledger."""
+        if tab is not None:
+            tab.cost_usd = (tab.cost_usd or 0.0) + row.cost_usd
         if self.metrics is not None:
             self.metrics.spend(
                 row.tier, row.model, row.kind, "wasted" if row.wasted else "used",
@@ -213,10 +247,11 @@ class Accounting:
 
     # -- shadow traffic ----------------------------------------------------
 
-    def plan_shadow(self, request: Request, rule: str, tier: str) -> ShadowPlan | None:
+    def plan_shadow(self, key: ClientKey | None, rule: str, tier: str) -> ShadowPlan | None:
+        """Whether to mirror a request of `key` decided by `rule` into `tier`, and where."""
         if self.shadow is None:
             return None
-        config = shadow_config_for(self.config, request.key)
+        config = shadow_config_for(self.config, key)
         if config is None or not should_sample(config, rule, self._rng, served=(tier,)):
             return None
         return ShadowPlan(config.target)
@@ -224,24 +259,27 @@ class Accounting:
     def submit_shadow(
         self,
         plan: ShadowPlan,
-        request: Request,
+        tab: Tab,
         rule: str,
         primary_model: ModelConfig,
         call: Callable[[str], Awaitable[ShadowAnswer]],
-        body: dict[str, Any],
+        prompt: str | None,
+        *,
+        client_ttft: float | None,
     ) -> None:
-        """Send the copy in the background; returns at once.
+        """Send the copy in the background; returns at once. `prompt` is the question
+        the comparison shows (the last user text, cut short).
 
         Call it once the client has the whole answer: the primary's duration
-        is from the request's arrival to now, its TTFT the client's.
+        is from the request's arrival to now, its TTFT the client's (`client_ttft`).
         """
         if self.shadow is None:
             return
         primary = ShadowResult(
             model=primary_model.id, text="".join(plan.parts),
-            ttft_ms=request.ttft * 1000 if request.ttft is not None else None,
-            duration_ms=(trio.current_time() - request.arrived) * 1000,
-            cost_usd=request.cost_usd or 0.0)
+            ttft_ms=client_ttft * 1000 if client_ttft is not None else None,
+            duration_ms=(trio.current_time() - tab.arrived) * 1000,
+            cost_usd=tab.cost_usd or 0.0)
 
         async def run() -> ShadowResult:
             answer = await call(plan.target)
@@ -250,8 +288,8 @@ class Accounting:
             cost, _ = price_attempt(model, usage, self.premium, winner=False)
             ttft_ms = answer.ttft * 1000 if answer.ttft is not None else None
             self._priced(None, LedgerRow(
-                request_id=request.id, ts=time.time() - answer.duration,
-                key=request.key.name if request.key else None, kind="shadow",
+                request_id=tab.id, ts=time.time() - answer.duration,
+                key=tab.key.name if tab.key else None, kind="shadow",
                 tier=model.tier, model=model.id, provider=model.provider, rule=rule,
                 prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
@@ -261,18 +299,10 @@ class Accounting:
             return ShadowResult(model=model.id, text=answer.text, ttft_ms=ttft_ms,
                                 duration_ms=answer.duration * 1000, cost_usd=cost)
 
-        key = request.key
+        key = tab.key
         config = shadow_config_for(self.config, key)
-        self.shadow.submit(run, primary, request_id=request.id, rule=rule, target=plan.target,
+        self.shadow.submit(run, primary, request_id=tab.id, rule=rule, target=plan.target,
                            key=key.name if key else None,
                            key_limit=config.max_concurrency if config and key and key.shadow
                            else None,
-                           prompt=_prompt(body))
-
-
-def _prompt(body: dict[str, Any]) -> str | None:
-    for message in reversed(body.get("messages") or ()):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            return content[:500] if isinstance(content, str) else None
-    return None
+                           prompt=prompt)

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,33 +22,35 @@ import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .accounting import Accounting
+from .accounting import Accounting, Tab
 from .asgi import Receive, Send, lifespan
+from .call import ChatCall, ChatFacts, EmbeddingCall
 from .catalog import INTENTS
 from .config import ClientKey, Config, validate
 from .config_check import key_problems
-from .engine import Engine, Route
-from .errors import (
-    AuthenticationFailed,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    ProxyError,
-    error_body,
+from .edge import (
+    CUT_MID_STREAM,
+    ClientGone,
+    Request,
+    StreamSlots,
+    render_embeddings,
+    render_error,
+    serve_chat,
 )
+from .engine import Engine
+from .errors import AuthenticationFailed, InvalidRequest, NotFound, ProxyError
 from .keys import KeyStore
-from .ledger import Ledger, LedgerRow
+from .ledger import Ledger
 from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
 from .limits_file import SharedFileLimiter
 from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
-from .router import Plan
 from .shadow import Shadow
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 
-__all__ = ["App", "Request", "create_app"]
+__all__ = ["App", "create_app"]
 
 log = logging.getLogger("tlproxy")
 _encode = msgspec.json.Encoder().encode
@@ -64,103 +65,6 @@ _UNSUPPORTED = (
 _SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
 
 
-class Request:
-    """One HTTP request: scope, body reader, and the response's progress."""
-
-    __slots__ = (
-        "answered", "arrived", "body_json", "client_gone", "cost_usd", "error", "extra_headers",
-        "headers", "held_row", "id", "key", "method", "path", "receive", "route", "scope", "send",
-        "settle", "started", "status", "ttft", "usage_tokens",
-    )
-
-    def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        self.id = "req_" + uuid.uuid4().hex
-        self.started = False
-        # The client key that authenticated this request, when keys are configured.
-        self.key: ClientKey | None = None
-        # Filled in as the request goes, for metrics and the access log. Times
-        # are on trio's clock, the race's: `ttft` is from `arrived` to the
-        # first byte of a streamed answer sent (None for a JSON answer).
-        self.arrived = trio.current_time()
-        self.status = 0
-        self.route: Route | None = None
-        self.ttft: float | None = None
-        self.error: str | None = None
-        # The client left before it had the whole answer.
-        self.client_gone = False
-        # The whole answer was handed over: a client that leaves now left satisfied.
-        self.answered = False
-        # Headers every response to this request carries (a key's x-ratelimit-*).
-        self.extra_headers: list[tuple[bytes, bytes]] = []
-        self.body_json: dict[str, Any] | None = None
-        self.settle: tuple[KeyLimits, int] | None = None
-        self.usage_tokens: int | None = None
-        self.cost_usd: float | None = None
-        # The winner's ledger row, queued when the request ends (`Accounting.finish`).
-        self.held_row: LedgerRow | None = None
-
-    def text_headers(self) -> dict[str, str]:
-        return {k: v.decode("latin-1") for k, v in self.headers.items()}
-
-    async def body(self, limit: int, read_timeout: float = 30.0) -> bytes:
-        try:
-            with trio.fail_after(read_timeout):
-                return await self._read_body(limit)
-        except trio.TooSlowError:
-            raise ProxyError(
-                f"Timed out reading the request body (limit {read_timeout:g} s).",
-                status=408, type="invalid_request_error", code="request_timeout") from None
-
-    async def _read_body(self, limit: int) -> bytes:
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise _too_large(limit)
-        chunks = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        self.status = status
-        await self.send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"x-request-id", self.id.encode()), *_merge(self.extra_headers, headers)],
-        })
-
-    async def respond(
-        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        await self.start(status, [(b"content-type", b"application/json"), *(headers or ())])
-        await self.send({"type": "http.response.body", "body": body})
-
-
-class _ClientGone(Exception):
-    """The client disconnected while we were still reading its request."""
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"Request body too large: the limit is {limit} bytes.", code="request_too_large"
-    )
-
-
 class App:
     """The proxy as an ASGI application. Build it with `create_app`."""
 
@@ -169,7 +73,6 @@ class App:
         self.providers = providers
         self.metrics = Metrics()
         self.access = AccessLog()
-        self.engine = Engine(config, providers, self.metrics)
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
@@ -185,15 +88,16 @@ class App:
         # Per stored key name: the record last checked and what is wrong with it.
         self._key_verdicts: dict[str, tuple[ClientKey, str | None]] = {}
         self._background: trio.Nursery | None = None
-        self.engine.admit = self._admit
         self.ledger = Ledger.from_config(config.ledger) if config.ledger.enabled else None
         self.shadow = None
         if config.shadow is not None or any(k.shadow for k in config.keys):
             bound = config.shadow.max_concurrency if config.shadow else 8
             self.shadow = Shadow(max_concurrency=bound,
                                  record=self.ledger.record_shadow if self.ledger else _ignore)
-        self.engine.accounting = Accounting(config, self.ledger, self.shadow,
-                                            metrics=self.metrics)
+        self.accounting = Accounting(config, self.ledger, self.shadow, metrics=self.metrics)
+        self.engine = Engine(config, providers, accounting=self.accounting,
+                             metrics=self.metrics, admit=self._admit)
+        self.streams = StreamSlots(config.limits)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -235,9 +139,9 @@ class App:
             await provider.aclose()
         await self.limiter.aclose()
 
-    async def _admit(self, request: Request, plan: Plan) -> None:
+    async def _admit(self, call: ChatCall, tab: Tab) -> None:
         """A key's rate limits and budget: one look-up, awaited inside the decision."""
-        key = request.key
+        key = call.key
         if key is None:
             return
         limits = self._key_limits.get(key.name)
@@ -245,22 +149,25 @@ class App:
             limits = self._key_limits[key.name] = KeyLimits.from_client_key(key)
         if limits.unlimited:
             return
-        signals = plan.signals
-        estimate = (signals.prompt_tokens if signals else 0) + _requested_output(request)
+        # The prompt and the output the client capped: a request without a cap
+        # reserves its prompt, and settles at what it used (see `call.py`).
+        estimate = call.facts.prompt_tokens + call.facts.requested_output
         verdict = await self.limiter.admit(
             key.name, limits, estimated_tokens=estimate, now=time.time())
-        request.extra_headers = [(k.encode(), v.encode()) for k, v in verdict.headers.items()]
+        tab.limit_headers = verdict.headers
         if not verdict.allowed:
             self.metrics.rate_limited.labels(verdict.reason or "").inc()
             raise verdict.error()
-        request.settle = (limits, estimate)
+        tab.reserved = (limits, estimate)
 
     def _settle(self, request: Request) -> None:
-        if request.settle is None or request.key is None or self._background is None:
+        tab = request.tab
+        if tab is None or tab.reserved is None or request.key is None or (
+                self._background is None):
             return
-        limits, estimate = request.settle
-        tokens = request.usage_tokens if request.usage_tokens is not None else estimate
-        cost = request.cost_usd or 0.0
+        limits, estimate = tab.reserved
+        tokens = tab.usage_tokens if tab.usage_tokens is not None else estimate
+        cost = tab.cost_usd or 0.0
         self._background.start_soon(functools.partial(
             self.limiter.settle, request.key.name, limits, tokens=tokens,
             estimated_tokens=estimate, cost_usd=cost, now=time.time()))
@@ -274,24 +181,22 @@ class App:
         request = Request(scope, receive, send)
         try:
             await self._dispatch(request)
-        except _ClientGone:
+        except ClientGone:
             request.error = "client_gone"
             request.client_gone = True
         except ProxyError as exc:
             request.error = exc.code or exc.type
-            if not request.started:
-                headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-                await request.respond(exc.status, exc.body(), headers)
+            await render_error(request, exc)
         except Exception:
             log.exception("request %s failed", request.id)
             request.error = "internal"
-            if not request.started:
-                await request.respond(500, error_body(
-                    f"The server had an error while processing your request. "
-                    f"Request id: {request.id}", type="server_error"))
+            await render_error(request, None)
         finally:
-            # The winner's ledger row, now that what the client saw is known.
-            self.engine.accounting.finish(request)
+            if request.call is not None and request.tab is not None:
+                # What the client saw is known: the winner's ledger row, a shadow copy.
+                self.engine.finish(request.call, request.tab, request.route,
+                                   client_ttft=request.ttft, client_gone=request.client_gone,
+                                   complete=request.answered)
             self._settle(request)
             self._observe(request)
 
@@ -422,8 +327,13 @@ class App:
                                   self.config.server.body_timeout)
         chat, raw = decode_chat_request(body)
         self._check_sizes(chat)
-        request.body_json = raw
-        await self.engine.chat(request, chat, raw)
+        headers = request.text_headers()
+        request.call = call = ChatCall(
+            id=request.id, arrived=request.arrived, key=request.key, headers=headers,
+            chat=chat, body=raw, facts=ChatFacts.of(raw, headers))
+        request.tab = tab = Tab(request.id, request.key, request.arrived)
+        await serve_chat(request, self.engine, call, tab, slots=self.streams,
+                         metrics=self.metrics)
 
     def _check_sizes(self, chat: ChatRequest) -> None:
         limits = self.config.limits
@@ -443,7 +353,10 @@ class App:
         body = await request.body(self.config.server.max_body_bytes,
                                   self.config.server.body_timeout)
         embedding, raw = decode_embedding_request(body)
-        await self.engine.embed(request, embedding, raw)
+        request.call = call = EmbeddingCall(id=request.id, arrived=request.arrived,
+                                            key=request.key, embedding=embedding, body=raw)
+        request.tab = tab = Tab(request.id, request.key, request.arrived)
+        await render_embeddings(request, await self.engine.embed(call, tab))
 
     def _model_objects(self) -> list[dict[str, Any]]:
         created = 1_767_225_600  # 2026-01-01: a stable value for clients that cache
@@ -536,27 +449,11 @@ def _outcome(request: Request) -> str:
         return "cancelled"  # whatever status was already sent
     if request.error is None:
         return "ok"
-    return "cut" if request.error == "upstream_failed_mid_stream" else "error"
+    return "cut" if request.error == CUT_MID_STREAM else "error"
 
 
 def _ignore(_pair: object) -> None:
     return None
-
-
-def _merge(
-    base: list[tuple[bytes, bytes]], override: list[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    """`base` headers, except those `override` sets again (an error's own retry-after)."""
-    if not base:
-        return override
-    names = {name.lower() for name, _ in override}
-    return [*(h for h in base if h[0].lower() not in names), *override]
-
-
-def _requested_output(request: Request) -> int:
-    body = request.body_json or {}
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return value if isinstance(value, int) else 256
 
 
 def create_app(config: Config, *, providers: dict[str, Provider] | None = None) -> App:

@@ -1,17 +1,28 @@
-"""Carrying one request upstream and its answer back, in OpenAI's exact shape.
+"""Carrying one request upstream and its answer back: the engine returns values.
 
-The engine owns the request's lifetime: it picks the route, calls the
-provider, and writes the response through the edge's `Request`. For
-streams it runs the upstream stream and a disconnect listener in one nursery
-(starlette's `listen_for_disconnect` pattern), so a client that goes away
-cancels the upstream request at once.
+The engine owns a request's lifetime between the edge and the upstreams: it
+plans the route, runs the race (`race.py`) with the admission gate and the
+classifier inside the decision, and hands the edge a reply: an `Answer`
+(a complete ``chat.completion``, or an embeddings list) or a `Stream` (the
+route and the winner's chunks, in the batches they arrived in). It knows
+nothing of ASGI or bytes: the edge (`edge.py`) renders a reply as Chat
+Completions (and a Responses renderer can render the same reply). A reply is
+yielded by an async context manager, so the race and the upstream stream stay
+open exactly as long as the edge is sending, and leaving it, for whatever
+reason (the client hung up, the send failed), cancels every upstream call.
 
-Conformance repairs happen here, on every chunk, whatever the upstream:
-``usage`` is present on every chunk (``null``) when the client asked for
-usage and absent when it did not; the usage-only chunk the proxy asked for
-for itself is dropped when the client did not ask; every choice carries
-``finish_reason``. A stream that fails after the response started ends with
-an OpenAI error event and no ``[DONE]``: a cut stream never looks complete.
+The chunks are as the adapters made them, OpenAI-shaped; the repairs that
+make them exactly OpenAI's are the renderer's (`shapes.py`). On their way
+through, the engine reads what the bookkeeping needs: the usage the key is
+charged, the text a sampled shadow compares. An upstream failure after the
+first token leaves the stream as `UpstreamError`, counted here, rendered by
+the edge. The request's account (`accounting.Tab`) is the one mutable thing
+the engine and the edge share; the edge closes it with `Engine.finish` once it
+knows what the client saw.
+
+One clock: every time the engine measures or decides by is read from
+``trio.current_time()`` (the race's clock), so trio's `MockClock` drives a
+whole request in tests; the wall clock appears only in ledger timestamps.
 """
 
 from __future__ import annotations
@@ -20,211 +31,231 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
-from .accounting import Accounting, ShadowAnswer, ShadowPlan
+from .accounting import Accounting, ShadowAnswer, Tab
+from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
-from .pricing import CACHE_WRITE_TOKENS
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
-from .router import Plan, Router
-from .sse import DONE, encode_data
+from .router import Plan, Route, Router
+from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
-from .wire import ChatRequest, EmbeddingRequest
 
-if TYPE_CHECKING:
-    from .app import Request
-
-__all__ = ["Engine", "Route", "token_kind"]
+__all__ = ["Admit", "Answer", "Batches", "ChunkSource", "Engine", "Reply", "Stream"]
 
 log = logging.getLogger("tlproxy")
-_encode = msgspec.json.Encoder().encode
 
 # Attempts the race cut before their first token: their TTFT is longer than
 # the time they ran (right-censored; see `stats.py`). A failure says nothing
 # about TTFT, but a missed first-token deadline does.
 _CUT = frozenset({"lost", "outside-tier", "deadline", "cancelled"})
 
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
+# A gate a request must pass before it is answered (a key's rate limits and
+# budget): awaited inside the decision, so it overlaps the race. It raises
+# the `ProxyError` to answer with when the request is refused, and notes on
+# the tab what it reserved and the headers every response carries.
+Admit = Callable[[ChatCall, Tab], Awaitable[None]]
 
 
-class Route(msgspec.Struct, frozen=True):
-    """Where a request goes and why."""
+class Answer(msgspec.Struct, frozen=True):
+    """A complete answer: a ``chat.completion`` or an embeddings ``list``, as the
+    upstream gave it (OpenAI-shaped, not yet repaired), and where it came from."""
 
-    model: ModelConfig
-    tier: str
-    rule: str
-    # Upstream attempts started by the time the answer began: speculative ones,
-    # hedges and fallbacks included (1 when the first model simply answered).
-    attempts: int = 1
+    route: Route
+    body: dict[str, Any]
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"x-tlproxy-tier", self.tier.encode()),
-            (b"x-tlproxy-model", self.model.id.encode()),
-            (b"x-tlproxy-provider", self.model.provider.encode()),
-            (b"x-tlproxy-rule", self.rule.encode()),
-            (b"x-tlproxy-attempts", str(self.attempts).encode()),
-        ]
+
+class ChunkSource(Protocol):
+    """What `Batches` reads: the race's `WinnerChunks` (or a test's script)."""
+
+    def __aiter__(self) -> ChunkSource: ...
+
+    async def __anext__(self) -> Chunk: ...
+
+    def buffered(self) -> list[Chunk]:
+        """The chunks already arrived, without waiting."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """Whether `buffered` met the stream's clean end."""
+        ...
+
+
+class Batches:
+    """A streamed answer's chunks, in the batches the edge writes them in.
+
+    The first batch is everything held back until the decision was final and
+    the winner had its first token; each later one is a chunk and whatever
+    else had already arrived, so one read of the upstream is one write to the
+    client. `ended` turns true with the last batch of a stream that ended
+    whole (the edge sends ``[DONE]`` with it). An upstream failure after the
+    first token is raised from the iteration as `UpstreamError`.
+    """
+
+    __slots__ = ("_chunks", "_first", "_on_error", "_tap", "ended")
+
+    def __init__(self, first: list[Chunk], chunks: ChunkSource, *,
+                 tap: Callable[[Chunk], None],
+                 on_error: Callable[[UpstreamError], None]) -> None:
+        self._first: list[Chunk] | None = first
+        self._chunks = chunks
+        self._tap = tap
+        self._on_error = on_error
+        self.ended = False
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> list[Chunk]:
+        if self._first is not None:
+            batch, self._first = self._first, None
+        else:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self.ended = True
+                raise
+            except UpstreamError as exc:
+                self._on_error(exc)
+                raise
+            batch = [chunk, *self._chunks.buffered()]
+            self.ended = self._chunks.ended
+        for chunk in batch:
+            self._tap(chunk)
+        return batch
+
+
+class Stream(msgspec.Struct, frozen=True):
+    """A streamed answer: where it comes from and its chunks (`Batches`)."""
+
+    route: Route
+    batches: Batches
+
+
+Reply = Answer | Stream
 
 
 class Engine:
+    """One request's lifetime, for every request of an app.
+
+    Its collaborators are given when it is built: the providers by name, the
+    metrics, the accounting (ledger and shadow traffic) and `admit`, the gate
+    of a key's limits (None: every request is admitted).
+    """
+
     def __init__(
-        self, config: Config, providers: dict[str, Provider], metrics: Metrics | None = None
+        self,
+        config: Config,
+        providers: dict[str, Provider],
+        *,
+        accounting: Accounting,
+        metrics: Metrics,
+        admit: Admit | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
+        self.accounting = accounting
+        self.admit = admit
         self.stats = StatsBook()
         self.classifier = (
             TaskClassifier(config.classifier, self._embed_texts)
             if config.classifier.enabled else None
         )
         self.router = Router(config, self.stats, semantic=self.classifier is not None)
-        # Gates a request must pass before it is answered (a key's rate limit
-        # and budget): awaited inside the decision, so they overlap the race.
-        self.admit: Callable[[Request, Plan], Awaitable[None]] | None = None
-        self.open_streams = 0
-        self.streams_by_key: dict[str, int] = {}
-        # The ledger and shadow traffic; the app replaces this with its own.
-        self.accounting = Accounting(config, None, None)
 
     # -- chat ------------------------------------------------------------
 
-    async def chat(self, request: Request, chat: ChatRequest, body: dict[str, Any]) -> None:
-        plan = self.router.plan_chat(
-            body, headers=request.text_headers(), key=request.key, now=trio.current_time())
-        if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            with self._stream_slot(request):
-                await self._stream(request, body, plan, include_usage)
+    @contextlib.asynccontextmanager
+    async def chat(self, call: ChatCall, tab: Tab) -> AsyncIterator[Reply]:
+        """Answer `call`: enter with its reply once the decision is final and a model
+        of the decided tier answered (or produced its first token, for a stream).
+
+        Raises `ProxyError` when nothing can answer (the request refused, every
+        candidate failed); costs and usage go on `tab` either way.
+        """
+        plan = self.router.plan(call.facts, key=call.key, now=trio.current_time())
+        if not call.stream:
+            # The race is over before the edge writes: nothing left to cancel.
+            async with self._race(call, tab, plan, stream=False) as (route, winner):
+                answer = winner.first_chunks[-1]
+            tab.usage_tokens = total_tokens(answer.get("usage"))
+            tab.shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
+            if tab.shadow is not None:
+                message = ((answer.get("choices") or [{}])[0].get("message") or {})
+                tab.shadow.parts.append(message.get("content") or "")
+            yield Answer(route, answer)
             return
-        result: tuple[Route, dict[str, Any]] | None = None
-        async with (_cancelled_on_disconnect(request),
-                    self._race(request, body, plan, stream=False) as (route, winner)):
-            result = route, winner.first_chunks[-1]
-        if result is None:
-            return  # the client went away; the upstream calls were cancelled
-        route, answer = result
-        request.route = route
-        request.usage_tokens = _total_tokens(answer.get("usage"))
-        _repair_completion(answer)
-        await request.respond(200, _encode(answer), route.headers())
-        shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
-        if shadow is not None:
-            message = ((answer.get("choices") or [{}])[0].get("message") or {})
-            shadow.parts.append(message.get("content") or "")
-            self.accounting.submit_shadow(shadow, request, route.rule, route.model,
-                                          self._shadow_call(body, stream=False), body)
+        async with self._race(call, tab, plan, stream=True) as (route, winner):
+            tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
 
-    @contextlib.contextmanager
-    def _stream_slot(self, request: Request) -> Iterator[None]:
-        """Count an open stream against the worker's and the key's caps."""
-        limits = self.config.limits
-        key = request.key.name if request.key else None
-        if self.open_streams >= limits.max_streams_per_worker:
-            raise ProxyError(
-                "This server is at its limit of concurrent streams; retry shortly.",
-                status=503, type="service_unavailable", code="too_many_streams",
-                headers={"retry-after": "1"})
-        per_key = self.streams_by_key.get(key, 0) if key else 0
-        if key and limits.max_streams_per_key is not None and (
-                per_key >= limits.max_streams_per_key):
-            raise ProxyError(
-                f"This API key has {per_key} streams open, its limit; close one or retry "
-                "shortly.", status=429, type="requests", code="too_many_concurrent_streams",
-                headers={"retry-after": "1"})
-        self.open_streams += 1
-        if key:
-            self.streams_by_key[key] = per_key + 1
-        try:
-            yield
-        finally:
-            self.open_streams -= 1
-            if key:
-                self.streams_by_key[key] -= 1
-                if not self.streams_by_key[key]:
-                    del self.streams_by_key[key]
+            def tap(chunk: Chunk) -> None:
+                usage = chunk.get("usage")
+                if usage:
+                    tab.usage_tokens = total_tokens(usage)
+                if shadow is not None:
+                    shadow.parts.extend(first_choice_text(chunk))
 
-    async def _stream(
-        self, request: Request, body: dict[str, Any], plan: Plan, include_usage: bool
-    ) -> None:
-        shadow: ShadowPlan | None = None
-        complete = False
-        async with (
-            _cancelled_on_disconnect(request),
-            self._race(request, body, plan, stream=True) as (route, winner),
-        ):
-            request.route = route
-            shadow = self.accounting.plan_shadow(request, route.rule, route.tier)
-            await request.start(200, [*_SSE_HEADERS, *route.headers()])
-            self.metrics.open_streams.inc()
-            try:
-                # The chunks held until the decision go out in one write.
-                first = [self._frame(request, c, include_usage, shadow)
-                         for c in winner.first_chunks]
-                await _send(request, b"".join(f for f in first if f))
-                request.ttft = trio.current_time() - request.arrived
-                last = b""
-                async for chunk in winner.chunks:
-                    # Whatever else has already arrived goes out in the same
-                    # write: one send (and one socket write) per batch, not per chunk.
-                    frames = [self._frame(request, c, include_usage, shadow)
-                              for c in (chunk, *winner.chunks.buffered())]
-                    data = b"".join(f for f in frames if f)
-                    if winner.chunks.ended:
-                        last = data  # the stream ended cleanly: [DONE] joins it
-                        break
-                    if data:
-                        await _send(request, data)
-            except UpstreamError as exc:
-                self._upstream_error(route, exc)
-                request.error = "upstream_failed_mid_stream"
-                log.warning("request %s: upstream failed mid-stream: %s", request.id, exc)
-                await _send(request, encode_data(exc.body()), more=False)
-            else:
-                # Complete once [DONE] is handed over: a client that hangs up as
-                # soon as it reads it may cancel this task during the send.
-                complete = request.answered = True
-                await _send(request, last + DONE, more=False)
-            finally:
-                self.metrics.open_streams.dec()
-        if complete and shadow is not None and request.route is not None:
-            self.accounting.submit_shadow(shadow, request, request.route.rule,
-                                          request.route.model,
-                                          self._shadow_call(body, stream=True), body)
+            def failed(exc: UpstreamError) -> None:
+                self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
+                log.warning("request %s: upstream failed mid-stream: %s", call.id, exc)
+
+            yield Stream(route, Batches(winner.first_chunks, winner.chunks, tap=tap,
+                                        on_error=failed))
+
+    def finish(self, call: ChatCall | EmbeddingCall, tab: Tab, route: Route | None, *,
+               client_ttft: float | None, client_gone: bool, complete: bool) -> None:
+        """The request is over: what its client saw is known.
+
+        `client_ttft` is from its arrival to the first byte of a streamed answer
+        sent, `client_gone` whether the client left before the whole answer,
+        `complete` whether it was handed the whole answer. A sampled request
+        that was answered whole sends its shadow copy now; the winner's ledger
+        row is queued.
+        """
+        shadow, tab.shadow = tab.shadow, None
+        if complete and shadow is not None and route is not None and isinstance(call, ChatCall):
+            self.accounting.submit_shadow(
+                shadow, tab, route.rule, route.model,
+                self._shadow_call(call.body, stream=call.stream), _question(call),
+                client_ttft=client_ttft)
+        self.accounting.finish(tab, client_ttft=client_ttft, client_gone=client_gone)
 
     @contextlib.asynccontextmanager
     async def _race(
-        self, request: Request, body: dict[str, Any], plan: Plan, *, stream: bool
+        self, call: ChatCall, tab: Tab, plan: Plan, *, stream: bool
     ) -> AsyncIterator[tuple[Route, Winner]]:
         """Run the race for this plan; enter once the decision is final and a model won."""
+        body = call.body
         models = {m.id: m for tier in plan.by_tier.values() for m in tier}
-        policy = self.router.policy_for(request.key)
-        final = {"tier": plan.tier, "rule": plan.rule}
+        policy = self.router.policy_for(call.key)
         speculate = policy.speculate and len(plan.possible_tiers) > 1
+        slow = plan.policy is not None or self.admit is not None
+        booking = _Booking(plan.tier, plan.rule, decided=not slow)
+
+        def on_record(record: AttemptRecord) -> None:
+            self._on_record(record, stream)
+            booking.book(lambda tier, rule: self.accounting.attempt(
+                record, tab, body, tier, rule, stream=stream))
 
         async def decide() -> str:
             semantic: list[str | None] = [None]
             async with trio.open_nursery() as nursery:
                 if self.admit is not None:
-                    nursery.start_soon(self.admit, request, plan)
+                    nursery.start_soon(self.admit, call, tab)
                 if plan.policy is not None and self.classifier is not None:
-                    nursery.start_soon(self._classify, request, body, semantic)
-            final["tier"], final["rule"] = self.router.finish(plan, semantic[0])
-            return final["tier"]
+                    nursery.start_soon(self._classify, call, tab, semantic)
+            return booking.decide(*self.router.finish(plan, semantic[0]))
 
-        slow = plan.policy is not None or self.admit is not None
         if slow and not speculate:
             # Decide first, then race only inside the decided tier.
             await decide()
@@ -232,7 +263,7 @@ class Engine:
         candidates = {
             tier: [self._candidate(m, tier, policy, stream=stream) for m in ranked]
             for tier, ranked in plan.by_tier.items()
-            if speculate or tier == final["tier"]
+            if speculate or tier == booking.tier
         }
 
         @contextlib.asynccontextmanager
@@ -248,21 +279,23 @@ class Engine:
         try:
             async with race(
                 candidates=candidates,
-                decide=decide if slow else final["tier"],
+                decide=decide if slow else booking.tier,
                 open_stream=open_stream,
                 first_token_kind=token_kind if stream else _whole_answer,
                 fanout=policy.fanout,
                 max_attempts=policy.max_attempts,
                 hedge=True,
-                on_record=lambda record: self._on_record(record, request, body, final, stream),
+                on_record=on_record,
                 speculate=policy.speculate_tiers,
             ) as winner:
                 model = models[winner.candidate.key]
-                yield Route(model, final["tier"], final["rule"],
+                yield Route(model, booking.tier, booking.rule,
                             attempts=len(winner.records)), winner
         except RaceFailed as failed:
             error = failed.first_error()
             raise error if isinstance(error, ProxyError) else UpstreamError(str(error)) from None
+        finally:
+            booking.close()
 
     def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
                    stream: bool) -> Candidate:
@@ -295,10 +328,8 @@ class Engine:
         return Candidate(key=model.id, tier=tier, hedge_delay=delay,
                          first_token_deadline=deadline)
 
-    def _on_record(self, record: AttemptRecord, request: Request, body: dict[str, Any],
-                   final: dict[str, str], stream: bool) -> None:
-        self.accounting.attempt(record, request, body, final["tier"], final["rule"],
-                                stream=stream)
+    def _on_record(self, record: AttemptRecord, stream: bool) -> None:
+        """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.race.labels(record.outcome, start).inc()
@@ -347,59 +378,41 @@ class Engine:
                     usage = chunk.get("usage") or usage
                     if first is None and token_kind(chunk) is not None:
                         first = trio.current_time() - started
-                    parts.extend(_first_choice_text(chunk))
+                    parts.extend(first_choice_text(chunk))
             return ShadowAnswer(model, "".join(parts), usage, first,
                                 trio.current_time() - started)
 
         return call
 
-    async def _classify(self, request: Request, body: dict[str, Any],
-                        out: list[str | None]) -> None:
+    async def _classify(self, call: ChatCall, tab: Tab, out: list[str | None]) -> None:
         assert self.classifier is not None
         out[0] = await self.classifier.classify(
-            last_user_text(body), embed=functools.partial(self._embed_texts, request=request))
+            call.facts.last_user_text, embed=functools.partial(self._embed_texts, tab=tab))
 
     async def _embed_texts(self, texts: list[str], *,
-                           request: Request | None = None) -> list[list[float]]:
-        """The classifier's embedding call; each try is a ledger row of `request`'s."""
+                           tab: Tab | None = None) -> list[list[float]]:
+        """The classifier's embedding call; each try is a ledger row of `tab`'s request."""
         plan = self.router.plan_embedding(self.config.classifier.model)
         body = {"model": plan.requested, "input": texts, "encoding_format": "float"}
 
         def account(model: ModelConfig, started: float, answer: dict[str, Any] | None,
                     error: BaseException | None) -> None:
-            self.accounting.classifier_call(request, body, model, started, answer=answer,
+            self.accounting.classifier_call(tab, body, model, started, answer=answer,
                                             error=error)
 
         _, answer = await self._embed(body, plan, account=account)
         return [decode_embedding(d["embedding"]) for d in answer["data"]]
 
-    def _upstream_error(self, route: Route, exc: UpstreamError) -> None:
-        self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
-
-    def _frame(self, request: Request, chunk: Chunk, include_usage: bool,
-               shadow: ShadowPlan | None) -> bytes | None:
-        """One chunk as the SSE bytes the client gets, or None when it is dropped."""
-        usage = chunk.get("usage")
-        if usage:
-            request.usage_tokens = _total_tokens(usage)
-        if shadow is not None:
-            shadow.parts.extend(_first_choice_text(chunk))
-        if not _repair_chunk(chunk, include_usage):
-            return None
-        return encode_data(_encode(chunk))
-
     # -- embeddings ------------------------------------------------------
 
-    async def embed(
-        self, request: Request, embedding: EmbeddingRequest, body: dict[str, Any]
-    ) -> None:
-        plan = self.router.plan_embedding(embedding.model)
+    async def embed(self, call: EmbeddingCall, tab: Tab) -> Answer:
+        """Answer an embeddings request: the first candidate to answer, in order."""
+        plan = self.router.plan_embedding(call.embedding.model)
         started = trio.current_time()
-        route, answer = await self._embed(body, plan)
-        request.route = route
-        request.usage_tokens = _total_tokens(answer.get("usage"))
-        self.accounting.embedding(request, body, route.model, answer, started)
-        await request.respond(200, _encode(answer), route.headers())
+        route, answer = await self._embed(call.body, plan)
+        tab.usage_tokens = total_tokens(answer.get("usage"))
+        self.accounting.embedding(tab, call.body, route.model, answer, started)
+        return Answer(route, answer)
 
     async def _embed(
         self, body: dict[str, Any], plan: Plan, *, account: _EmbedAccount | None = None
@@ -431,14 +444,49 @@ class Engine:
         raise last
 
 
+class _Booking:
+    """The tier and rule a request's attempts are booked against in the ledger.
+
+    While slow signals are pending, the race runs on a provisional decision,
+    and an attempt may end (fail, miss its deadline) before the real one is
+    made. Its row waits for it: the row's rule is the decided rule, marked
+    ``speculative:`` when the attempt's tier is not the decided tier, whether
+    the attempt ended before the decision or after. When no decision is ever
+    made (the admission refused the request, the client left), every attempt
+    was speculative: its rule is the provisional one, marked so.
+    """
+
+    __slots__ = ("decided", "held", "rule", "tier")
+
+    def __init__(self, tier: str, rule: str, *, decided: bool) -> None:
+        self.tier = tier
+        self.rule = rule
+        self.decided = decided
+        self.held: list[Callable[[str | None, str], None]] = []
+
+    def book(self, write: Callable[[str | None, str], None]) -> None:
+        """Book an attempt with `write(decided tier, rule)`: now, or once decided."""
+        if self.decided:
+            write(self.tier, self.rule)
+        else:
+            self.held.append(write)
+
+    def decide(self, tier: str, rule: str) -> str:
+        self.tier, self.rule, self.decided = tier, rule, True
+        self._flush(tier)
+        return tier
+
+    def close(self) -> None:
+        """The race is over; book what is still held (no decision: speculative)."""
+        self._flush(self.tier if self.decided else None)
+
+    def _flush(self, tier: str | None) -> None:
+        held, self.held = self.held, []
+        for write in held:
+            write(tier, self.rule)
+
+
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]
-
-
-def _first_choice_text(chunk: Chunk) -> list[str]:
-    """The content of choice 0's delta in a chunk, if any (what shadow mode compares)."""
-    return [text for choice in chunk.get("choices") or ()
-            if choice.get("index", 0) == 0
-            and (text := (choice.get("delta") or {}).get("content"))]
 
 
 class _single:
@@ -466,136 +514,6 @@ def _whole_answer(_answer: Chunk) -> str:
     return "answer"
 
 
-def _total_tokens(usage: Any) -> int | None:
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-        return int(usage["total_tokens"])
-    return None
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body.get("messages") or ()):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(str(p.get("text") or "") for p in content
-                                if isinstance(p, dict))
-    return ""
-
-
-# Delta fields that carry a token, and the kind each is counted as, in the
-# order a delta holding several is named by.
-_DELTA_KINDS = (
-    ("content", "content"),
-    ("refusal", "refusal"),
-    ("tool_calls", "tool_calls"),
-    ("function_call", "tool_calls"),  # the legacy single call
-    ("reasoning_content", "reasoning"),  # vLLM, DeepSeek
-    ("reasoning", "reasoning"),  # OpenRouter, Groq, vLLM's newer name
-    ("reasoning_details", "reasoning"),  # OpenRouter's structured form
-)
-
-
-def token_kind(chunk: Chunk) -> str | None:
-    """What a stream chunk's first token carries, or None when it carries none.
-
-    Any delta with something in it is progress: ``content``, ``refusal``,
-    ``tool_calls`` (or the legacy ``function_call``), ``reasoning`` (the
-    ``reasoning_content``, ``reasoning`` or ``reasoning_details`` field) and
-    ``audio`` (an ``audio`` delta with ``data`` or a ``transcript``). A
-    role-only chunk (``{"role": "assistant", "content": ""}``), the usage
-    chunk and a chunk with no choices (Azure's filter results) carry none.
-    A choice that finishes without any of these is ``finish``, so an empty
-    answer is not waited on forever.
-    """
-    choices = chunk.get("choices")
-    finished = False
-    for choice in choices if isinstance(choices, list) else ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            for field, kind in _DELTA_KINDS:
-                if delta.get(field):
-                    return kind
-            audio = delta.get("audio")
-            if isinstance(audio, dict) and (audio.get("data") or audio.get("transcript")):
-                return "audio"
-        finished = finished or bool(choice.get("finish_reason"))
-    return "finish" if finished else None
-
-
-async def _send(request: Request, data: bytes, *, more: bool = True) -> None:
-    await request.send({"type": "http.response.body", "body": data, "more_body": more})
-
-
-@contextlib.asynccontextmanager
-async def _cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
-    """Run the body while listening for the client to leave; if it does, cancel the body.
-
-    The body's own exception leaves as itself, not wrapped in a group, so the
-    edge renders it like any other error.
-    """
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
-            yield
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], Exception):
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
-
-
-async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            # Before the cancellation: the ledger reads it. A client that hangs up as
-            # soon as it has [DONE] had the whole answer, and is not counted as gone.
-            request.client_gone = not request.answered
-            scope.cancel()
-            return
-
-
-def _repair_chunk(chunk: Chunk, include_usage: bool) -> bool:
-    """Make one chunk exactly what OpenAI sends; False means drop it."""
-    choices = chunk.get("choices")
-    if include_usage:
-        chunk.setdefault("usage", None)
-        _public_usage(chunk)
-    else:
-        if not choices and chunk.get("usage") is not None:
-            return False  # the usage chunk the proxy asked for, not the client
-        chunk.pop("usage", None)
-    for choice in choices or ():
-        if "finish_reason" not in choice:
-            choice["finish_reason"] = None
-    return True
-
-
-def _public_usage(holder: dict[str, Any]) -> None:
-    """OpenAI's usage fields only: what an adapter added for the pricing stays inside."""
-    usage = holder.get("usage")
-    if usage and CACHE_WRITE_TOKENS in usage:
-        # A new dict: the race's record of the attempt keeps the original.
-        holder["usage"] = {k: v for k, v in usage.items() if k != CACHE_WRITE_TOKENS}
-
-
-def _repair_completion(answer: dict[str, Any]) -> None:
-    _public_usage(answer)
-    for choice in answer.get("choices") or ():
-        choice.setdefault("logprobs", None)
-        message = choice.get("message")
-        if isinstance(message, dict):
-            message.setdefault("content", None)
-            message.setdefault("refusal", None)
+def _question(call: ChatCall) -> str | None:
+    """What a shadow comparison shows as the question: the last user text, cut short."""
+    return call.facts.last_user_text[:500] or None

@@ -31,21 +31,14 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from .call import ChatFacts
 from .catalog import find_model, resolve_name
 from .config import ClientKey, Config, ModelConfig, Policy
 from .errors import InvalidRequest, ProxyError, UpstreamError
-from .policy import (
-    Decision,
-    RuleTrace,
-    Signals,
-    Tier,
-    decide,
-    extract_signals,
-    possible_tiers,
-)
+from .policy import Decision, RuleTrace, Signals, Tier, decide, possible_tiers
 from .stats import StatsBook
 
-__all__ = ["Plan", "Router", "blended_price"]
+__all__ = ["Plan", "Route", "Router", "blended_price"]
 
 
 class Plan(msgspec.Struct, kw_only=True):
@@ -65,6 +58,17 @@ class Plan(msgspec.Struct, kw_only=True):
     # Set when the tier may still change once slow signals are in (see `Router.finish`).
     policy: Policy | None = None
     allowed: list[Tier] | None = None
+
+
+class Route(msgspec.Struct, frozen=True):
+    """Where a request goes and why."""
+
+    model: ModelConfig
+    tier: str
+    rule: str
+    # Upstream attempts started by the time the answer began: speculative ones,
+    # hedges and fallbacks included (1 when the first model simply answered).
+    attempts: int = 1
 
 
 def _capped(tier: Tier, rule: str, allowed: set[Tier] | None) -> tuple[Tier, str]:
@@ -98,10 +102,14 @@ class Router:
         key: ClientKey | None = None,
         now: float = 0.0,
     ) -> Plan:
-        requested = str(body.get("model") or "")
+        """The plan for a decoded chat body (`tlproxy route --explain`, tests)."""
+        return self.plan(ChatFacts.of(body, headers), key=key, now=now)
+
+    def plan(self, facts: ChatFacts, *, key: ClientKey | None = None, now: float = 0.0) -> Plan:
+        """The plan for a request's facts, derived once by the edge."""
+        requested = facts.requested
         resolution = resolve_name(self.config, requested)
-        signals = extract_signals(body, headers)
-        signals.semantic_known = not self.semantic
+        signals = msgspec.structs.replace(facts.signals, semantic_known=not self.semantic)
         allowed = set(key.allowed_tiers) if key and key.allowed_tiers else None
         if resolution.pinned is not None:
             model = resolution.pinned
@@ -114,7 +122,7 @@ class Router:
                     f"This API key may not use the {model.tier} model '{model.id}'.",
                     status=403, type="invalid_request_error", param="model",
                     code="model_not_allowed")
-            need = _Need.of(body, signals)
+            need = _Need.of(facts, signals)
             problem = need.unfit(model)
             if problem is not None:
                 raise need.refusal(model.tier, [(model, problem)], self.config.models,
@@ -134,11 +142,11 @@ class Router:
         tier, rule = _capped(decision.tier, decision.rule, allowed)
         if allowed is not None:
             tiers = {t for t in tiers if t in allowed} | {tier}
-        candidates, excluded = self.candidates(tier, body, signals, policy, now)
+        candidates, excluded = self.candidates(tier, facts, signals, policy, now)
         by_tier: dict[str, list[ModelConfig]] = {tier: candidates}
         for other in tiers - {tier}:
             try:
-                by_tier[other] = self.candidates(other, body, signals, policy, now)[0]
+                by_tier[other] = self.candidates(other, facts, signals, policy, now)[0]
             except (InvalidRequest, UpstreamError):
                 by_tier[other] = []
         open_policy = policy if len(tiers) > 1 else None
@@ -183,7 +191,7 @@ class Router:
     def candidates(
         self,
         tier: str,
-        body: Mapping[str, Any],
+        facts: ChatFacts,
         signals: Signals,
         policy: Policy,
         now: float,
@@ -196,7 +204,7 @@ class Router:
         `UpstreamError` (503) when some could, but every one of them is
         unhealthy right now.
         """
-        need = _Need.of(body, signals)
+        need = _Need.of(facts, signals)
         eligible: list[ModelConfig] = []
         excluded: list[tuple[str, str]] = []
         unfit: list[tuple[ModelConfig, _Unfit]] = []
@@ -257,13 +265,9 @@ class _Need(NamedTuple):
     output_param: str
 
     @classmethod
-    def of(cls, body: Mapping[str, Any], signals: Signals) -> _Need:
-        param = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
-        output = body.get(param) or 0
-        if not isinstance(output, int) or isinstance(output, bool):
-            output = 0
+    def of(cls, facts: ChatFacts, signals: Signals) -> _Need:
         return cls(signals.tools, signals.images, signals.json_schema,
-                   signals.prompt_tokens, output, param)
+                   signals.prompt_tokens, facts.requested_output, facts.output_param)
 
     def unfit(self, model: ModelConfig) -> _Unfit | None:
         caps = model.capabilities

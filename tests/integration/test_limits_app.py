@@ -149,3 +149,25 @@ async def test_workers_without_redis_hold_a_keys_limit_as_written(tmp_path: Path
         assert counts == {200: 3, 429: 37}
     finally:
         server.kill()
+
+
+async def test_a_request_without_an_output_cap_reserves_its_prompt_alone(
+        nursery: trio.Nursery) -> None:
+    """The token reservation is the prompt plus the cap the client set, and no made-up
+    output when it set none: the actual usage corrects it when the request settles."""
+    capped = "tlp-limits-test-key-0002"
+    config = fast_config(keys=[
+        ClientKey(name="uncapped", hash=DIGEST, tpm=1000),
+        ClientKey(name="capped", hash="sha256:" + hashlib.sha256(capped.encode()).hexdigest(),
+                  tpm=1000)])
+    running = await start_proxy(nursery, config)
+    prompt = [{"role": "user", "content": "x" * 40}]  # 40 characters: 10 tokens
+    remaining = {}
+    for key, cap in ((KEY, None), (capped, 100)):
+        async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=key,
+                                      max_retries=0) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="auto", messages=prompt,
+                **({} if cap is None else {"max_completion_tokens": cap}))
+        remaining[cap] = raw.headers["x-ratelimit-remaining-tokens"]
+    assert remaining == {None: "990", 100: "890"}

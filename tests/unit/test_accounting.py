@@ -14,8 +14,7 @@ import pytest
 import trio
 
 from tests.unit.test_ledger import MemoryWriter, running
-from tlproxy.accounting import Accounting, ShadowAnswer, ShadowPlan, refused_upstream
-from tlproxy.app import Request
+from tlproxy.accounting import Accounting, ShadowAnswer, ShadowPlan, Tab, refused_upstream
 from tlproxy.catalog import default_config
 from tlproxy.config import ModelConfig
 from tlproxy.errors import UpstreamError
@@ -53,15 +52,9 @@ def attempt(key: str, outcome: str, *, started: float = 0.25, ended: float = 1.0
         error=error, chunks=chunks, usage=usage)
 
 
-def new_request() -> Request:
-    async def receive() -> dict[str, Any]:
-        raise AssertionError("not read")
-
-    async def send(_message: dict[str, Any]) -> None:
-        raise AssertionError("not sent")
-
-    return Request({"method": "POST", "path": "/v1/chat/completions", "headers": []},
-                   receive, send)
+def new_tab() -> Tab:
+    """The account of a request arriving now."""
+    return Tab("req_test", None, trio.current_time())
 
 
 def estimated_cost(model_id: str, chunks: int) -> float:
@@ -93,26 +86,28 @@ def test_refused_upstream(error: Exception | None, chunks: int, refused: bool) -
 
 
 async def accounted(records: list[AttemptRecord], *, stream: bool = True,
-                    before_finish: Any = None) -> tuple[list[LedgerRow], Request, Metrics]:
-    """Account `records` for one request, finish it, and return the rows written."""
+                    before_finish: Any = None, client_ttft: float | None = None,
+                    client_gone: bool = False) -> tuple[list[LedgerRow], Tab, Metrics]:
+    """Account `records` for one request, finish it with what its client saw, and
+    return the rows written."""
     writer = MemoryWriter()
     ledger = Ledger(writer)
     metrics = Metrics()
     accounting = Accounting(CONFIG, ledger, None, metrics=metrics)
-    request = new_request()
+    tab = new_tab()
     for record in records:
-        accounting.attempt(record, request, BODY, "economy", "default", stream=stream)
+        accounting.attempt(record, tab, BODY, "economy", "default", stream=stream)
     if before_finish is not None:
-        before_finish(request, ledger)
-    accounting.finish(request)
+        before_finish(ledger)
+    accounting.finish(tab, client_ttft=client_ttft, client_gone=client_gone)
     await ledger.aclose()
-    return writer.rows, request, metrics
+    return writer.rows, tab, metrics
 
 
 async def test_refused_attempts_cost_nothing_and_cut_ones_keep_their_estimate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    rows, request, metrics = await accounted([
+    rows, tab, metrics = await accounted([
         attempt("gpt-5-nano", "failed", error=http_error(429)),
         attempt("gpt-5-mini", "failed", error=transport_error(httpcore2.ConnectError("refused"))),
         attempt("gemini-2.5-flash", "lost", chunks=3),  # a hedge cancelled mid-way
@@ -133,7 +128,7 @@ async def test_refused_attempts_cost_nothing_and_cut_ones_keep_their_estimate(
     usage = usage_from_openai(USAGE)
     assert usage is not None
     assert winner.cost_usd == cost_usd(model("gpt-5-nano"), usage)
-    assert request.cost_usd == pytest.approx(winner.cost_usd + hedge.cost_usd + late.cost_usd)
+    assert tab.cost_usd == pytest.approx(winner.cost_usd + hedge.cost_usd + late.cost_usd)
     # The metrics count the same spend, the billed losers as wasted.
     registry = metrics.registry
     assert registry.get_sample_value("tlproxy_cost_usd_total", {
@@ -153,15 +148,14 @@ async def test_the_winner_waits_for_the_request_and_carries_the_client_ttft(
 ) -> None:
     queued: list[int] = []
 
-    def answered(request: Request, ledger: Ledger) -> None:
+    def answered(ledger: Ledger) -> None:
         queued.append(ledger.statistics().queued)
-        request.ttft = 0.5  # from its arrival to the first byte sent
 
     rows, _, _ = await accounted([
         attempt("gemini-2.5-flash", "lost", chunks=1),
         attempt("gpt-5-nano", "won", started=0.25, first=0.375, ended=2.0, chunks=9,
                 usage=USAGE),
-    ], before_finish=answered)
+    ], before_finish=answered, client_ttft=0.5)  # from its arrival to the first byte sent
     assert queued == [1]  # only the loser: the winner waited for the end of the request
     (winner,) = [r for r in rows if r.winner]
     # The winner's own TTFT (125 ms) and what the client saw (500 ms): the
@@ -190,13 +184,9 @@ async def test_a_json_answer_has_a_duration_and_no_ttft(
 async def test_a_client_that_left_makes_the_winner_cancelled(
     autojump_clock: trio.testing.MockClock, error: Exception | None, status: str,
 ) -> None:
-    def left(request: Request, _ledger: Ledger) -> None:
-        request.ttft = 0.5
-        request.client_gone = True
-
     rows, _, _ = await accounted([
         attempt("gpt-5-nano", "won", first=0.375, chunks=4, error=error),
-    ], before_finish=left)
+    ], client_ttft=0.5, client_gone=True)
     (winner,) = rows
     assert (winner.status, winner.winner, winner.client_ttft_ms) == (status, True, 500.0)
 
@@ -217,16 +207,16 @@ async def test_classifier_calls_are_rows_of_their_request(
     ledger = Ledger(writer)
     metrics = Metrics()
     accounting = Accounting(CONFIG, ledger, None, metrics=metrics)
-    request = new_request()
+    tab = new_tab()
     embedder = model("text-embedding-3-small")
     body = {"model": "text-embedding-3-small", "input": ["Summarize this memo, please"]}
     started = trio.current_time()
     await trio.sleep(0.125)
-    accounting.classifier_call(request, body, embedder, started, answer=answer, error=error)
+    accounting.classifier_call(tab, body, embedder, started, answer=answer, error=error)
     await ledger.aclose()
     (row,) = writer.rows
     assert (row.request_id, row.kind, row.tier, row.model) == (
-        request.id, "classifier", "embedding", "text-embedding-3-small")
+        tab.id, "classifier", "embedding", "text-embedding-3-small")
     assert (row.status, row.winner, row.wasted, row.reference_cost_usd) == (
         status, False, False, 0.0)
     assert row.duration_ms == 125.0
@@ -239,7 +229,7 @@ async def test_classifier_calls_are_rows_of_their_request(
         assert row.estimated is estimated
         assert row.prompt_tokens == expected.prompt_tokens
         assert row.cost_usd == cost_usd(embedder, expected) > 0
-    assert request.cost_usd == row.cost_usd
+    assert tab.cost_usd == row.cost_usd
     assert metrics.registry.get_sample_value("tlproxy_cost_usd_total", {
         "tier": "embedding", "model": "text-embedding-3-small", "kind": "classifier",
         "outcome": "used"}) == row.cost_usd
@@ -257,12 +247,12 @@ async def test_both_shadow_sides_are_timed_from_their_own_start(
     ledger = Ledger(writer)
     accounting = Accounting(CONFIG, ledger, shadow)
     async with running(shadow):
-        request = new_request()  # arrives now
+        tab = new_tab()  # arrives now
         await trio.sleep(0.375)
-        if stream:
-            request.ttft = trio.current_time() - request.arrived  # the first byte sent
+        # The first byte sent.
+        client_ttft = trio.current_time() - tab.arrived if stream else None
         await trio.sleep(0.125)  # the rest of the answer
-        request.cost_usd = 0.001
+        tab.cost_usd = 0.001
         plan = ShadowPlan("economy")
         plan.parts.append("Paris.")
 
@@ -275,8 +265,8 @@ async def test_both_shadow_sides_are_timed_from_their_own_start(
             return ShadowAnswer(model("gpt-5-nano"), "Paris!", USAGE, first,
                                 trio.current_time() - sent)
 
-        accounting.submit_shadow(plan, request, "first-turn", model("claude-sonnet-4-6"),
-                                 call, BODY)
+        accounting.submit_shadow(plan, tab, "first-turn", model("claude-sonnet-4-6"),
+                                 call, "Hello there", client_ttft=client_ttft)
         await trio.sleep(1.0)
     await ledger.aclose()
     (pair,) = pairs

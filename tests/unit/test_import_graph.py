@@ -45,10 +45,6 @@ PACKAGE = Path(tlproxy.__file__).parent
 # without the ``tlproxy.`` prefix, starting from the smallest name). Remove a
 # line when its cycle is broken; never add one.
 KNOWN_CYCLES = {
-    # The edge, the engine and accounting share the edge's request object.
-    "accounting -> app -> accounting",
-    "accounting -> app -> engine -> accounting",
-    "app -> engine -> app",
     # Loading a config runs its checks, which read the catalog and the policy's
     # defaults, which read the config's types.
     "catalog -> config -> config_check -> catalog",

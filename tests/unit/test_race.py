@@ -19,9 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from tlproxy.engine import token_kind
 from tlproxy.errors import UpstreamError
 from tlproxy.race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, _Failure, race
+from tlproxy.shapes import token_kind
 
 Chunk = dict[str, Any]
 Step = tuple[str, Any]
