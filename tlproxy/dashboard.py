@@ -1,4 +1,4 @@
-"""The dashboard's JSON endpoints under ``/v1/tlproxy/``: spend, routing, the race, live state.
+"""The dashboard: its page at ``/ui`` and its JSON endpoints under ``/v1/tlproxy/``.
 
 Each answers a question of a team deciding on a routing policy, from the
 ledger (`ledger.py`) and the running app's live statistics, for admin keys
@@ -25,6 +25,7 @@ snapshot); `Dashboard` runs them in a worker thread.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ __all__ = [
     "QUANTILES",
     "ROUTES",
     "STEPS",
+    "UI_FILES",
     "Dashboard",
     "Window",
     "bucket_sql",
@@ -381,7 +383,28 @@ def shadow_pairs(source: LedgerSource, *, window: Window, rule: str | None = Non
 
 # -- the endpoints ---------------------------------------------------------------------------
 
+# The page's files (tlproxy/ui, package data): path -> (file, content type). Built by hand,
+# vendored, nothing to build on the user's machine and nothing fetched from elsewhere.
+UI_FILES = {
+    "/ui": ("index.html", "text/html; charset=utf-8"),
+    "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/ui/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/ui/vendor/uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript; charset=utf-8"),
+    "/ui/vendor/uPlot.min.css": ("vendor/uPlot.min.css", "text/css; charset=utf-8"),
+    "/ui/vendor/LICENSE": ("vendor/LICENSE", "text/plain; charset=utf-8"),
+}
+# The page runs only its own scripts and talks only to this proxy.
+_UI_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
+     b"img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; "
+     b"frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-cache"),
+]
+
 ROUTES = (
+    *(("GET", path) for path in UI_FILES),
     ("GET", "/v1/tlproxy/spend"),
     ("GET", "/v1/tlproxy/routing"),
     ("GET", "/v1/tlproxy/race"),
@@ -415,11 +438,25 @@ class Dashboard:
 
     def __init__(self, app: App) -> None:
         self._app = app
+        self._files: dict[str, bytes] = {}  # the page's files, read on first use
 
     async def handle(self, request: Request) -> None:
-        path = request.path.rstrip("/").removeprefix("/v1/tlproxy/")
-        handler: Callable[[Request], Any] = getattr(self, f"_{path}")
+        path = request.path.rstrip("/") or "/"
+        if path in UI_FILES:
+            await self._ui(request, path)
+            return
+        handler: Callable[[Request], Any] = getattr(self, f"_{path.removeprefix('/v1/tlproxy/')}")
         await handler(request)
+
+    async def _ui(self, request: Request, path: str) -> None:
+        """A file of the page; it holds no data, so it needs no key (its requests do)."""
+        name, content_type = UI_FILES[path]
+        body = self._files.get(name)
+        if body is None:
+            resource = importlib.resources.files("tlproxy") / "ui" / name
+            body = self._files[name] = await trio.to_thread.run_sync(resource.read_bytes)
+        await request.start(200, [(b"content-type", content_type.encode()), *_UI_HEADERS])
+        await request.send({"type": "http.response.body", "body": body})
 
     # -- reading the ledger --------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import trio
 
 from tests.integration.conftest import fast_config, start_proxy
 from tlproxy.config import ClientKey, LedgerConfig
+from tlproxy.dashboard import UI_FILES
 from tlproxy.report import usage_json
 from tlproxy.server import Running
 
@@ -28,6 +29,7 @@ ADMIN = "tlp-admin-dashboard-key-0000042"
 CLIENT = "tlp-client-dashboard-key-0000042"
 MARKER = "zebra-quartz-prompt"  # in every prompt; in no answer
 SINCE, UNTIL = "2020-01-01", "2100-01-01"
+PACKAGE_UI = Path(__file__).resolve().parents[2] / "tlproxy" / "ui"
 ENDPOINTS = ["/v1/tlproxy/spend", "/v1/tlproxy/routing", "/v1/tlproxy/race",
              "/v1/tlproxy/requests", "/v1/tlproxy/shadow", "/v1/tlproxy/live"]
 EXPLAINED = {"model": "auto", "messages": [
@@ -202,3 +204,19 @@ async def test_bad_parameters_are_openai_400s(filled: tuple[Running, Path], quer
     error: dict[str, Any] = answer.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_value"
     assert error["param"] == param
+
+
+async def test_the_page_is_served_without_a_key_and_holds_no_data(
+        filled: tuple[Running, Path]) -> None:
+    running, _ = filled
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        for path, (name, content_type) in UI_FILES.items():
+            answer = await http.get(path)
+            assert answer.status_code == 200, path
+            assert answer.headers["content-type"] == content_type
+            assert answer.content == (PACKAGE_UI / name).read_bytes()
+            assert "script-src 'self'" in answer.headers["content-security-policy"]
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            _no_secret(answer.text)
+        assert (await http.get("/ui/")).status_code == 200
+        assert (await http.get("/ui/nope.js")).status_code == 404
