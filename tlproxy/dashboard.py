@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ STEPS = {"hour": 3600, "day": 86400}
 BY = ("tier", "model", "key", "rule")
 QUANTILES = (50, 90, 95, 99)  # percent; p95 is the report's
 _TOP = 10
+_UNIX = re.compile(r"\d+(\.\d+)?")
 _MAX_LIMIT = 500
 
 # What a recent request shows: what it was, never what it said.
@@ -147,10 +149,18 @@ class Window(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, since: Any, until: Any) -> Window:
         now = time.time()
-        return cls(parse_time(since, now=now), parse_time(until, now=now))
+        return cls(_time(since, now), _time(until, now))
 
     def where(self, dialect: Dialect) -> tuple[str, list[float]]:
         return time_window(self.since, self.until, dialect.param)
+
+
+def _time(value: Any, now: float) -> float | None:
+    """A bound from a query string: unix seconds, as the answers give them back (what a
+    poller has at hand), or what `report.parse_time` reads (ISO 8601, ``24h``)."""
+    if isinstance(value, str) and _UNIX.fullmatch(value.strip()):
+        return float(value)
+    return parse_time(value, now=now)
 
 
 def _step(step: str) -> int:
@@ -523,7 +533,7 @@ class Dashboard:
     async def _requests(self, request: Request) -> None:
         query = _query(request, ("limit", "after"))
         try:
-            after = parse_time(query["after"]) if "after" in query else None
+            after = _time(query["after"], time.time()) if "after" in query else None
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="after", code="invalid_value") from None
         body = await self._read(recent, limit=_limit(query, 50), after=after)

@@ -118,6 +118,14 @@ async def test_every_answer_is_free_of_keys_and_prompts(filled: tuple[Running, P
         _no_secret(answer.text)
     recent = (await _get(running, "/v1/tlproxy/requests?limit=3")).json()["data"]
     assert len(recent) == 3 and all(r["key"] == "team-a" for r in recent)
+    # Polling: the newest ts seen, as the answer gave it, returns only what came later.
+    newest = recent[0]["ts"]
+    later = (await _get(running, f"/v1/tlproxy/requests?after={newest!r}")).json()["data"]
+    earlier = (await _get(running, f"/v1/tlproxy/requests?after={newest - 1e-3!r}")).json()
+    assert later == [] and [r["request_id"] for r in earlier["data"]] == [
+        recent[0]["request_id"]]
+    window = (await _get(running, f"/v1/tlproxy/spend?since={int(newest) + 3600}")).json()
+    assert window["since"] == int(newest) + 3600 and window["total"] is None
 
 
 @pytest.mark.parametrize("by", ["tier", "model", "key", "rule"])
