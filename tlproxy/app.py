@@ -28,6 +28,8 @@ from .call import ChatCall, ChatFacts, EmbeddingCall
 from .catalog import INTENTS
 from .config import ClientKey, Config, validate
 from .config_check import key_problems
+from .dashboard import ROUTES as DASHBOARD_ROUTES
+from .dashboard import Dashboard
 from .edge import (
     CUT_MID_STREAM,
     ClientGone,
@@ -108,6 +110,8 @@ class App:
             ("GET", "/metrics"): self.metrics_endpoint,
             ("GET", "/v1/tlproxy/usage"): self.usage,
         }
+        self._dashboard = Dashboard(self)
+        self._routes.update(dict.fromkeys(DASHBOARD_ROUTES, self.dashboard))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the background services (key store, limiter) until cancelled.
@@ -416,6 +420,10 @@ class App:
             raise ProxyError(f"The ledger cannot be read: {exc}", status=503,
                              code="ledger_unavailable") from None
         await request.respond(200, _encode(body))
+
+    async def dashboard(self, request: Request) -> None:
+        """The dashboard's JSON endpoints (`tlproxy.dashboard`)."""
+        await self._dashboard.handle(request)
 
     @staticmethod
     def scope_query(request: Request) -> str:

@@ -11,7 +11,7 @@ from .config import Config
 from .policy import DEFAULT_RULES
 from .router import Plan, blended_price
 
-__all__ = ["describe_config", "describe_plan", "mask"]
+__all__ = ["describe_condition", "describe_config", "describe_plan", "mask"]
 
 
 def mask(secret: str | None) -> str:
@@ -46,7 +46,7 @@ def describe_config(config: Config) -> str:
         rules = DEFAULT_RULES if policy.rules is None else policy.rules
         lines.append(f"{title}: strategy={policy.strategy} default_tier={policy.default_tier}")
         for rule in rules:
-            lines.append(f"  {rule.name}: {_condition(rule.when)} -> {rule.tier}")
+            lines.append(f"  {rule.name}: {describe_condition(rule.when)} -> {rule.tier}")
     if config.keys:
         lines.append("Client keys:")
         for key in config.keys:
@@ -55,7 +55,7 @@ def describe_config(config: Config) -> str:
     return "\n".join(lines)
 
 
-def _condition(condition: Any) -> str:
+def describe_condition(condition: Any) -> str:
     parts = [f"{field}={getattr(condition, field)}" for field in condition.__struct_fields__
              if getattr(condition, field) is not None]
     return " and ".join(parts) or "always"

@@ -71,11 +71,14 @@ __all__ = [
     "Dialect",
     "LedgerReadError",
     "LedgerSource",
+    "column_or_null",
     "connect_ledger",
     "connect_readonly",
     "dialect_of",
+    "group_sums",
     "is_postgres_url",
     "ledger_source",
+    "money",
     "parse_time",
     "percentile",
     "reading_ledger",
@@ -83,6 +86,7 @@ __all__ = [
     "render_table",
     "report_main",
     "summarize",
+    "time_window",
     "to_csv",
     "to_json",
     "usage_json",
@@ -328,7 +332,7 @@ def summarize(
         return _summarize(conn, by, group, where, params)
 
 
-def _column(cursor: Any, name: str) -> str:
+def column_or_null(cursor: Any, name: str) -> str:
     """`name`, or ``NULL`` in a ledger written before that column was kept.
 
     A report only reads: it cannot migrate an older ledger, so it asks which
@@ -343,13 +347,12 @@ def _column(cursor: Any, name: str) -> str:
 def _summarize(conn: Any, by: str, group: str, where: str,
                params: list[float]) -> list[dict[str, Any]]:
     cursor = conn.cursor()
-    kind = _column(cursor, "first_token_kind")
+    kind = column_or_null(cursor, "first_token_kind")
     group = group.replace("first_token_kind", kind)
-    cursor.execute(f"SELECT {group} AS g, {_SUMS} FROM ledger WHERE {where} GROUP BY g", params)
-    sums = cursor.fetchall()
+    sums = [(*names, *values) for names, values in _sums(cursor, [group], where, params)]
     # Per group: the winners' own TTFTs with their first token's kind, and what
     # their clients saw (a ledger written before a column was kept lacks it).
-    client_column = _column(cursor, "client_ttft_ms")
+    client_column = column_or_null(cursor, "client_ttft_ms")
     upstream: dict[str, list[tuple[float, str]]] = {}
     client: dict[str, list[float]] = {}
     cursor.execute(f"SELECT {group}, ttft_ms, COALESCE({kind}, '-'), {client_column} "
@@ -367,19 +370,34 @@ def _summarize(conn: Any, by: str, group: str, where: str,
     return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[by])))
 
 
-def _summary_row(by: str, values: Sequence[Any], ttfts: list[tuple[float, str]],
-                 client: list[float]) -> dict[str, Any]:
-    (name, requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
+def _sums(cursor: Any, groups: Sequence[str], where: str,
+          params: Sequence[Any]) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """`_SUMS` per distinct value of the `groups` (SQL expressions): (names, sums) pairs."""
+    names = ", ".join(groups)
+    positions = ", ".join(str(i + 1) for i in range(len(groups)))
+    cursor.execute(f"SELECT {names}, {_SUMS} FROM ledger WHERE {where} GROUP BY {positions}",
+                   params)
+    return [(tuple(row[:len(groups)]), tuple(row[len(groups):])) for row in cursor.fetchall()]
+
+
+def group_sums(conn: Any, groups: Sequence[str], where: str,
+               params: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The spend columns of `tlproxy report` (`money`) per distinct value of `groups`.
+
+    `groups` are SQL expressions (`GROUPS`' values, a time bucket); `where`
+    and `params` come from `time_window`. Everything is summed by the
+    database; no TTFT columns, which need the rows. Unordered.
+    """
+    return [(names, money(values)) for names, values in _sums(conn.cursor(), groups, where,
+                                                               params)]
+
+
+def money(values: Sequence[Any]) -> dict[str, Any]:
+    """The report's counts and dollars from one row of `_SUMS`, rounded as it prints them."""
+    (requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
      classifier, estimated, errors) = values
     saving = reference - spend
-    by_kind: dict[str, list[float]] = {}
-    for ttft, kind in ttfts:
-        by_kind.setdefault(kind, []).append(ttft)
-    # Most frequent first; ties by name, so the order is stable.
-    kinds = sorted(by_kind, key=lambda k: (-len(by_kind[k]), k))
-    times = [ttft for ttft, _ in ttfts]
     return {
-        by: name,
         "requests": requests,
         "attempts": attempts,
         "prompt_tokens": int(prompt),
@@ -394,6 +412,20 @@ def _summary_row(by: str, values: Sequence[Any], ttfts: list[tuple[float, str]],
         "classifier_usd": round(classifier, 6),
         "estimated_usd": round(estimated, 6),
         "errors": int(errors),
+    }
+
+
+def _summary_row(by: str, values: Sequence[Any], ttfts: list[tuple[float, str]],
+                 client: list[float]) -> dict[str, Any]:
+    by_kind: dict[str, list[float]] = {}
+    for ttft, kind in ttfts:
+        by_kind.setdefault(kind, []).append(ttft)
+    # Most frequent first; ties by name, so the order is stable.
+    kinds = sorted(by_kind, key=lambda k: (-len(by_kind[k]), k))
+    times = [ttft for ttft, _ in ttfts]
+    return {
+        by: values[0],
+        **money(values[1:]),
         "client_ttft_p50_ms": _round(percentile(client, 0.50)),
         "client_ttft_p95_ms": _round(percentile(client, 0.95)),
         "upstream_ttft_p50_ms": _round(percentile(times, 0.50)),

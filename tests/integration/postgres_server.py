@@ -208,7 +208,7 @@ class PostgresServer:
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on its own autocommit connection; its rows, if it returns any."""
     with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(sql, params)  # type: ignore[arg-type]
+        cursor = conn.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
 
 
