@@ -90,7 +90,7 @@ PREMIUM_PROMPTS: list[str] = [
 ]
 
 # The default rules with one change: a first turn goes premium only when the classifier says
-# it is a conversation (or code), so the fast guess, made before the classifier answers, is
+# it is a conversation (the examples' only premium label), so the fast guess, made before the classifier answers, is
 # economy. With `fanout = 1` the race then speculates into economy alone: the same decisions
 # for this workload, but a premium model is only called once the decision names it.
 ECONOMY_FIRST_RULES = [
@@ -102,7 +102,7 @@ ECONOMY_FIRST_RULES = [
          when=Condition(semantic_task=["summarization", "extraction"]), tier="economy"),
     Rule(name="structured-output", when=Condition(json_schema=True), tier="economy"),
     Rule(name="semantic-first-turn",
-         when=Condition(first_turn=True, semantic_task=["chat", "code"]), tier="premium"),
+         when=Condition(first_turn=True, semantic_task=["chat"]), tier="premium"),
 ]
 
 CURVE_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)

@@ -165,3 +165,16 @@ def test_report_prints_the_markdown_tables_of_a_saved_file(
     # The bootstrap is seeded: the same file gives the same report.
     assert main(argv) == 0
     assert capsys.readouterr().out == first
+
+
+def test_every_variant_builds_a_config_the_proxy_accepts() -> None:
+    import argparse
+
+    from bench.race.scenario import Latency, build_config, variants
+    from tlproxy.config_check import problems
+
+    args = argparse.Namespace(requests=1, curve_requests=1, extra=True, no_curve=False)
+    for variant in variants(args):
+        if variant.policy is not None:
+            config = build_config(variant.policy, Latency(), seed=0)
+            assert problems(config, serving=True) == [], variant.name
