@@ -91,8 +91,9 @@ PREMIUM_PROMPTS: list[str] = [
 
 # The default rules with one change: a first turn goes premium only when the classifier says
 # it is a conversation (the examples' only premium label), so the fast guess, made before
-# the classifier answers, is economy. With `fanout = 1` the race then speculates into economy alone: the same decisions
-# for this workload, but a premium model is only called once the decision names it.
+# the classifier answers, is economy. With `fanout = 1` the race then speculates into economy
+# alone: the same decisions for this workload, but a premium model is only called once the
+# decision names it.
 ECONOMY_FIRST_RULES = [
     Rule(name="system-only-warmup", when=Condition(system_only=True), tier="economy"),
     Rule(name="tools", when=Condition(tools=True), tier="premium"),
