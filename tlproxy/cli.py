@@ -89,19 +89,33 @@ async def _shutdown_on_signal(event: trio.Event) -> None:
             return
 
 
+async def _shutdown_when_orphaned(stop: trio.Event, parent: int) -> None:
+    """A worker whose supervisor died (SIGKILL, the OOM killer) drains and exits too,
+    rather than serve on unsupervised: it sees itself adopted by another process."""
+    while not stop.is_set():
+        with trio.move_on_after(1.0):
+            await stop.wait()
+        if os.getppid() != parent:
+            stop.set()
+
+
 async def _serve_main(config: Config, host: str, port: int, bind: list[str] | None,
-                      banner: bool) -> None:
+                      banner: bool, *, parent: int | None = None) -> None:
     from .server import serve
 
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_shutdown_on_signal, stop)
-        running = await nursery.start(functools.partial(
-            serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
-        if banner:
-            print(_banner(config, running.url, 1), flush=True)
-        # On a signal hypercorn drains in-flight requests, then `serve` returns.
-        await stop.wait()
+    async with trio.open_nursery() as watchers:
+        watchers.start_soon(_shutdown_on_signal, stop)
+        if parent is not None:
+            watchers.start_soon(_shutdown_when_orphaned, stop, parent)
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(functools.partial(
+                serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
+            if banner:
+                print(_banner(config, running.url, 1), flush=True)
+        # Once `stop` is set hypercorn drains in-flight requests, then `serve` returns;
+        # whichever watcher did not set it has nothing left to watch.
+        watchers.cancel_scope.cancel()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -114,7 +128,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.limits_file is not None:
             config = msgspec.structs.replace(config, limits=msgspec.structs.replace(
                 config.limits, shared_file=args.limits_file))
-        trio.run(_serve_main, config, host, port, [f"fd://{args.fd}"], False)
+        trio.run(functools.partial(_serve_main, config, host, port, [f"fd://{args.fd}"], False,
+                                   parent=os.getppid()))
         return 0
     try:
         if workers <= 1:

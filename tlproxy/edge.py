@@ -331,8 +331,13 @@ async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> N
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            # Before the cancellation: the ledger reads it. A client that hangs up as
-            # soon as it has [DONE] had the whole answer, and is not counted as gone.
-            request.client_gone = not request.answered
+            if request.answered:
+                # The exchange is over: the server says so while our last send is
+                # still inside it (a client that hangs up once it has [DONE] had the
+                # whole answer too). Cancelling now would cut the server's own
+                # bookkeeping short: hypercorn would never mark the keep-alive
+                # connection idle, and a drain would wait its whole grace period.
+                return
+            request.client_gone = True  # before the cancellation: the ledger reads it
             scope.cancel()
             return

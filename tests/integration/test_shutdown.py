@@ -6,6 +6,7 @@ reduced capacity unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -100,6 +101,15 @@ async def test_sigterm_drains_open_streams(tmp_path: Path, workers: int) -> None
         server.kill()
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (an exited orphan may linger as a zombie until reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -120,6 +130,27 @@ async def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
             os.kill(second, 0)
     finally:
         server.kill()
+
+
+async def test_workers_of_a_killed_server_drain_and_exit(tmp_path: Path) -> None:
+    """The supervisor SIGKILLed (no signal to forward): its workers notice they were
+    adopted by another process and exit, rather than serve on unsupervised."""
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=2)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        workers = _children(server.process.pid)
+        server.kill()
+        with trio.fail_after(HANG_GUARD):
+            # Polled: an orphan is not ours to wait for.
+            while any(_running(pid) for pid in workers):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+    finally:
+        server.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
@@ -194,3 +225,53 @@ async def test_an_h2c_request_during_drain_never_hangs(tmp_path: Path, when: str
         assert await trio.to_thread.run_sync(server.wait, HANG_GUARD) == 0
     finally:
         server.kill()
+
+
+async def _answered_on_a_kept_alive_connection(address: str, body: bytes) -> trio.SocketStream:
+    """One whole answer read on a connection the client then keeps open, idle."""
+    host, port = address.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk of the body
+        data = await stream.receive_some()
+        assert data, received  # the server must not close a connection it just answered on
+        received += data
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    return stream
+
+
+async def test_connections_kept_alive_after_their_answer_do_not_hold_the_drain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that keeps its connection open after a JSON answer and after a stream
+    (as SDKs' pools do) must not keep the server from exiting: its connection is idle,
+    and the drain closes idle connections at once, not after the grace period."""
+    import functools
+
+    import msgspec
+
+    from tests.integration.conftest import fast_config
+    from tlproxy.config import LedgerConfig, ServerConfig
+    from tlproxy.server import serve
+
+    config = msgspec.structs.replace(
+        fast_config(), ledger=LedgerConfig(enabled=False),
+        server=ServerConfig(graceful_timeout=GRACE))
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(functools.partial(
+            serve, config, host="127.0.0.1", port=0, shutdown_trigger=stop.wait))
+        kept = [await _answered_on_a_kept_alive_connection(running.url, body) for body in (
+            b'{"model": "economy", "messages": [{"role": "user", "content": "hi"}]}',
+            b'{"model": "economy", "stream": true, '
+            b'"messages": [{"role": "user", "content": "hi"}]}')]
+        stopped = trio.current_time()
+        stop.set()
+    # Virtual time: the drain waited for no timer at all, let alone the grace period.
+    assert trio.current_time() - stopped < 1.0
+    for stream in kept:
+        assert await stream.receive_some() == b""  # closed by the server
+        await stream.aclose()
