@@ -26,8 +26,8 @@ from .accounting import Accounting, Tab
 from .asgi import Receive, Send, lifespan
 from .call import ChatCall, ChatFacts, EmbeddingCall
 from .catalog import INTENTS
-from .config import ClientKey, Config, validate
-from .config_check import key_problems
+from .config import ClientKey, Config
+from .config_check import key_problems, validate
 from .dashboard import ROUTES as DASHBOARD_ROUTES
 from .dashboard import Dashboard
 from .edge import (

@@ -22,7 +22,8 @@ import msgspec
 import trio
 
 from .catalog import default_config
-from .config import ClientKey, Config, ConfigError, SimModelProfile, load_config
+from .config import ClientKey, Config, ConfigError, SimModelProfile
+from .config_load import load_config
 from .metrics import JSONFormatter
 
 if TYPE_CHECKING:

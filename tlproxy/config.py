@@ -1,6 +1,11 @@
-"""Typed configuration, decoded from TOML into msgspec structs.
+"""Typed configuration: the msgspec structs a TOML config file decodes into.
 
-A config file is optional: with none, `default_config()` serves the
+This module holds the types and nothing that reads them, so every other
+module may import it and it imports none of the package: the rules a value
+must meet beyond its type are in `config_check`, and reading a file (decoding,
+resolving its secrets, running those checks) is `config_load.load_config`.
+
+A config file is optional: with none, `catalog.default_config()` serves the
 built-in simulated upstream under a catalog that mirrors the real one, so the
 proxy answers at once with no provider key.
 
@@ -11,10 +16,7 @@ config is shown.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -33,7 +35,6 @@ __all__ = [
     "ShadowConfig",
     "SimHabit",
     "SimModelProfile",
-    "load_config",
 ]
 
 Tier = Literal["premium", "economy", "embedding"]
@@ -345,91 +346,3 @@ class Config(_Strict, frozen=True):
             if model.id == model_id:
                 return model
         return None
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _resolve_env(value: str, path: str, environ: dict[str, str],
-                 missing: list[tuple[str, str]]) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            missing.append((path, f"environment variable {name} is not set"))
-            return ""
-        return environ[name]
-
-    return _ENV_REF.sub(replace, value)
-
-
-def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None, *,
-                serving: bool = False) -> Config:
-    """Read, validate and resolve a TOML config file.
-
-    Raises `ConfigError` naming, with its line, every value the proxy would
-    refuse (see `config_check.problems`): `tlproxy config check` and
-    `tlproxy serve` both load through here with `serving` (also checking
-    what only a server about to start needs), so they refuse the same files.
-    """
-    from .config_check import key_path, problems
-
-    env = dict(os.environ if environ is None else environ)
-    text = Path(path).read_bytes()
-    try:
-        config = msgspec.toml.decode(text, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_with_line(path, text, str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    missing: list[tuple[str, str]] = []
-    providers = {}
-    for name, provider in config.providers.items():
-        if provider.api_key is not None:
-            key = _resolve_env(provider.api_key, key_path("providers", name, "api_key"), env,
-                               missing)
-            provider = msgspec.structs.replace(provider, api_key=key)
-        providers[name] = provider
-    limits, ledger = config.limits, config.ledger
-    if limits.redis_url:
-        limits = msgspec.structs.replace(
-            limits, redis_url=_resolve_env(limits.redis_url, "limits.redis_url", env, missing))
-    if ledger.postgres_url:
-        ledger = msgspec.structs.replace(ledger, postgres_url=_resolve_env(
-            ledger.postgres_url, "ledger.postgres_url", env, missing))
-    config = msgspec.structs.replace(config, providers=providers, limits=limits, ledger=ledger)
-    found = [*missing, *problems(config, serving=serving)]
-    if found:
-        located = [_locate(path, text, where, message) for where, message in found]
-        raise ConfigError("\n".join(located), problems=found)
-    return config
-
-
-def _locate(path: str | os.PathLike[str], text: bytes, where: str, message: str) -> str:
-    """``file:line: path: message``, as people read TOML by line."""
-    from .toml_locate import line_of
-
-    line = line_of(text.decode("utf-8", "replace"), where) if where else None
-    location = f"{path}:{line}" if line else str(path)
-    return f"{location}: {where or '(top level)'}: {message}"
-
-
-_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
-
-
-def _with_line(path: str | os.PathLike[str], text: bytes, message: str) -> str:
-    """Name the path and line of a msgspec validation error."""
-    match = _AT.search(message)
-    where = match.group("path") if match else ""
-    unknown = _UNKNOWN.search(message)
-    if unknown:
-        where = f"{where}.{unknown.group('field')}" if where else unknown.group("field")
-    head = message[: match.start()] if match else message
-    return _locate(path, text, where, head)
-
-
-def validate(config: Config, *, serving: bool = False) -> None:
-    """Raise `ConfigError` for every value the proxy would refuse (see `config_check`)."""
-    from .config_check import validate as check
-
-    check(config, serving=serving)

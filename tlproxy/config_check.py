@@ -7,7 +7,7 @@ exists. A value like that used to pass the checker and fail later, in
 `create_app` (a `ValueError` from ``bytes.fromhex``), in a background task
 (a traceback at start), or on every request (a 500 or a 503).
 
-`problems` is the one list of those rules. `load_config` runs it, so
+`problems` is the one list of those rules. `config_load.load_config` runs it, so
 ``tlproxy config check`` and ``tlproxy serve`` refuse exactly the same
 files, each problem named by its path (and, from a file, its line); a
 config built in code is checked by `validate`. It reports every problem at
@@ -40,6 +40,7 @@ from .config import (
     ServerConfig,
     ShadowConfig,
 )
+from .policy import DEFAULT_RULES
 
 __all__ = ["Problem", "key_path", "key_problems", "problems", "validate"]
 
@@ -348,8 +349,6 @@ def _policy(here: str, policy: Policy, labels: set[str]) -> Iterator[Problem]:
 
 
 def _rule_names(config: Config) -> set[str]:
-    from .policy import DEFAULT_RULES
-
     names = {*_BUILT_IN_RULES, *(r.name for r in DEFAULT_RULES)}
     for policy in (config.policy, *config.policies.values()):
         names.update(r.name for r in policy.rules or ())

@@ -58,7 +58,8 @@ from urllib.parse import unquote
 
 import msgspec
 
-from .config import ConfigError, LedgerConfig, load_config
+from .config import ConfigError, LedgerConfig
+from .config_load import load_config
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -38,7 +38,8 @@ import msgspec  # noqa: E402
 
 from tests.clients.test_node import run_node  # noqa: E402
 from tlproxy.catalog import default_config  # noqa: E402
-from tlproxy.config import Config, validate  # noqa: E402
+from tlproxy.config import Config  # noqa: E402
+from tlproxy.config_check import validate  # noqa: E402
 
 MIGRATION = REPO / "docs" / "migration.md"
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tlproxy.config import ConfigError, load_config
+from tlproxy.config import ConfigError
+from tlproxy.config_load import load_config
 
 MODEL = '[[models]]\nid = "m"\nprovider = "sim"\ntier = "economy"\n'
 PROVIDERS = """

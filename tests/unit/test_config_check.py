@@ -16,8 +16,9 @@ import pytest
 
 from tlproxy import cli
 from tlproxy.app import create_app
-from tlproxy.config import Config, ConfigError, load_config
+from tlproxy.config import Config, ConfigError
 from tlproxy.config_check import key_path, problems, validate
+from tlproxy.config_load import load_config
 
 BASE = """\
 default_alias = "auto"

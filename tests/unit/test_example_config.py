@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tlproxy.catalog import INTENTS, resolve_name
-from tlproxy.config import Config, ConfigError, load_config
+from tlproxy.config import Config, ConfigError
+from tlproxy.config_load import load_config
 from tlproxy.policy import DEFAULT_RULES
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tlproxy.toml"

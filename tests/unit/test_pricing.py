@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from tlproxy.catalog import default_config
-from tlproxy.config import Config, LongContextPrices, ModelConfig, Prices, load_config
+from tlproxy.config import Config, LongContextPrices, ModelConfig, Prices
+from tlproxy.config_load import load_config
 from tlproxy.pricing import (
     CACHE_WRITE_TOKENS,
     Usage,

@@ -19,7 +19,8 @@ import msgspec
 import pytest
 import trio
 
-from tlproxy.config import ConfigError, SimHabit, SimModelProfile, load_config
+from tlproxy.config import ConfigError, SimHabit, SimModelProfile
+from tlproxy.config_load import load_config
 from tlproxy.sim import SimUpstream
 from tlproxy.sim.openai import AZURE_FILTER_CHUNK, REASONING, REFUSAL
 from tlproxy.sse import SSEDecoder
