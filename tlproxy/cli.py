@@ -24,6 +24,7 @@ import trio
 from .catalog import default_config
 from .config import ClientKey, Config, ConfigError, SimModelProfile
 from .config_load import load_config
+from .errors import leaves
 from .metrics import JSONFormatter
 
 if TYPE_CHECKING:
@@ -152,10 +153,9 @@ _BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 def _bind_error(exc: BaseException) -> OSError | None:
     """The one bind failure `exc` is (or a group holds nothing but), else None."""
-    if isinstance(exc, OSError):
-        return exc if exc.errno in _BIND_ERRORS else None
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return _bind_error(exc.exceptions[0])
+    match leaves(exc):
+        case [OSError() as error] if error.errno in _BIND_ERRORS:
+            return error
     return None
 
 
@@ -512,16 +512,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_errors(exc: BaseException) -> list[ConfigError] | None:
     """The `ConfigError`s `exc` is made of, or None if it holds anything else."""
-    if isinstance(exc, ConfigError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        found: list[ConfigError] = []
-        for inner in exc.exceptions:
-            leaves = _config_errors(inner)
-            if leaves is None:
-                return None
-            found.extend(leaves)
-        return found
+    found = leaves(exc)
+    if all(isinstance(error, ConfigError) for error in found):
+        return [error for error in found if isinstance(error, ConfigError)]
     return None
 
 

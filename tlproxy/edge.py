@@ -26,7 +26,7 @@ import trio
 from .asgi import Receive, Send
 from .config import ClientKey, LimitsConfig
 from .engine import Answer, Engine, Reply
-from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body
+from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body, leaves
 from .metrics import Metrics
 from .router import Route
 from .shapes import repair_chunk, repair_completion
@@ -314,17 +314,11 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
             yield
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], Exception):
-            raise leaves[0] from None
+        found = leaves(group)
+        if len(found) == 1 and isinstance(found[0], Exception):
+            raise found[0] from None
         raise
 
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 async def _listen_for_disconnect(request: Request, scope: trio.CancelScope) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "ProxyError",
     "UpstreamError",
     "error_body",
+    "leaves",
     "param_from_validation_error",
     "redact",
 ]
@@ -179,3 +180,10 @@ _SECRET = re.compile(
 def redact(text: str) -> str:
     """Mask anything that looks like an API key."""
     return _SECRET.sub("[redacted]", text)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` is made of: itself, or every leaf of a (nested) group."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in leaves(inner)]

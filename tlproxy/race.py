@@ -76,7 +76,7 @@ from typing import Any
 import msgspec
 import trio
 
-from .errors import UpstreamError
+from .errors import UpstreamError, leaves
 
 __all__ = ["AttemptRecord", "Candidate", "RaceFailed", "Winner", "WinnerChunks", "race"]
 
@@ -620,18 +620,12 @@ async def race(
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], Exception):
-            raise leaves[0] from leaves[0].__cause__
+        found = leaves(group)
+        if len(found) == 1 and isinstance(found[0], Exception):
+            raise found[0] from found[0].__cause__
         raise
     finally:
         state.close()
     if state.failure is not None:
         raise state.failure from ExceptionGroup(str(state.failure), state.failure.errors)
 
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
