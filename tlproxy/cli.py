@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
 import signal
@@ -101,6 +102,23 @@ async def _shutdown_when_orphaned(stop: trio.Event, parent: int) -> None:
             stop.set()
 
 
+def _freeze_startup_heap() -> None:
+    """Leave what start-up built out of every later garbage collection.
+
+    Everything allocated until the server is up (modules, the config, the
+    catalog, the metrics, the app) lives as long as the process. Left in the
+    collector's oldest generation, each full collection walks all of it
+    again: measured with 64 streams open, a full pass then took 22 ms of CPU
+    on average (up to 32 ms), during which the event loop serves no one,
+    which is the p99 TTFT tail. `gc.freeze` moves those objects to a
+    permanent generation the collector skips (the use Python's documentation
+    gives it); after it, a full pass took 5 ms (up to 7 ms). The garbage
+    start-up left is collected first, so none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve_main(config: Config, host: str, port: int, bind: list[str] | None,
                       banner: bool, *, parent: int | None = None) -> None:
     from .server import serve
@@ -113,6 +131,7 @@ async def _serve_main(config: Config, host: str, port: int, bind: list[str] | No
         async with trio.open_nursery() as nursery:
             running = await nursery.start(functools.partial(
                 serve, config, host=host, port=port, bind=bind, shutdown_trigger=stop.wait))
+            _freeze_startup_heap()
             if banner:
                 print(_banner(config, running.url, 1), flush=True)
         # Once `stop` is set hypercorn drains in-flight requests, then `serve` returns;

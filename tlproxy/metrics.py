@@ -7,6 +7,7 @@ routing facts (tier, model, provider, rule, status), never a key or a body.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import (
+    GC_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -83,6 +85,13 @@ class Metrics:
             "(prompt, cached, cache_write, completion; prompt includes cached and "
             "cache_write) and outcome (used, wasted).",
             ["tier", "model", "kind", "outcome"], registry=r)
+        # The garbage collector's passes per generation (python_gc_*), and what
+        # start-up left out of them (`tlproxy serve` freezes its start-up heap).
+        r.register(GC_COLLECTOR)
+        self.gc_frozen = Gauge(
+            "tlproxy_gc_frozen_objects",
+            "Objects left out of every garbage collection (start-up's, frozen).", registry=r)
+        self.gc_frozen.set_function(gc.get_freeze_count)
         # Label lookups take a lock and validate every value: each combination is
         # resolved once and kept (tiers and models come from the catalog: a few).
         self._spend: dict[tuple[str, str, str, str], _Spend] = {}

@@ -1,0 +1,62 @@
+"""`tlproxy serve` as a real process: what only the command itself does."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.server_process import ServerProcess
+
+CONFIG = """
+[ledger]
+enabled = false
+
+[providers.sim]
+kind = "sim"
+
+[[models]]
+id = "fast"
+provider = "sim"
+tier = "economy"
+"""
+
+# A bound on how often /metrics is read before the test gives up; each read
+# is a full round trip to the server, so the test waits on the server only.
+READS = 200
+
+
+def _frozen(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30.0).text
+    found = re.search(r"^tlproxy_gc_frozen_objects (\S+)$", text, re.MULTILINE)
+    assert found is not None, "the gauge is exported"
+    return float(found.group(1))
+
+
+def test_serve_freezes_its_startup_heap_out_of_garbage_collection(tmp_path: Path) -> None:
+    # Start-up's objects live as long as the process; a full collection that
+    # walked them all again stalled the event loop for tens of milliseconds.
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=1)
+    try:
+        server.wait_ready()
+        frozen = 0.0
+        for _ in range(READS):
+            frozen = _frozen(server.url)
+            if frozen > 0:
+                break
+            time.sleep(0.01)
+        # Modules, config, app: tens of thousands of objects, not a handful.
+        assert frozen > 10_000
+        answer = httpx.post(server.url + "/v1/chat/completions", timeout=30.0, json={
+            "model": "economy", "messages": [{"role": "user", "content": "hello"}]})
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"]
+        metrics = httpx.get(server.url + "/metrics", timeout=30.0).text
+        assert 'python_gc_collections_total{generation="0"}' in metrics
+    finally:
+        server.terminate()
+        server.process.communicate(timeout=60.0)
