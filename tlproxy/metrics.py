@@ -92,6 +92,10 @@ class Metrics:
             "tlproxy_gc_frozen_objects",
             "Objects left out of every garbage collection (start-up's, frozen).", registry=r)
         self.gc_frozen.set_function(gc.get_freeze_count)
+        self.gc_young = Gauge(
+            "tlproxy_gc_young_threshold",
+            "Net allocations between two collections of the youngest generation.", registry=r)
+        self.gc_young.set_function(lambda: gc.get_threshold()[0])
         # Label lookups take a lock and validate every value: each combination is
         # resolved once and kept (tiers and models come from the catalog: a few).
         self._spend: dict[tuple[str, str, str, str], _Spend] = {}

@@ -57,6 +57,8 @@ def test_serve_freezes_its_startup_heap_out_of_garbage_collection(tmp_path: Path
         assert answer.json()["choices"][0]["message"]["content"]
         metrics = httpx.get(server.url + "/metrics", timeout=30.0).text
         assert 'python_gc_collections_total{generation="0"}' in metrics
+        # The young generation's threshold is not the interpreter's default.
+        assert re.search(r"^tlproxy_gc_young_threshold 7000", metrics, re.MULTILINE)
     finally:
         server.terminate()
         server.process.communicate(timeout=60.0)
