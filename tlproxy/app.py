@@ -98,7 +98,7 @@ class App:
                                  record=self.ledger.record_shadow if self.ledger else _ignore)
         self.accounting = Accounting(config, self.ledger, self.shadow, metrics=self.metrics)
         self.engine = Engine(config, providers, accounting=self.accounting,
-                             metrics=self.metrics, admit=self._admit)
+                             metrics=self.metrics, admit=self._admit, gated=self._gated)
         self.streams = StreamSlots(config.limits)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
@@ -143,14 +143,22 @@ class App:
             await provider.aclose()
         await self.limiter.aclose()
 
+    def _limits(self, key: ClientKey) -> KeyLimits:
+        limits = self._key_limits.get(key.name)
+        if limits is None:
+            limits = self._key_limits[key.name] = KeyLimits.from_client_key(key)
+        return limits
+
+    def _gated(self, call: ChatCall) -> bool:
+        """Whether the request's key has limits for `_admit` to check."""
+        return call.key is not None and not self._limits(call.key).unlimited
+
     async def _admit(self, call: ChatCall, tab: Tab) -> None:
         """A key's rate limits and budget: one look-up, awaited inside the decision."""
         key = call.key
         if key is None:
             return
-        limits = self._key_limits.get(key.name)
-        if limits is None:
-            limits = self._key_limits[key.name] = KeyLimits.from_client_key(key)
+        limits = self._limits(key)
         if limits.unlimited:
             return
         # The prompt and the output the client capped: a request without a cap

@@ -49,7 +49,9 @@ from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
 
-__all__ = ["Admit", "Answer", "Batches", "ChunkSource", "Engine", "Reply", "Stream"]
+__all__ = [
+    "Admit", "Answer", "Batches", "ChunkSource", "Engine", "Gated", "Reply", "Stream",
+]
 
 log = logging.getLogger("tlproxy")
 
@@ -63,6 +65,9 @@ _CUT = frozenset({"lost", "outside-tier", "deadline", "cancelled"})
 # the `ProxyError` to answer with when the request is refused, and notes on
 # the tab what it reserved and the headers every response carries.
 Admit = Callable[[ChatCall, Tab], Awaitable[None]]
+# Whether a request has anything for that gate to check (a key with limits):
+# one without is decided at once, with no task and no nursery spent on it.
+Gated = Callable[[ChatCall], bool]
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -149,7 +154,8 @@ class Engine:
 
     Its collaborators are given when it is built: the providers by name, the
     metrics, the accounting (ledger and shadow traffic) and `admit`, the gate
-    of a key's limits (None: every request is admitted).
+    of a key's limits (None: every request is admitted), with `gated`, which
+    says whether a request has anything for the gate to check (None: all do).
     """
 
     def __init__(
@@ -160,12 +166,14 @@ class Engine:
         accounting: Accounting,
         metrics: Metrics,
         admit: Admit | None = None,
+        gated: Gated | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
         self.metrics = metrics
         self.accounting = accounting
         self.admit = admit
+        self.gated = gated
         self.stats = StatsBook()
         self.classifier = (
             TaskClassifier(config.classifier, self._embed_texts)
@@ -239,7 +247,8 @@ class Engine:
         models = {m.id: m for tier in plan.by_tier.values() for m in tier}
         policy = self.router.policy_for(call.key)
         speculate = policy.speculate and len(plan.possible_tiers) > 1
-        slow = plan.policy is not None or self.admit is not None
+        admit = self.admit if self.gated is None or self.gated(call) else None
+        slow = plan.policy is not None or admit is not None
         booking = _Booking(plan.tier, plan.rule, decided=not slow)
 
         def on_record(record: AttemptRecord) -> None:
@@ -250,8 +259,8 @@ class Engine:
         async def decide() -> str:
             semantic: list[str | None] = [None]
             async with trio.open_nursery() as nursery:
-                if self.admit is not None:
-                    nursery.start_soon(self.admit, call, tab)
+                if admit is not None:
+                    nursery.start_soon(admit, call, tab)
                 if plan.policy is not None and self.classifier is not None:
                     nursery.start_soon(self._classify, call, tab, semantic)
             return booking.decide(*self.router.finish(plan, semantic[0]))

@@ -24,7 +24,7 @@ from tlproxy.accounting import Accounting, Tab
 from tlproxy.call import ChatCall, ChatFacts
 from tlproxy.config import ClassifierConfig, Config, ModelConfig, Policy, ProviderConfig
 from tlproxy.edge import Request, StreamSlots, serve_chat
-from tlproxy.engine import Admit, Engine
+from tlproxy.engine import Admit, Engine, Gated
 from tlproxy.errors import ProxyError, UpstreamError
 from tlproxy.ledger import Ledger, LedgerRow
 from tlproxy.metrics import Metrics
@@ -184,7 +184,7 @@ class Client:
 
 class Harness:
     def __init__(self, upstream: FakeUpstream, *, admit: Admit | None = None,
-                 **policy: Any) -> None:
+                 gated: Gated | None = None, **policy: Any) -> None:
         self.config = config(**policy)
         self.upstream = upstream
         self.writer = MemoryWriter()
@@ -192,7 +192,7 @@ class Harness:
         self.metrics = Metrics()
         self.accounting = Accounting(self.config, self.ledger, None, metrics=self.metrics)
         self.engine = Engine(self.config, {"fake": upstream}, accounting=self.accounting,
-                             metrics=self.metrics, admit=admit)
+                             metrics=self.metrics, admit=admit, gated=gated)
         # The account of the last request served.
         self.tab: Tab | None = None
 
@@ -279,6 +279,31 @@ async def test_attempts_of_a_request_never_decided_are_all_speculative(
         ("p1", "speculative:first-turn", "error", 250.0),
         ("p2", "speculative:first-turn", "cancelled", 750.0),
     ]
+
+
+@pytest.mark.parametrize(("gated", "admissions", "answered_at"), [
+    # A key with limits: the model starts once the gate (1 s) let it through.
+    (True, 1, 1.5),
+    # A key without: no gate to pass, the model starts at once.
+    (False, 0, 0.5),
+])
+async def test_a_request_with_nothing_to_check_skips_the_gate(
+    autojump_clock: trio.testing.MockClock, gated: bool, admissions: int,
+    answered_at: float,
+) -> None:
+    admitted: list[str] = []
+
+    async def admit(call: ChatCall, _tab: Tab) -> None:
+        admitted.append(call.id)
+        await trio.sleep(1.0)
+
+    upstream = FakeUpstream({"e1": [0.5, ANSWER]})
+    harness = Harness(upstream, admit=admit, gated=lambda _call: gated)
+    client = Client()
+    await harness.chat(client, model="economy", messages=QUESTION)
+    assert client.status == 200
+    assert len(admitted) == admissions
+    assert client.body_times() == [answered_at]
 
 
 # -- one request's lifetime, at exact virtual times --------------------------
