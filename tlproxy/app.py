@@ -219,14 +219,15 @@ class App:
         endpoint = request.path.removeprefix("/v1/")
         tier = route.tier if route else ""
         duration = trio.current_time() - request.arrived
-        self.metrics.requests.labels(
-            endpoint, tier, route.model.id if route else "",
+        metrics = self.metrics
+        metrics.child(
+            metrics.requests, endpoint, tier, route.model.id if route else "",
             route.model.provider if route else "", route.rule if route else "",
             str(request.status or 499),
         ).inc()
-        self.metrics.duration.labels(endpoint, tier).observe(duration)
+        metrics.child(metrics.duration, endpoint, tier).observe(duration)
         if request.ttft is not None and route is not None:
-            self.metrics.ttft.labels(tier, route.model.id).observe(request.ttft)
+            metrics.child(metrics.ttft, tier, route.model.id).observe(request.ttft)
         self.access.emit({
             "request_id": request.id,
             "method": request.method,

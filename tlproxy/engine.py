@@ -341,13 +341,14 @@ class Engine:
         """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
-        self.metrics.race.labels(record.outcome, start).inc()
+        self.metrics.child(self.metrics.race, record.outcome, start).inc()
         # A JSON attempt's "first token" is its whole answer: not a TTFT.
         if stream and record.first_token_at is not None:
             ttft, kind = record.first_token_at - record.started_at, record.first_token_kind
             assert kind is not None
             stats.record_ttft(ttft, kind=kind)
-            self.metrics.upstream_ttft.labels(record.candidate.key, kind).observe(ttft)
+            self.metrics.child(self.metrics.upstream_ttft, record.candidate.key,
+                               kind).observe(ttft)
         elif stream and record.outcome in _CUT and record.ended_at is not None:
             stats.record_no_token(record.ended_at - record.started_at)
         if record.outcome in ("failed", "deadline"):

@@ -99,6 +99,16 @@ class Metrics:
         # Label lookups take a lock and validate every value: each combination is
         # resolved once and kept (tiers and models come from the catalog: a few).
         self._spend: dict[tuple[str, str, str, str], _Spend] = {}
+        # Keyed by the metric's identity: every metric lives as long as this object.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once per combination and kept."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def spend(self, tier: str, model: str, kind: str, outcome: str, cost_usd: float,
               tokens: tuple[int, int, int, int]) -> None:
