@@ -48,6 +48,7 @@ from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
+from .tracecontext import upstream_context
 
 __all__ = ["Admit", "Answer", "Batches", "ChunkSource", "Engine", "Reply", "Stream"]
 
@@ -188,6 +189,8 @@ class Engine:
             # The race is over before the edge writes: nothing left to cancel.
             async with self._race(call, tab, plan, stream=False) as (route, winner):
                 answer = winner.first_chunks[-1]
+            if tab.trace is not None:
+                tab.trace.answer(answer)
             tab.usage_tokens = total_tokens(answer.get("usage"))
             tab.shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
             if tab.shadow is not None:
@@ -197,6 +200,7 @@ class Engine:
             return
         async with self._race(call, tab, plan, stream=True) as (route, winner):
             tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
+            trace = tab.trace
 
             def tap(chunk: Chunk) -> None:
                 usage = chunk.get("usage")
@@ -204,6 +208,8 @@ class Engine:
                     tab.usage_tokens = total_tokens(usage)
                 if shadow is not None:
                     shadow.parts.extend(first_choice_text(chunk))
+                if trace is not None:
+                    trace.answer(chunk)
 
             def failed(exc: UpstreamError) -> None:
                 self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
@@ -241,11 +247,19 @@ class Engine:
         speculate = policy.speculate and len(plan.possible_tiers) > 1
         slow = plan.policy is not None or self.admit is not None
         booking = _Booking(plan.tier, plan.rule, decided=not slow)
+        trace = tab.trace
+        if trace is not None and not slow:
+            trace.decided(trio.current_time(), plan.tier, plan.rule)
 
         def on_record(record: AttemptRecord) -> None:
             self._on_record(record, stream)
-            booking.book(lambda tier, rule: self.accounting.attempt(
-                record, tab, body, tier, rule, stream=stream))
+
+            def write(tier: str | None, rule: str) -> None:
+                row = self.accounting.attempt(record, tab, body, tier, rule, stream=stream)
+                if trace is not None and row is not None:
+                    trace.booked(record, row.cost_usd)
+
+            booking.book(write)
 
         async def decide() -> str:
             semantic: list[str | None] = [None]
@@ -254,7 +268,10 @@ class Engine:
                     nursery.start_soon(self.admit, call, tab)
                 if plan.policy is not None and self.classifier is not None:
                     nursery.start_soon(self._classify, call, tab, semantic)
-            return booking.decide(*self.router.finish(plan, semantic[0]))
+            tier, rule = self.router.finish(plan, semantic[0])
+            if trace is not None:
+                trace.decided(trio.current_time(), tier, rule)
+            return booking.decide(tier, rule)
 
         if slow and not speculate:
             # Decide first, then race only inside the decided tier.
@@ -270,11 +287,13 @@ class Engine:
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
             model = models[candidate.key]
             provider = self.providers[model.provider]
-            if stream:
-                async with provider.stream_chat(body, model=model.upstream_id) as chunks:
-                    yield chunks
-            else:
-                yield _single(await provider.chat(body, model=model.upstream_id))
+            # The upstream request carries this attempt's trace context, if any.
+            with upstream_context(trace, candidate.key):
+                if stream:
+                    async with provider.stream_chat(body, model=model.upstream_id) as chunks:
+                        yield chunks
+                else:
+                    yield _single(await provider.chat(body, model=model.upstream_id))
 
         try:
             async with race(

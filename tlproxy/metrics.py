@@ -83,6 +83,14 @@ class Metrics:
             "(prompt, cached, cache_write, completion; prompt includes cached and "
             "cache_write) and outcome (used, wasted).",
             ["tier", "model", "kind", "outcome"], registry=r)
+        # Tracing ([tracing]): spans handed to the exporter, and spans lost.
+        self.trace_spans_exported = Counter(
+            "tlproxy_trace_spans_exported", "Spans the trace exporter delivered.", registry=r)
+        self.trace_spans_dropped = Counter(
+            "tlproxy_trace_spans_dropped",
+            "Spans lost before a collector had them: queue_full (the export queue was full, "
+            "the collector slow or down), export_failed (the exporter gave up on them), "
+            "shutdown (ended after tracing shut down).", ["reason"], registry=r)
         # Label lookups take a lock and validate every value: each combination is
         # resolved once and kept (tiers and models come from the catalog: a few).
         self._spend: dict[tuple[str, str, str, str], _Spend] = {}
