@@ -126,16 +126,27 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
                 text, request_id = await _ask(running, traceparent=format_traceparent(
                     CLIENT_TRACE, CLIENT_SPAN, True))
                 sent = parse_traceparent(sim.stats.last_headers.get("traceparent"))
+                # An embeddings request: its upstream call is the request span's child.
+                async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="unused",
+                                              max_retries=0) as client:
+                    await client.embeddings.create(model="text-embedding-3-small",
+                                                   input="rivers")
+                embedded = parse_traceparent(sim.stats.last_headers.get("traceparent"))
                 nursery.cancel_scope.cancel()  # the server stops: its spans are flushed
         outer.cancel_scope.cancel()
     assert text
     assert set(collector.paths) == {"/v1/traces"}
     assert collector.services == {"gw"}
-    server = [s for s in collector.spans if s.name == "POST /v1/chat/completions"]
-    attempts = [s for s in collector.spans if s.name.startswith("chat ")]
-    assert len(server) == 1 and len(attempts) == 1, [s.name for s in collector.spans]
+    [embedding] = [s for s in collector.spans if s.name == "POST /v1/embeddings"]
+    assert embedded is not None and embedded.span_id.to_bytes(8, "big") == embedding.span_id
+    assert embedding.trace_id == embedded.trace_id.to_bytes(16, "big") != CLIENT_TRACE
+    assert _attributes(embedding)["gen_ai.operation.name"] == "embeddings"
+    spans = [s for s in collector.spans if s is not embedding]
+    server = [s for s in spans if s.name == "POST /v1/chat/completions"]
+    attempts = [s for s in spans if s.name.startswith("chat ")]
+    assert len(server) == 1 and len(attempts) == 1, [s.name for s in spans]
     [request], [attempt] = server, attempts
-    assert {s.trace_id for s in collector.spans} == {CLIENT_TRACE.to_bytes(16, "big")}
+    assert {s.trace_id for s in spans} == {CLIENT_TRACE.to_bytes(16, "big")}
     assert request.parent_span_id == CLIENT_SPAN.to_bytes(8, "big")
     assert attempt.parent_span_id == request.span_id
     # The upstream request carried the attempt span's context.
@@ -151,9 +162,11 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
     assert request.start_time_unix_nano <= attempt.start_time_unix_nano
     assert attempt.end_time_unix_nano <= request.end_time_unix_nano
     # The access log line leads to the trace.
-    [line] = [r for r in caplog.records if r.name == "tlproxy.access"]
+    line, embedding_line = [r for r in caplog.records if r.name == "tlproxy.access"]
     assert line.fields["trace_id"] == f"{CLIENT_TRACE:032x}"  # type: ignore[attr-defined]
-    assert running.app.metrics.trace_spans_exported._value.get() == 2
+    assert embedding_line.fields["trace_id"] == (  # type: ignore[attr-defined]
+        embedding.trace_id.hex())
+    assert running.app.metrics.trace_spans_exported._value.get() == 3
 
 
 def _refused_endpoint() -> str:
