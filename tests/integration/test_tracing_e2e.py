@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -71,6 +72,41 @@ class Collector:
                     "body": ExportTraceServiceResponse().SerializeToString()})
 
 
+class GRPCCollector:
+    """The same, over OTLP/gRPC: the collector's trace service in a gRPC server's threads."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.services: set[str] = set()
+
+    def Export(self, request: ExportTraceServiceRequest,  # the gRPC method's name
+               context: Any) -> ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            for attribute in resource_spans.resource.attributes:
+                if attribute.key == "service.name":
+                    self.services.add(attribute.value.string_value)
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(scope_spans.spans)
+        return ExportTraceServiceResponse()
+
+
+@contextlib.contextmanager
+def _grpc_collector(collector: GRPCCollector) -> Iterator[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait()
+
+
 async def _start_collector(nursery: trio.Nursery, collector: Collector) -> str:
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
@@ -112,16 +148,24 @@ async def _ask(running: Running, *, traceparent: str | None = None) -> tuple[str
     return text, response.headers["x-request-id"]
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 async def test_spans_of_a_request_arrive_in_the_clients_trace(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, protocol: str,
 ) -> None:
-    collector = Collector()
-    async with trio.open_nursery() as outer:
-        endpoint = await _start_collector(outer, collector)
+    collector: Collector | GRPCCollector
+    async with contextlib.AsyncExitStack() as stack:
+        outer = await stack.enter_async_context(trio.open_nursery())
+        if protocol == "http":
+            collector = Collector()
+            endpoint = await _start_collector(outer, collector)
+        else:
+            collector = GRPCCollector()
+            endpoint = stack.enter_context(_grpc_collector(collector))
         with caplog.at_level(logging.INFO, logger="tlproxy.access"):
             async with trio.open_nursery() as nursery:
                 # A base URL: the proxy posts to its /v1/traces.
-                running = await start_proxy(nursery, _traced(endpoint, service_name="gw"))
+                running = await start_proxy(nursery, _traced(
+                    endpoint, service_name="gw", protocol=protocol))
                 sim = running.sims["sim"]
                 text, request_id = await _ask(running, traceparent=format_traceparent(
                     CLIENT_TRACE, CLIENT_SPAN, True))
@@ -135,7 +179,8 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
                 nursery.cancel_scope.cancel()  # the server stops: its spans are flushed
         outer.cancel_scope.cancel()
     assert text
-    assert set(collector.paths) == {"/v1/traces"}
+    if isinstance(collector, Collector):
+        assert set(collector.paths) == {"/v1/traces"}
     assert collector.services == {"gw"}
     [embedding] = [s for s in collector.spans if s.name == "POST /v1/embeddings"]
     assert embedded is not None and embedded.span_id.to_bytes(8, "big") == embedding.span_id

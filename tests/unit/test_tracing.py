@@ -375,3 +375,21 @@ async def test_spans_an_exporter_fails_to_deliver_are_counted(
 def test_the_config_names_the_collector(endpoint: str, env: dict[str, str], url: str) -> None:
     exporter = _otlp_exporter(TracingConfig(enabled=True, endpoint=endpoint), env)
     assert exporter._endpoint == url  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("protocol", "env", "expected"), [
+    (None, {}, "http"),
+    (None, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "grpc"),
+    (None, {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "grpc"),
+    # The config wins over the environment.
+    ("http", {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "http"),
+    ("grpc", {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "grpc"),
+])
+def test_the_protocol_comes_from_the_config_then_the_environment(
+        protocol: str | None, env: dict[str, str], expected: str) -> None:
+    settings = TracingConfig(enabled=True, protocol=protocol)  # type: ignore[arg-type]
+    exporter = _otlp_exporter(settings, env)
+    assert type(exporter).__module__ == (
+        f"opentelemetry.exporter.otlp.proto.{expected}.trace_exporter")
+    exporter.shutdown()
