@@ -393,3 +393,21 @@ def test_the_protocol_comes_from_the_config_then_the_environment(
     assert type(exporter).__module__ == (
         f"opentelemetry.exporter.otlp.proto.{expected}.trace_exporter")
     exporter.shutdown()
+
+
+def test_only_the_tracing_module_imports_opentelemetry() -> None:
+    """The engine, the race and the adapters know tracing only through `tracecontext`."""
+    import ast
+    from pathlib import Path
+
+    import tlproxy
+
+    package = Path(tlproxy.__file__).parent
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "opentelemetry" for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"tracing.py"}
