@@ -48,7 +48,7 @@ from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
-from .tracecontext import upstream_context
+from .tracecontext import attempt_started
 
 __all__ = ["Admit", "Answer", "Batches", "ChunkSource", "Engine", "Reply", "Stream"]
 
@@ -287,13 +287,12 @@ class Engine:
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
             model = models[candidate.key]
             provider = self.providers[model.provider]
-            # The upstream request carries this attempt's trace context, if any.
-            with upstream_context(trace, candidate.key):
-                if stream:
-                    async with provider.stream_chat(body, model=model.upstream_id) as chunks:
-                        yield chunks
-                else:
-                    yield _single(await provider.chat(body, model=model.upstream_id))
+            attempt_started(trace, candidate.key)  # its upstream request joins the trace
+            if stream:
+                async with provider.stream_chat(body, model=model.upstream_id) as chunks:
+                    yield chunks
+            else:
+                yield _single(await provider.chat(body, model=model.upstream_id))
 
         try:
             async with race(

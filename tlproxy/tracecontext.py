@@ -30,18 +30,16 @@ attempt or another request; the adapters need not know tracing exists.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .race import AttemptRecord
 
-__all__ = ["UPSTREAM_HEADERS", "Parent", "Timeline", "format_traceparent", "parse_traceparent",
-           "upstream_context"]
+__all__ = ["UPSTREAM_HEADERS", "Parent", "Timeline", "attempt_started", "format_traceparent",
+           "parse_traceparent"]
 
 # Extra headers (lower-case name, value, as bytes) for the upstream requests of
 # the current task: the transport appends them to every request it sends. A
@@ -160,14 +158,11 @@ class Timeline:
                 self.finish_reasons.append(reason)
 
 
-@contextlib.contextmanager
-def upstream_context(timeline: Timeline | None, key: str) -> Iterator[None]:
-    """Inside: the current task's upstream requests carry attempt `key`'s trace context."""
-    if timeline is None:
-        yield
-        return
-    token = UPSTREAM_HEADERS.set(timeline.upstream_headers(key))
-    try:
-        yield
-    finally:
-        UPSTREAM_HEADERS.reset(token)
+def attempt_started(timeline: Timeline | None, key: str) -> None:
+    """The current task runs attempt `key`: its upstream requests carry the attempt's context.
+
+    Set and never reset: a race attempt is a trio task of its own, whose context
+    (a copy of the request's, taken when the task was started) ends with it.
+    """
+    if timeline is not None:
+        UPSTREAM_HEADERS.set(timeline.upstream_headers(key))
