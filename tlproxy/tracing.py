@@ -272,7 +272,8 @@ class Tracing:
             "tlproxy.cost_usd": cost,
             **_usage(record.usage),
         }
-        if record.first_token_at is not None:
+        # A JSON answer's "first token" is the whole answer (kind "answer"): no TTFT.
+        if record.first_token_at is not None and record.first_token_kind != "answer":
             attributes["tlproxy.ttft_ms"] = (record.first_token_at - record.started_at) * 1000
             attributes["tlproxy.first_token.kind"] = record.first_token_kind
         if won:

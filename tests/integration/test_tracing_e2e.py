@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 import trio
@@ -26,8 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.integration.conftest import fast_config, start_proxy
-from tlproxy.config import Config, TracingConfig
+from tests.integration.conftest import CLIENT_KEY, fast_config, start_proxy
+from tlproxy.config import ClientKey, Config, TracingConfig
 from tlproxy.server import Running
 from tlproxy.tracecontext import format_traceparent, parse_traceparent
 
@@ -268,3 +270,24 @@ async def test_tracing_off_adds_no_header_upstream_and_no_trace_id() -> None:
         assert running.app.tracing is None
         nursery.cancel_scope.cancel()
 
+
+
+async def test_a_span_names_the_clients_key_and_never_holds_the_key() -> None:
+    collector = Collector()
+    digest = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+    async with trio.open_nursery() as outer:
+        endpoint = await _start_collector(outer, collector)
+        config = msgspec.structs.replace(
+            _traced(endpoint), keys=[ClientKey(name="rag-service", hash=f"sha256:{digest}")])
+        async with trio.open_nursery() as nursery:
+            running = await start_proxy(nursery, config)
+            async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=CLIENT_KEY,
+                                          max_retries=0) as client:
+                await client.chat.completions.create(model="auto", messages=QUESTION)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    [request] = [s for s in collector.spans if s.name == "POST /v1/chat/completions"]
+    assert _attributes(request)["tlproxy.key"] == "rag-service"
+    for span in collector.spans:
+        assert CLIENT_KEY not in repr(_attributes(span))
+        assert CLIENT_KEY.encode() not in span.SerializeToString()

@@ -411,3 +411,23 @@ def test_only_the_tracing_module_imports_opentelemetry() -> None:
             if any(name.split(".")[0] == "opentelemetry" for name in names):
                 importers.add(path.relative_to(package).as_posix())
     assert importers == {"tracing.py"}
+
+
+async def test_a_json_answer_names_its_model_and_finish_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "e1-2026-01",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                           "finish_reason": "length"}],
+              "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    traced = Traced(FakeUpstream({"e1": [0.75, answer]}))
+    await traced.chat(Client(), model="economy", messages=QUESTION)
+    spans = traced.spans()
+    for name in ("chat e1", "POST /v1/chat/completions"):
+        attributes = spans[name].attributes or {}
+        assert (attributes["gen_ai.response.model"], attributes["gen_ai.response.finish_reasons"],
+                attributes["gen_ai.usage.input_tokens"],
+                attributes["gen_ai.usage.output_tokens"]) == ("e1-2026-01", ("length",), 7, 3)
+    assert _times(spans["chat e1"]) == (0.0, 0.75)
+    # A JSON answer has no time to first token.
+    assert all("tlproxy.ttft_ms" not in (s.attributes or {}) for s in spans.values())
