@@ -142,7 +142,7 @@ async def _ask(running: Running, *, traceparent: str | None = None) -> tuple[str
     async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="unused",
                                   max_retries=0, default_headers=headers) as client:
         response = await client.chat.completions.with_raw_response.create(
-            model="auto", messages=QUESTION, stream=True)  # type: ignore[arg-type]
+            model="auto", messages=QUESTION, stream=True)
         text = ""
         async for chunk in response.parse():
             if chunk.choices:
@@ -210,8 +210,8 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
     assert attempt.end_time_unix_nano <= request.end_time_unix_nano
     # The access log line leads to the trace.
     line, embedding_line = [r for r in caplog.records if r.name == "tlproxy.access"]
-    assert line.fields["trace_id"] == f"{CLIENT_TRACE:032x}"  # type: ignore[attr-defined]
-    assert embedding_line.fields["trace_id"] == (  # type: ignore[attr-defined]
+    assert line.fields["trace_id"] == f"{CLIENT_TRACE:032x}"
+    assert embedding_line.fields["trace_id"] == (
         embedding.trace_id.hex())
     assert running.app.metrics.trace_spans_exported._value.get() == 3
 
@@ -283,7 +283,7 @@ async def test_a_span_names_the_clients_key_and_never_holds_the_key() -> None:
             running = await start_proxy(nursery, config)
             async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=CLIENT_KEY,
                                           max_retries=0) as client:
-                await client.chat.completions.create(model="auto", messages=QUESTION)  # type: ignore[arg-type]
+                await client.chat.completions.create(model="auto", messages=QUESTION)
             nursery.cancel_scope.cancel()
         outer.cancel_scope.cancel()
     [request] = [s for s in collector.spans if s.name == "POST /v1/chat/completions"]
