@@ -103,6 +103,7 @@ class Tracing:
         try:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.sdk.trace.sampling import Decision
         except ImportError as exc:
             raise ConfigError("tracing.enabled: tracing needs the 'tracing' extra, which is not "
                               f"installed ({exc}): pip install 'tlproxy[tracing]'") from None
@@ -121,6 +122,7 @@ class Tracing:
             sampler=_sampler(settings), resource=_resource(settings, env), id_generator=self._ids,
             shutdown_on_exit=False)
         self._sampler: Sampler = self._provider.sampler
+        self._sample = Decision.RECORD_AND_SAMPLE
         bounded = _Bounded(limit, dropped=self._dropped)
         counted = _counting(exporter or _otlp_exporter(settings, env),
                             taken=bounded.taken, exported=self._exported, dropped=self._dropped)
@@ -158,13 +160,10 @@ class Tracing:
         """
         parent = parse_traceparent(traceparent, tracestate)
         trace_id = parent.trace_id if parent is not None else self._rng.getrandbits(128) or 1
-        from opentelemetry.sdk.trace.sampling import Decision
-
         decision = self._sampler.should_sample(_context(parent), trace_id, "request").decision
         lag = round((trio.current_time() - arrived) * 1e9)
         return Timeline(trace_id=trace_id, span_id=self._rng.getrandbits(64) or 1,
-                        sampled=decision == Decision.RECORD_AND_SAMPLE, parent=parent,
-                        arrived=arrived,
+                        sampled=decision == self._sample, parent=parent, arrived=arrived,
                         epoch_ns=self._wall_ns() - lag, rng=self._rng)
 
     def end(self, timeline: Timeline, exchange: Exchange) -> None:
