@@ -431,3 +431,38 @@ async def test_a_json_answer_names_its_model_and_finish_reason(
     assert _times(spans["chat e1"]) == (0.0, 0.75)
     # A JSON answer has no time to first token.
     assert all("tlproxy.ttft_ms" not in (s.attributes or {}) for s in spans.values())
+
+
+@pytest.mark.parametrize(("method", "template", "status", "outcome", "error", "expected"), [
+    # (span name, status code, error.type)
+    ("POST", "/v1/chat/completions", 200, "ok", None,
+     ("POST /v1/chat/completions", StatusCode.UNSET, None)),
+    # A client's mistake is not the server's error (HTTP semantic conventions).
+    ("POST", "/v1/chat/completions", 400, "error", "invalid_request_error",
+     ("POST /v1/chat/completions", StatusCode.UNSET, None)),
+    ("POST", "/v1/chat/completions", 502, "error", "upstream_error",
+     ("POST /v1/chat/completions", StatusCode.ERROR, "upstream_error")),
+    # A stream cut after its first byte went out as a 200.
+    ("POST", "/v1/chat/completions", 200, "cut", "upstream_failed_mid_stream",
+     ("POST /v1/chat/completions", StatusCode.ERROR, "upstream_failed_mid_stream")),
+    ("GET", "/v1/models/{model}", 404, "error", "model_not_found",
+     ("GET /v1/models/{model}", StatusCode.UNSET, None)),
+    # A path that is no route: the method alone names the span (paths are unbounded).
+    ("GET", None, 404, "error", "unknown_url", ("GET", StatusCode.UNSET, None)),
+])
+async def test_the_request_span_says_how_the_request_ended(
+    autojump_clock: trio.testing.MockClock, method: str, template: str | None, status: int,
+    outcome: str, error: str | None, expected: tuple[str, StatusCode, str | None],
+) -> None:
+    traced = Traced(FakeUpstream({}))
+    timeline = traced.tracing.begin(trio.current_time(), None)
+    await trio.sleep(0.125)
+    traced.tracing.end(timeline, Exchange(
+        method=method, path="/v1/anything", route_template=template, status=status,
+        ended=trio.current_time(), outcome=outcome, error=error))
+    [span] = traced.exporter.get_finished_spans()
+    attributes = span.attributes or {}
+    assert (span.name, span.status.status_code, attributes.get("error.type")) == expected
+    assert (attributes["http.response.status_code"], attributes["tlproxy.outcome"]) == (
+        status, outcome)
+    assert _times(span) == (0.0, 0.125)
