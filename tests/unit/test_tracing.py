@@ -17,6 +17,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -466,3 +468,16 @@ async def test_the_request_span_says_how_the_request_ended(
     assert (attributes["http.response.status_code"], attributes["tlproxy.outcome"]) == (
         status, outcome)
     assert _times(span) == (0.0, 0.125)
+
+
+@given(st.text(max_size=80))
+def test_any_traceparent_header_is_read_or_ignored_never_raises(header: str) -> None:
+    parent = parse_traceparent(header)
+    assert parent is None or (parent.trace_id > 0 and parent.span_id > 0)
+
+
+@given(st.integers(1, 2**128 - 1), st.integers(1, 2**64 - 1), st.booleans())
+def test_a_traceparent_written_is_read_back(trace_id: int, span_id: int, sampled: bool) -> None:
+    parent = parse_traceparent(format_traceparent(trace_id, span_id, sampled))
+    assert parent is not None
+    assert (parent.trace_id, parent.span_id, parent.sampled) == (trace_id, span_id, sampled)
