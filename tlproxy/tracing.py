@@ -394,7 +394,8 @@ def _otlp_exporter(settings: TracingConfig, env: Mapping[str, str]) -> SpanExpor
     protocol = settings.protocol or (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf").strip().lower()
-    headers = dict(settings.headers) if settings.headers else None
+    # Lower-case: gRPC metadata refuses upper-case keys, and HTTP does not mind.
+    headers = {k.lower(): v for k, v in settings.headers.items()} if settings.headers else None
     try:
         if protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
