@@ -45,6 +45,7 @@ class Collector:
         self.spans: list[Any] = []
         self.services: set[str] = set()
         self.paths: list[str] = []
+        self.teams: set[str] = set()  # the x-team header of each export
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -60,6 +61,7 @@ class Collector:
             if not message.get("more_body"):
                 break
         self.paths.append(scope["path"])
+        self.teams.update(v.decode() for k, v in scope["headers"] if k == b"x-team")
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         for resource_spans in request.resource_spans:
@@ -80,9 +82,11 @@ class GRPCCollector:
     def __init__(self) -> None:
         self.spans: list[Any] = []
         self.services: set[str] = set()
+        self.teams: set[str] = set()
 
     def Export(self, request: ExportTraceServiceRequest,  # the gRPC method's name
                context: Any) -> ExportTraceServiceResponse:
+        self.teams.update(v for k, v in context.invocation_metadata() if k == "x-team")
         for resource_spans in request.resource_spans:
             for attribute in resource_spans.resource.attributes:
                 if attribute.key == "service.name":
@@ -167,7 +171,7 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
             async with trio.open_nursery() as nursery:
                 # A base URL: the proxy posts to its /v1/traces.
                 running = await start_proxy(nursery, _traced(
-                    endpoint, service_name="gw", protocol=protocol))
+                    endpoint, service_name="gw", protocol=protocol, headers={"X-Team": "t1"}))
                 sim = running.sims["sim"]
                 text, request_id = await _ask(running, traceparent=format_traceparent(
                     CLIENT_TRACE, CLIENT_SPAN, True))
@@ -184,6 +188,7 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
     if isinstance(collector, Collector):
         assert set(collector.paths) == {"/v1/traces"}
     assert collector.services == {"gw"}
+    assert collector.teams == {"t1"}
     [embedding] = [s for s in collector.spans if s.name == "POST /v1/embeddings"]
     assert embedded is not None and embedded.span_id.to_bytes(8, "big") == embedding.span_id
     assert embedding.trace_id == embedded.trace_id.to_bytes(16, "big") != CLIENT_TRACE
