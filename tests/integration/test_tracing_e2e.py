@@ -218,7 +218,7 @@ async def test_spans_of_a_request_arrive_in_the_clients_trace(
     assert line.fields["trace_id"] == f"{CLIENT_TRACE:032x}"
     assert embedding_line.fields["trace_id"] == (
         embedding.trace_id.hex())
-    assert running.app.metrics.trace_spans_exported._value.get() == 3
+    assert running.app.metrics.registry.get_sample_value("tlproxy_trace_spans_exported_total") == 3
 
 
 def _refused_endpoint() -> str:
@@ -263,8 +263,9 @@ async def test_a_collector_that_is_down_changes_nothing_for_the_client(collector
         outer.cancel_scope.cancel()
     assert answers["traced"] == answers["untraced"] != ""
     metrics = running.app.metrics
-    assert metrics.trace_spans_dropped.labels("export_failed")._value.get() == 2
-    assert metrics.trace_spans_exported._value.get() == 0
+    assert metrics.registry.get_sample_value(
+        "tlproxy_trace_spans_dropped_total", {"reason": "export_failed"}) == 2
+    assert metrics.registry.get_sample_value("tlproxy_trace_spans_exported_total") == 0
 
 
 async def test_tracing_off_adds_no_header_upstream_and_no_trace_id() -> None:

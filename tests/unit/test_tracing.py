@@ -243,7 +243,7 @@ async def test_the_span_tree_of_a_raced_request(autojump_clock: trio.testing.Moc
     recorded = repr([(s.attributes, [e.attributes for e in s.events])
                      for s in traced.spans().values()])
     assert "report" not in recorded and "answer" not in recorded
-    assert traced.metrics.trace_spans_exported._value.get() == 4
+    assert traced.metrics.registry.get_sample_value("tlproxy_trace_spans_exported_total") == 4
 
 
 async def test_a_failed_attempt_is_an_error_span_and_the_fallback_wins(
@@ -364,8 +364,9 @@ async def test_spans_an_exporter_fails_to_deliver_are_counted(
                              batch=False)
     request = await traced.chat(Client(), model="economy", messages=QUESTION, stream=True)
     assert request.status == 200
-    assert traced.metrics.trace_spans_dropped.labels("export_failed")._value.get() == 2
-    assert traced.metrics.trace_spans_exported._value.get() == 0
+    assert traced.metrics.registry.get_sample_value(
+        "tlproxy_trace_spans_dropped_total", {"reason": "export_failed"}) == 2
+    assert traced.metrics.registry.get_sample_value("tlproxy_trace_spans_exported_total") == 0
 
 
 @pytest.mark.parametrize(("endpoint", "env", "url"), [
