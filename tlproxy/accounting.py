@@ -44,6 +44,7 @@ from .shadow import Shadow, ShadowResult, shadow_config_for, should_sample
 
 if TYPE_CHECKING:
     from .limits import KeyLimits
+    from .tracecontext import Timeline
 
 __all__ = ["Accounting", "ShadowAnswer", "ShadowPlan", "Tab", "refused_upstream"]
 
@@ -75,7 +76,7 @@ class Tab:
     """
 
     __slots__ = ("arrived", "cost_usd", "held_row", "id", "key", "limit_headers", "reserved",
-                 "shadow", "usage_tokens")
+                 "shadow", "trace", "usage_tokens")
 
     def __init__(self, request_id: str, key: ClientKey | None, arrived: float) -> None:
         self.id = request_id
@@ -94,6 +95,8 @@ class Tab:
         self.limit_headers: dict[str, str] = {}
         # A sampled request's shadow, collecting the primary's text.
         self.shadow: ShadowPlan | None = None
+        # The request's trace, when tracing is on (the engine notes its facts there).
+        self.trace: Timeline | None = None
 
 
 class ShadowPlan:
@@ -129,8 +132,8 @@ class Accounting:
     # -- the ledger --------------------------------------------------------
 
     def attempt(self, record: AttemptRecord, tab: Tab, body: dict[str, Any],
-                tier: str | None, rule: str, *, stream: bool = True) -> None:
-        """Price one finished attempt and queue its row; adds its cost to the tab.
+                tier: str | None, rule: str, *, stream: bool = True) -> LedgerRow | None:
+        """Price one finished attempt and queue its row (returned); adds its cost to the tab.
 
         `tier` and `rule` are the request's decision; an attempt outside `tier`
         (or any attempt, when `tier` is None: no decision was made) has the
@@ -140,7 +143,7 @@ class Accounting:
         """
         model = self.config.model(record.candidate.key)
         if model is None:
-            return
+            return None
         winner = record.outcome == "won"
         usage = usage_from_openai(record.usage)
         if usage is None and refused_upstream(record.error, record.chunks):
@@ -174,6 +177,7 @@ class Accounting:
             tab.held_row = row
         elif self.ledger is not None:
             self.ledger.record(row)
+        return row
 
     def finish(self, tab: Tab, *, client_ttft: float | None, client_gone: bool) -> None:
         """The request is over: queue its winner's row with what the client saw.

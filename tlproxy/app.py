@@ -50,6 +50,8 @@ from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
 from .shadow import Shadow
+from .tracecontext import UPSTREAM_HEADERS
+from .tracing import Exchange, build_tracing
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 
 __all__ = ["App", "create_app"]
@@ -65,6 +67,8 @@ _UNSUPPORTED = (
     "realtime", "evals", "containers", "conversations", "videos", "chatkit",
 )
 _SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
+# Probes and scrapes: no metrics, no access log line, no trace.
+_UNTRACED = ("/metrics", "/healthz", "/readyz")
 
 
 class App:
@@ -75,6 +79,7 @@ class App:
         self.providers = providers
         self.metrics = Metrics()
         self.access = AccessLog()
+        self.tracing = build_tracing(config, self.metrics)
         self._keys = [
             (bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in config.keys
         ]
@@ -142,6 +147,8 @@ class App:
         for provider in self.providers.values():
             await provider.aclose()
         await self.limiter.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()
 
     def _limits(self, key: ClientKey) -> KeyLimits:
         limits = self._key_limits.get(key.name)
@@ -191,6 +198,14 @@ class App:
         if scope["type"] != "http":
             return
         request = Request(scope, receive, send)
+        context = None
+        if self.tracing is not None and request.path not in _UNTRACED:
+            request.trace = self.tracing.begin(
+                request.arrived, _header(request, "traceparent"), _header(request, "tracestate"))
+            # Upstream calls outside a race attempt (embeddings, the classifier)
+            # are children of the request span.
+            context = UPSTREAM_HEADERS.set(
+                ((b"traceparent", request.trace.traceparent().encode()),))
         try:
             await self._dispatch(request)
         except ClientGone:
@@ -211,9 +226,34 @@ class App:
                                    complete=request.answered)
             self._settle(request)
             self._observe(request)
+            if context is not None:
+                UPSTREAM_HEADERS.reset(context)
+                self._trace(request)
+
+    def _trace(self, request: Request) -> None:
+        """Hand the request's spans to the exporter; a failure here is logged, never raised."""
+        assert self.tracing is not None and request.trace is not None
+        path = request.path.rstrip("/") or "/"
+        template = path if (request.method, path) in self._routes else (
+            "/v1/models/{model}" if path.startswith("/v1/models/") else None)
+        call = request.call
+        requested = (call.facts.requested if isinstance(call, ChatCall)
+                     else call.embedding.model if isinstance(call, EmbeddingCall) else None)
+        try:
+            self.tracing.end(request.trace, Exchange(
+                method=request.method, path=request.path, route_template=template,
+                status=request.status or 499, ended=trio.current_time(),
+                scheme=str(request.scope.get("scheme", "http")),
+                http_version=str(request.scope.get("http_version", "1.1")),
+                request_id=request.id, key=request.key.name if request.key else None,
+                requested_model=requested, route=request.route, ttft=request.ttft,
+                cost_usd=request.tab.cost_usd if request.tab is not None else None,
+                outcome=_outcome(request), error=request.error))
+        except Exception:
+            log.exception("request %s: its trace could not be recorded", request.id)
 
     def _observe(self, request: Request) -> None:
-        if request.path in ("/metrics", "/healthz", "/readyz"):
+        if request.path in _UNTRACED:
             return
         route = request.route
         endpoint = request.path.removeprefix("/v1/")
@@ -242,6 +282,8 @@ class App:
             "duration_ms": round(duration * 1000, 1),
             "outcome": _outcome(request),
             "error": request.error,
+            # The request's trace, when tracing is on: a log line leads to its trace.
+            "trace_id": f"{request.trace.trace_id:032x}" if request.trace is not None else None,
         })
 
     async def _dispatch(self, request: Request) -> None:
@@ -345,6 +387,7 @@ class App:
             id=request.id, arrived=request.arrived, key=request.key, headers=headers,
             chat=chat, body=raw, facts=ChatFacts.of(raw, headers))
         request.tab = tab = Tab(request.id, request.key, request.arrived)
+        tab.trace = request.trace
         await serve_chat(request, self.engine, call, tab, slots=self.streams,
                          metrics=self.metrics)
 
@@ -369,6 +412,7 @@ class App:
         request.call = call = EmbeddingCall(id=request.id, arrived=request.arrived,
                                             key=request.key, embedding=embedding, body=raw)
         request.tab = tab = Tab(request.id, request.key, request.arrived)
+        tab.trace = request.trace
         await render_embeddings(request, await self.engine.embed(call, tab))
 
     def _model_objects(self) -> list[dict[str, Any]]:
@@ -467,6 +511,11 @@ def _outcome(request: Request) -> str:
     if request.error is None:
         return "ok"
     return "cut" if request.error == CUT_MID_STREAM else "error"
+
+
+def _header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _ignore(_pair: object) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "ShadowConfig",
     "SimHabit",
     "SimModelProfile",
+    "TracingConfig",
 ]
 
 Tier = Literal["premium", "economy", "embedding"]
@@ -306,6 +307,41 @@ class LedgerConfig(_Strict, frozen=True):
     queue_size: int = 10_000
 
 
+class TracingConfig(_Strict, frozen=True):
+    """OpenTelemetry traces over OTLP (needs the ``tracing`` extra). Off by default.
+
+    A value left out here falls back to the standard ``OTEL_*`` environment
+    variable, then to the SDK's default; a value given here wins over both.
+    """
+
+    enabled: bool = False
+    # The collector's URL: for "http", the traces URL (a bare base URL such as
+    # http://collector:4318 gets /v1/traces appended); for "grpc", host:port or
+    # a URL (http:// for plain text). None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    # OTEL_EXPORTER_OTLP_ENDPOINT, then localhost.
+    endpoint: str | None = None
+    # "http" (OTLP/HTTP protobuf) or "grpc". None: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    # OTEL_EXPORTER_OTLP_PROTOCOL, then "http".
+    protocol: Literal["http", "grpc"] | None = None
+    # Headers sent with every export (a vendor's API key, as ``${ENV_VAR}``,
+    # resolved at load time). None: OTEL_EXPORTER_OTLP_TRACES_HEADERS / _HEADERS.
+    headers: dict[str, str] | None = None
+    # The share of new traces recorded, 0 to 1; a client's traceparent's
+    # sampled flag is followed whatever this says. None: OTEL_TRACES_SAMPLER
+    # and OTEL_TRACES_SAMPLER_ARG, else every trace.
+    sample_ratio: float | None = None
+    # The `service.name` resource attribute. None: OTEL_SERVICE_NAME, the
+    # service.name of OTEL_RESOURCE_ATTRIBUTES, else "tlproxy".
+    service_name: str | None = None
+    # Seconds one export may take, retries included; also the most a shutdown
+    # waits for the last spans. None: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT /
+    # OTEL_EXPORTER_OTLP_TIMEOUT, else 10.
+    timeout: float | None = None
+    # Spans waiting for export at most; more are dropped (and counted). None:
+    # OTEL_BSP_MAX_QUEUE_SIZE, else 2048.
+    max_queue_size: int | None = None
+
+
 class LimitsConfig(_Strict, frozen=True):
     # Shared state across workers and instances; None keeps limits in memory.
     redis_url: str | None = None
@@ -335,6 +371,7 @@ class Config(_Strict, frozen=True):
     classifier: ClassifierConfig = ClassifierConfig()
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
+    tracing: TracingConfig = TracingConfig()
     shadow: ShadowConfig | None = None
     # Keys allowed on admin endpoints (``/v1/tlproxy/*``), as ``sha256:<hex>``.
     admin_keys: list[str] = []

@@ -18,6 +18,7 @@ store will write in.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import re
@@ -39,6 +40,7 @@ from .config import (
     ProviderConfig,
     ServerConfig,
     ShadowConfig,
+    TracingConfig,
 )
 from .policy import DEFAULT_RULES
 
@@ -94,6 +96,7 @@ def problems(config: Config, *, serving: bool = False) -> list[Problem]:
         *_ledger(config.ledger),
         *_limits(config.limits),
         *_admin_keys(config.admin_keys),
+        *_tracing(config.tracing),
     ]
     if serving:
         if not config.models:
@@ -408,6 +411,36 @@ def _limits(limits: LimitsConfig) -> Iterator[Problem]:
     yield from _at_least("limits.max_streams_per_worker", limits.max_streams_per_worker, 1)
     yield from _at_least("limits.max_streams_per_key", limits.max_streams_per_key, 1,
                          " (leave it out for no limit)")
+
+
+# The modules a tracing config needs, by protocol, from the ``tracing`` extra.
+_TRACING_MODULES = {
+    None: ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"),
+    "http": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"),
+    "grpc": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"),
+}
+
+
+def _tracing(tracing: TracingConfig) -> Iterator[Problem]:
+    if not tracing.enabled:
+        return
+    if tracing.sample_ratio is not None:
+        yield from _fraction("tracing.sample_ratio", tracing.sample_ratio)
+    yield from _positive("tracing.timeout", tracing.timeout)
+    yield from _at_least("tracing.max_queue_size", tracing.max_queue_size, 1)
+    if tracing.endpoint is not None and not tracing.endpoint.strip():
+        yield Problem("tracing.endpoint", "must not be empty (leave it out for the default)")
+    for name in tracing.headers or {}:
+        if not name or not _BARE.fullmatch(name):
+            yield Problem(key_path("tracing", "headers", name),
+                          "not a valid HTTP header name")
+    for module in _TRACING_MODULES[tracing.protocol]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            yield Problem("tracing.enabled", f"tracing needs the 'tracing' extra, which is not "
+                          f"installed (no module {module}): pip install 'tlproxy[tracing]'")
+            return
 
 
 def _admin_keys(admin_keys: list[str]) -> Iterator[Problem]:

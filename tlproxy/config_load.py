@@ -69,7 +69,13 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     if ledger.postgres_url:
         ledger = msgspec.structs.replace(ledger, postgres_url=_resolve_env(
             ledger.postgres_url, "ledger.postgres_url", env, missing))
-    config = msgspec.structs.replace(config, providers=providers, limits=limits, ledger=ledger)
+    tracing = config.tracing
+    if tracing.headers:
+        tracing = msgspec.structs.replace(tracing, headers={
+            name: _resolve_env(value, key_path("tracing", "headers", name), env, missing)
+            for name, value in tracing.headers.items()})
+    config = msgspec.structs.replace(config, providers=providers, limits=limits, ledger=ledger,
+                                     tracing=tracing)
     found = [*missing, *problems(config, serving=serving)]
     if found:
         located = [_locate(path, text, where, message) for where, message in found]

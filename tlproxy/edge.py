@@ -35,6 +35,7 @@ from .sse import DONE, encode_data
 if TYPE_CHECKING:
     from .accounting import Tab
     from .call import ChatCall, EmbeddingCall
+    from .tracecontext import Timeline
 
 __all__ = ["CUT_MID_STREAM", "ClientGone", "Request", "StreamSlots", "cancelled_on_disconnect",
            "render_chat", "render_embeddings", "render_error", "route_headers", "serve_chat"]
@@ -55,7 +56,7 @@ class Request:
 
     __slots__ = (
         "answered", "arrived", "call", "client_gone", "error", "headers", "id", "key", "method",
-        "path", "receive", "route", "scope", "send", "started", "status", "tab", "ttft",
+        "path", "receive", "route", "scope", "send", "started", "status", "tab", "trace", "ttft",
     )
 
     def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -84,6 +85,8 @@ class Request:
         # A request the engine serves: its value and its account (`accounting.Tab`).
         self.call: ChatCall | EmbeddingCall | None = None
         self.tab: Tab | None = None
+        # Its trace, when tracing is on (`tracing.Tracing.begin`).
+        self.trace: Timeline | None = None
 
     def text_headers(self) -> dict[str, str]:
         return {k: v.decode("latin-1") for k, v in self.headers.items()}

@@ -48,6 +48,7 @@ from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
+from .tracecontext import attempt_started
 
 __all__ = [
     "Admit", "Answer", "Batches", "ChunkSource", "Engine", "Gated", "Reply", "Stream",
@@ -196,6 +197,8 @@ class Engine:
             # The race is over before the edge writes: nothing left to cancel.
             async with self._race(call, tab, plan, stream=False) as (route, winner):
                 answer = winner.first_chunks[-1]
+            if tab.trace is not None:
+                tab.trace.answer(answer)
             tab.usage_tokens = total_tokens(answer.get("usage"))
             tab.shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
             if tab.shadow is not None:
@@ -205,6 +208,7 @@ class Engine:
             return
         async with self._race(call, tab, plan, stream=True) as (route, winner):
             tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
+            trace = tab.trace
 
             def tap(chunk: Chunk) -> None:
                 usage = chunk.get("usage")
@@ -212,6 +216,8 @@ class Engine:
                     tab.usage_tokens = total_tokens(usage)
                 if shadow is not None:
                     shadow.parts.extend(first_choice_text(chunk))
+                if trace is not None:
+                    trace.answer(chunk)
 
             def failed(exc: UpstreamError) -> None:
                 self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
@@ -250,11 +256,19 @@ class Engine:
         admit = self.admit if self.gated is None or self.gated(call) else None
         slow = plan.policy is not None or admit is not None
         booking = _Booking(plan.tier, plan.rule, decided=not slow)
+        trace = tab.trace
+        if trace is not None and not slow:
+            trace.decided(trio.current_time(), plan.tier, plan.rule)
 
         def on_record(record: AttemptRecord) -> None:
             self._on_record(record, stream)
-            booking.book(lambda tier, rule: self.accounting.attempt(
-                record, tab, body, tier, rule, stream=stream))
+
+            def write(tier: str | None, rule: str) -> None:
+                row = self.accounting.attempt(record, tab, body, tier, rule, stream=stream)
+                if trace is not None and row is not None:
+                    trace.booked(record, row.cost_usd)
+
+            booking.book(write)
 
         async def decide() -> str:
             semantic: list[str | None] = [None]
@@ -263,7 +277,10 @@ class Engine:
                     nursery.start_soon(admit, call, tab)
                 if plan.policy is not None and self.classifier is not None:
                     nursery.start_soon(self._classify, call, tab, semantic)
-            return booking.decide(*self.router.finish(plan, semantic[0]))
+            tier, rule = self.router.finish(plan, semantic[0])
+            if trace is not None:
+                trace.decided(trio.current_time(), tier, rule)
+            return booking.decide(tier, rule)
 
         if slow and not speculate:
             # Decide first, then race only inside the decided tier.
@@ -279,6 +296,7 @@ class Engine:
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
             model = models[candidate.key]
             provider = self.providers[model.provider]
+            attempt_started(trace, candidate.key)  # its upstream request joins the trace
             if stream:
                 async with provider.stream_chat(body, model=model.upstream_id) as chunks:
                     yield chunks

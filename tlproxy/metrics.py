@@ -96,6 +96,14 @@ class Metrics:
             "tlproxy_gc_young_threshold",
             "Net allocations between two collections of the youngest generation.", registry=r)
         self.gc_young.set_function(lambda: gc.get_threshold()[0])
+        # Tracing ([tracing]): spans handed to the exporter, and spans lost.
+        self.trace_spans_exported = Counter(
+            "tlproxy_trace_spans_exported", "Spans the trace exporter delivered.", registry=r)
+        self.trace_spans_dropped = Counter(
+            "tlproxy_trace_spans_dropped",
+            "Spans lost before a collector had them: queue_full (the export queue was full, "
+            "the collector slow or down), export_failed (the exporter gave up on them), "
+            "shutdown (ended after tracing shut down).", ["reason"], registry=r)
         # Label lookups take a lock and validate every value: each combination is
         # resolved once and kept (tiers and models come from the catalog: a few).
         self._spend: dict[tuple[str, str, str, str], _Spend] = {}

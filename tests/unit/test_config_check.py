@@ -99,6 +99,11 @@ CASES = [
      "models[3].first_token_timeout", "more than 0 seconds", 5),
     ('[[models]]\nid = "x"\nprovider = "sim"\ntier = "economy"\n'
      "[models.prices]\noutput = -1.0\n", "models[3].prices.output", "at least 0", 6),
+    ("[tracing]\nenabled = true\nsample_ratio = 1.5\n", "tracing.sample_ratio",
+     "between 0 and 1", 3),
+    ("[tracing]\nenabled = true\ntimeout = 0\n", "tracing.timeout", "more than 0 seconds", 3),
+    ('[tracing]\nenabled = true\n[tracing.headers]\n"x y" = "v"\n', 'tracing.headers."x y"',
+     "not a valid HTTP header name", 4),
 ]
 
 

@@ -44,6 +44,7 @@ import httpcore2
 
 from ..config import ProviderConfig
 from ..errors import UpstreamError
+from ..tracecontext import UPSTREAM_HEADERS
 
 __all__ = [
     "Endpoint",
@@ -195,7 +196,9 @@ class Transport:
     def _post(self, endpoint: Endpoint, body: bytes) -> httpcore2.Request:
         return httpcore2.Request(
             b"POST", endpoint.url,
-            headers=[*endpoint.headers, (b"content-length", b"%d" % len(body))],
+            # The task's trace context (`tracecontext`: empty unless tracing is on).
+            headers=[*endpoint.headers, *UPSTREAM_HEADERS.get(),
+                     (b"content-length", b"%d" % len(body))],
             content=body, extensions=self._extensions,
         )
 
