@@ -9,6 +9,7 @@ import functools
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -106,6 +107,26 @@ async def _shutdown_when_orphaned(stop: trio.Event, parent: int) -> None:
 _GC_YOUNG = 7000
 
 
+def _raise_open_files_limit() -> None:
+    """Let the process hold as many sockets as the system allows it.
+
+    Each client connection is a file descriptor, and each upstream
+    connection another: a worker holding 10,000 idle keep-alive connections
+    needs more than the soft limit many systems start a process with (1,024).
+    The hard limit is the operator's ceiling; the soft one is raised to it,
+    as Go's runtime does for every program.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+
+# Where the soft limit goes when the hard one is unlimited.
+_OPEN_FILES_CAP = 1 << 20
+
+
 def _freeze_startup_heap() -> None:
     """Leave what start-up built out of every later garbage collection.
 
@@ -154,6 +175,7 @@ async def _serve_main(config: Config, host: str, port: int, bind: list[str] | No
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    _raise_open_files_limit()
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     workers = args.workers if args.workers is not None else config.server.workers

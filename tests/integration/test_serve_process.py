@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,3 +65,40 @@ def test_serve_freezes_its_startup_heap_out_of_garbage_collection(tmp_path: Path
     finally:
         server.terminate()
         server.process.communicate(timeout=60.0)
+
+
+def _limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = (resource.RLIM_INFINITY if value == "unlimited" else int(value)
+                          for value in line.split()[3:5])
+            return soft, hard
+    raise AssertionError("no open files limit")
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    # Started the way many systems start a process, with a soft limit of 256
+    # descriptors: 10,000 kept-alive connections would fail to be accepted.
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlproxy.cli", "serve", "--config", str(config), "--port", "0",
+         "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=low_soft_limit)
+    try:
+        # The banner is printed once the worker listens, after the limit was set.
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert "tlproxy" in banner
+        soft_now, hard_now = _limit(process.pid)
+        assert hard_now == hard
+        assert soft_now == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60.0)
