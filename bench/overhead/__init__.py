@@ -56,7 +56,8 @@ Method
   (its ceiling is ``nproc`` x 100 %). What the machine spent beyond the groups is "other", and
   a run where it was large is flagged: on a shared machine the numbers are then not the
   proxy's alone. Memory: the proxy's VmRSS, summed over its processes, sampled every 0.2 s
-  (peak reported), and the sum of their VmHWM.
+  (peak reported), and the sum of their VmHWM. Memory under many open streams and idle
+  connections is `bench.overhead.memory`'s, a command of its own.
 
 Caveats
 -------
@@ -73,7 +74,7 @@ Caveats
 
 Layout: `stats` (pure functions and configs), `render` (tables), `procs` (subprocesses and
 /proc), `load` (clients, slices, a whole run), `cli` (options and ``main``), `floors` (the
-floor servers).
+floor servers), `memory` (the memory command).
 """
 
 from __future__ import annotations

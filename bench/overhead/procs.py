@@ -141,9 +141,12 @@ def _bench_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(args: argparse.Namespace, ttft_ms: float,
-                        workdir: Path) -> AsyncIterator[Stack]:
-    """The upstream and every target in front of it, as subprocesses, killed on the way out."""
+async def running_stack(args: argparse.Namespace, ttft_ms: float, workdir: Path, *,
+                        max_connections: int | None = None) -> AsyncIterator[Stack]:
+    """The upstream and every target in front of it, as subprocesses, killed on the way out.
+
+    ``max_connections`` sizes the proxy's pool to the upstream (the proxy's default if None).
+    """
     env = {**os.environ, "TLPROXY_LOG_LEVEL": "WARNING"}
     bench_env = _bench_env(env)
     # Which targets run this checkout's bench code rather than tlproxy's.
@@ -152,7 +155,8 @@ async def running_stack(args: argparse.Namespace, ttft_ms: float,
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     upstream = urls["direct"]
     config = workdir / f"proxy-{ttft_ms:g}.toml"
-    config.write_text(proxy_config_toml(upstream + "/v1", ledger=args.ledger))
+    config.write_text(proxy_config_toml(upstream + "/v1", ledger=args.ledger,
+                                        max_connections=max_connections))
     proxy_cmd = [sys.executable, "-m", "tlproxy.cli", "serve", "--config", str(config),
                  "--host", "127.0.0.1", "--port", str(ports["proxy"])]
     if args.proxy_workers is not None:

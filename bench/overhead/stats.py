@@ -191,9 +191,14 @@ def _has_content(event: bytes) -> bool:
     return False
 
 
-def proxy_config_toml(upstream_base_url: str, *, ledger: bool = True) -> str:
-    """The proxy's config: one OpenAI-compatible provider (the upstream) behind each tier."""
+def proxy_config_toml(upstream_base_url: str, *, ledger: bool = True,
+                      max_connections: int | None = None) -> str:
+    """The proxy's config: one OpenAI-compatible provider (the upstream) behind each tier.
+
+    ``max_connections`` sizes the proxy's pool to the upstream (its own default otherwise).
+    """
     ledger_section = "" if ledger else "[ledger]\nenabled = false\n\n"
+    pool = "" if max_connections is None else f"max_connections = {max_connections}\n"
     return f"""\
 {ledger_section}[server]
 host = "127.0.0.1"
@@ -203,7 +208,7 @@ graceful_timeout = 1.0
 [providers.up]
 kind = "openai"
 base_url = "{upstream_base_url}"
-
+{pool}
 [[models]]
 id = "gpt-5-nano"
 provider = "up"

@@ -91,3 +91,30 @@ def test_the_simulated_upstream_without_floors_measures_direct_and_proxy(
         assert run["proxy"]["errors"] == 0, run["proxy"]["error_kinds"]
         assert run["proxy"]["cpu_ms_per_request"] is not None
     assert result["settings"]["upstream"] == "sim"
+
+
+def test_memory_command_holds_streams_and_idle_connections_and_reports_rss(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "m.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.overhead.memory", "--streams", "20", "--idle", "60",
+         "--parallel", "16", "--hold", "0.3", "--inter-token-ms", "500", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    result = json.loads(out.read_text())
+
+    streams, idle = result["phases"]["streams"], result["phases"]["idle"]
+    assert (streams["opened"], streams["errors"]) == (20, 0), streams["error_kinds"]
+    assert idle["held"] == 60
+    assert idle["first_request"] == {"ok": 60}
+    assert idle["fresh_connection"] == "ok"
+    # Held well inside the proxy's keep-alive timeout: every connection still answers.
+    assert idle["second_request"] == {"ok": 60}
+    assert idle["errors"] == 0
+    for phase in (streams, idle):
+        rss = phase["rss_kib"]
+        assert 0 < rss["before"] <= rss["hwm"]
+        assert 0 < rss["peak_sampled"] <= rss["hwm"]
+    assert result["settings"]["rlimit_nofile"] >= 20

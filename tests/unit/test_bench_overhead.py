@@ -5,6 +5,8 @@ the hello floor (checked with the tool's own stream detector)."""
 from __future__ import annotations
 
 import argparse
+import resource
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from bench.overhead import (
 )
 from bench.overhead.cli import check_args
 from bench.overhead.floors import hello
-from bench.overhead.stats import Record, Tally, compare
+from bench.overhead.memory import raise_nofile
+from bench.overhead.stats import Record, Tally, compare, proxy_config_toml
 
 
 @pytest.mark.parametrize(
@@ -195,3 +198,28 @@ async def test_hello_answers_a_chat_completion_after_reading_the_body() -> None:
     assert start["status"] == 200
     assert dict(start["headers"])[b"content-length"] == b"%d" % len(body["body"])
     assert orjson.loads(body["body"])["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_nofile_limit_is_raised_to_what_is_asked_within_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        assert raise_nofile(soft) == soft  # never lowered
+        assert raise_nofile(1) == soft
+        higher = soft + 1 if hard == resource.RLIM_INFINITY else min(soft + 1, hard)
+        assert raise_nofile(soft + 1) == higher
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (higher, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize(
+    ("max_connections", "line"),
+    [(None, None), (2000, "max_connections = 2000")],
+)
+def test_proxy_config_sizes_the_upstream_pool_only_when_asked(max_connections: int | None,
+                                                             line: str | None) -> None:
+    conf = tomllib.loads(proxy_config_toml("http://127.0.0.1:1/v1", ledger=False,
+                                           max_connections=max_connections))
+    assert conf["providers"]["up"].get("max_connections") == max_connections
+    assert conf["ledger"] == {"enabled": False}
+    assert line is None or line in proxy_config_toml("u", max_connections=max_connections)
