@@ -114,7 +114,6 @@ def test_memory_command_holds_streams_and_idle_connections_and_reports_rss(
     assert idle["second_request"] == {"ok": 60}
     assert idle["errors"] == 0
     for phase in (streams, idle):
-        rss = phase["rss_kib"]
-        assert 0 < rss["before"] <= rss["hwm"]
-        assert 0 < rss["peak_sampled"] <= rss["hwm"]
+        # VmRSS and VmHWM come from counters the kernel sums lazily: no order between them.
+        assert all(value > 0 for value in phase["rss_kib"].values()), phase["rss_kib"]
     assert result["settings"]["rlimit_nofile"] >= 20

@@ -18,6 +18,7 @@ from bench.overhead import (
     ALL_TARGETS,
     FirstContentDetector,
     build_parser,
+    main,
     nginx_config,
     render_markdown,
     slice_order,
@@ -26,7 +27,7 @@ from bench.overhead import (
 from bench.overhead.cli import check_args
 from bench.overhead.floors import hello
 from bench.overhead.memory import raise_nofile
-from bench.overhead.stats import Record, Tally, compare, proxy_config_toml
+from bench.overhead.stats import RESULT_FORMAT, Record, Tally, compare, proxy_config_toml
 
 
 @pytest.mark.parametrize(
@@ -223,3 +224,17 @@ def test_proxy_config_sizes_the_upstream_pool_only_when_asked(max_connections: i
     assert conf["providers"]["up"].get("max_connections") == max_connections
     assert conf["ledger"] == {"enabled": False}
     assert line is None or line in proxy_config_toml("u", max_connections=max_connections)
+
+
+def test_report_prints_a_saved_result_and_refuses_an_older_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved = tmp_path / "r.json"
+    saved.write_bytes(orjson.dumps({**_result(), "format": RESULT_FORMAT}))
+    assert main(["--report", str(saved)]) == 0
+    assert "Summary, upstream TTFT 200 ms" in capsys.readouterr().out
+
+    older = tmp_path / "old.json"
+    older.write_bytes(orjson.dumps(_result()))  # no "format": the two-target tool's files
+    with pytest.raises(SystemExit, match=r"older bench\.overhead"):
+        main(["--report", str(older)])
