@@ -62,9 +62,14 @@ Method
 Caveats
 -------
 * Client, upstream and target share the machine's cores (two on the reference machine).
-  Through an intermediary, three busy processes compete for them; directly, only two. When the machine column
-  nears ``nproc`` x 100 %, the proxy numbers include waiting for a core, not only the proxy's
-  own work; the client's CPU column tells whether the client itself was the bottleneck.
+  Through an intermediary, three busy processes compete for them; directly, only two. When
+  the machine column nears ``nproc`` x 100 %, the latencies include waiting for a core, not
+  only the target's own work; the client's CPU column tells whether the client itself was the
+  bottleneck.
+* CPU per request depends on the rate: when few requests are in flight, or a stream's events
+  arrive far apart, each request or event pays its own wakeups, reads and writes, which a
+  saturated loop shares; so it is higher at 8 streams than at 64. Compare targets at the same
+  load and concurrency, in the same run.
 * Closed-loop numbers: throughput is what C workers achieve, not a capacity at a latency
   target, and the latency they see is bounded by the queueing they cause themselves.
 * "Added TTFT" at a percentile is the proxy's TTFT percentile minus the direct one (two
