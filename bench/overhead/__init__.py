@@ -45,9 +45,9 @@ Method
   (measured in a warm-up), and only the steady part of the slice counts: without the stagger a
   fixed-latency upstream answers all C requests of a closed loop in the same instant, round
   after round, and the numbers would describe a synchronized burst instead of a steady load.
-* Client: httpx on trio, HTTP/1.1, one ``httpx.AsyncClient`` (a pool of one keep-alive
-  connection) per worker, so C workers hold C connections; see `make_clients` for why not one
-  shared pool (``--client-pool shared`` measures that way too).
+* Client: httpcore2 on trio, HTTP/1.1, one pool of one keep-alive connection per worker, so C
+  workers hold C connections; see `make_clients` for why not httpx (``--client-pool shared``
+  measures with one shared pool).
   A slice lasts at least three typical request durations, so a slow target still starts
   requests inside it (the run then takes longer than ``--duration``).
 * CPU: utime+stime deltas from ``/proc/<pid>/stat`` over each measured window, for every

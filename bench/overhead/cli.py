@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also measure the floors: a bare proxy hop and hypercorn-trio "
                              "alone (bench.overhead.floors; default on)")
     parser.add_argument("--client-pool", choices=("per-worker", "shared"), default="per-worker",
-                        help="one httpx client per worker (default), or one shared pool")
+                        help="one httpcore2 pool per worker (default), or one shared pool")
     parser.add_argument("--nginx", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure nginx as a plain reverse proxy to the same upstream "
                              "(default: on when an nginx binary is found; --no-nginx skips it)")
