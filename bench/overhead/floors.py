@@ -114,6 +114,7 @@ async def _serve(app: App, host: str, port: int) -> None:
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.keep_alive_timeout = 120.0
+    config.backlog = 4096  # as the proxy's: C clients connecting at once are not refused
     async with trio.open_nursery() as nursery:
         # hypercorn types each ASGI message; these apps use plain dicts, as the proxy does.
         asgi = cast("hypercorn.typing.ASGIFramework", app)

@@ -20,6 +20,7 @@ from bench.overhead import (
     build_parser,
     main,
     nginx_config,
+    procs,
     render_markdown,
     slice_order,
     targets_for,
@@ -27,6 +28,7 @@ from bench.overhead import (
 from bench.overhead.cli import check_args
 from bench.overhead.floors import hello
 from bench.overhead.memory import raise_nofile
+from bench.overhead.procs import _bench_env, floor_command, upstream_command
 from bench.overhead.stats import RESULT_FORMAT, Record, Tally, compare, proxy_config_toml
 
 
@@ -238,3 +240,29 @@ def test_report_prints_a_saved_result_and_refuses_an_older_layout(
     older.write_bytes(orjson.dumps(_result()))  # no "format": the two-target tool's files
     with pytest.raises(SystemExit, match=r"older bench\.overhead"):
         main(["--report", str(older)])
+
+
+@pytest.mark.parametrize(
+    ("upstream", "module", "itl_flag"),
+    [("fast", "bench.fast_upstream", "--itl-ms"), ("sim", "tlproxy.cli", "--inter-token-ms")],
+)
+def test_upstream_command_passes_the_timing_to_either_upstream(upstream: str, module: str,
+                                                               itl_flag: str) -> None:
+    args = build_parser().parse_args(["--upstream", upstream, "--tokens", "7",
+                                      "--inter-token-ms", "2.5"])
+    command = upstream_command(args, 8001, 150.0)
+    assert command[1:3] == ["-m", module]
+    assert (upstream == "sim") == ("sim" in command)
+    for flag, value in (("--port", "8001"), ("--ttft-ms", "150"), ("--tokens", "7"),
+                        (itl_flag, "2.5")):
+        assert command[command.index(flag) + 1] == value
+
+
+def test_floors_and_fast_upstream_import_this_checkout_before_a_measured_snapshot() -> None:
+    root = str(Path(procs.__file__).resolve().parents[2])
+    assert _bench_env({"A": "1"}) == {"A": "1", "PYTHONPATH": root}
+    env = _bench_env({"PYTHONPATH": "/tmp/snapshot"})
+    assert env["PYTHONPATH"].split(":") == [root, "/tmp/snapshot"]
+    command = floor_command("bare", 9000, "http://127.0.0.1:8001")
+    assert command[1:4] == ["-m", "bench.overhead.floors", "bare"]
+    assert command[command.index("--upstream") + 1] == "http://127.0.0.1:8001/v1"
