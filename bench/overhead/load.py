@@ -69,9 +69,10 @@ def make_clients(count: int, *, shared: bool) -> list[httpcore2.AsyncConnectionP
 
     httpcore2 directly, not httpx: the client shares the machine's cores with the target, and
     httpx's objects cost a third more CPU per request (0.38 to 0.41 ms against 0.26 to 0.29
-    here, 32 workers against the fast upstream). One pool per worker by default, as with
-    httpcore 1.0, whose pool rescanned every connection for every queued request
-    (encode/httpcore#1035); ``shared`` measures one pool of ``count`` connections.
+    here, 32 workers against the fast upstream). One pool per worker by default, so each
+    worker keeps its own connection (httpcore 1.0's shared pool rescanned every connection for
+    every queued request, encode/httpcore#1035, and made the client the bottleneck);
+    ``shared`` measures one pool of ``count`` connections.
     """
     size = count if shared else 1
     return [
@@ -159,8 +160,7 @@ async def measure_window(groups: dict[str, list[int]], tally: Tally, w0: float,
 
 
 async def run_load(clients: dict[str, list[httpcore2.AsyncConnectionPool]], stack: Stack,
-                   load: str,
-                   concurrency: int, args: argparse.Namespace, rss: RssSampler,
+                   load: str, concurrency: int, args: argparse.Namespace, rss: RssSampler,
                    clock_hz: int, cores: int) -> dict[str, Any]:
     body: dict[str, Any] = {"model": MODEL, "messages": _PROMPT}
     if load == "stream":

@@ -158,9 +158,8 @@ async def running_stack(args: argparse.Namespace, ttft_ms: float, workdir: Path,
     config.write_text(proxy_config_toml(upstream + "/v1", ledger=args.ledger,
                                         max_connections=max_connections))
     proxy_cmd = [sys.executable, "-m", "tlproxy.cli", "serve", "--config", str(config),
-                 "--host", "127.0.0.1", "--port", str(ports["proxy"])]
-    if args.proxy_workers is not None:
-        proxy_cmd += ["--workers", str(args.proxy_workers)]
+                 "--host", "127.0.0.1", "--port", str(ports["proxy"]),
+                 "--workers", str(args.proxy_workers)]
     starts = [("direct", upstream_command(args, ports["direct"], ttft_ms), "/v1/models"),
               ("proxy", proxy_cmd, "/healthz")]
     if args.floors:
@@ -201,8 +200,8 @@ async def running_stack(args: argparse.Namespace, ttft_ms: float, workdir: Path,
 
 
 def nginx_workers(args: argparse.Namespace) -> int:
-    """nginx gets as many workers as the proxy: ``--proxy-workers``, else its default (nproc)."""
-    return args.proxy_workers or os.cpu_count() or 1
+    """nginx gets as many workers as the proxy (``--proxy-workers``)."""
+    return int(args.proxy_workers)
 
 
 def nginx_version(binary: str) -> str | None:
