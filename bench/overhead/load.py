@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpcore2
 import orjson
 import trio
 from rich.console import Console
@@ -38,68 +38,81 @@ from bench.overhead.stats import (
     _PROMPT,
     _READY_TIMEOUT,
     _REQUEST_TIMEOUT,
+    ALL_TARGETS,
+    INTERMEDIARIES,
     LOADS,
     MODEL,
-    TARGETS,
-    TARGETS_WITH_NGINX,
+    RESULT_FORMAT,
     FirstContentDetector,
     Record,
     Tally,
     compare,
     plan_slices,
     slice_order,
+    targets_for,
 )
 from bench.ttft.stats import percentile
 
 # -- load --------------------------------------------------------------------------------------
 
 
-def make_clients(count: int, *, shared: bool) -> list[httpx.AsyncClient]:
-    """HTTP/1.1 clients for ``count`` workers: one each, or one shared pool of ``count``.
+# What a failed request counts as: its exception's name.
+_HTTP_ERRORS = (httpcore2.NetworkError, httpcore2.ProtocolError, httpcore2.TimeoutException,
+                httpcore2.ProxyError)
+_TIMEOUTS = {"timeout": {"connect": _REQUEST_TIMEOUT, "read": _REQUEST_TIMEOUT,
+                         "write": _REQUEST_TIMEOUT, "pool": _REQUEST_TIMEOUT}}
+_HEADER_BYTES = [(k.encode(), v.encode()) for k, v in _HEADERS.items()]
 
-    One client per worker is the default because httpcore 1.0's pool rescans every connection
-    for every queued request on each request start and end (encode/httpcore#1035): with one
-    shared pool of 64 connections the client spent ~13 ms of CPU per request on that alone, and
-    became the bottleneck it is meant not to be. ``shared`` keeps the other way available.
+
+def make_clients(count: int, *, shared: bool) -> list[httpcore2.AsyncConnectionPool]:
+    """HTTP/1.1 pools for ``count`` workers: one connection each, or one shared pool of ``count``.
+
+    httpcore2 directly, not httpx: the client shares the machine's cores with the target, and
+    httpx's objects cost a third more CPU per request (0.38 to 0.41 ms against 0.26 to 0.29
+    here, 32 workers against the fast upstream). One pool per worker by default, so each
+    worker keeps its own connection (httpcore 1.0's shared pool rescanned every connection for
+    every queued request, encode/httpcore#1035, and made the client the bottleneck);
+    ``shared`` measures one pool of ``count`` connections.
     """
     size = count if shared else 1
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size,
-                          keepalive_expiry=120.0)
     return [
-        httpx.AsyncClient(http1=True, http2=False, trust_env=False, limits=limits,
-                          timeout=httpx.Timeout(_REQUEST_TIMEOUT))
+        httpcore2.AsyncConnectionPool(max_connections=size, max_keepalive_connections=size,
+                                      keepalive_expiry=120.0, http1=True, http2=False)
         for _ in range(1 if shared else count)
     ]
 
 
-async def json_request(client: httpx.AsyncClient, url: str, body: bytes) -> Record:
+async def json_request(client: httpcore2.AsyncConnectionPool, url: str, body: bytes) -> Record:
     start = trio.current_time()
     try:
-        response = await client.post(url, content=body, headers=_HEADERS)
-    except httpx.HTTPError as exc:
+        response = await client.request("POST", url, content=body, headers=_HEADER_BYTES,
+                                        extensions=_TIMEOUTS)
+    except _HTTP_ERRORS as exc:
         return Record(start, trio.current_time(), error=type(exc).__name__)
     end = trio.current_time()
-    if response.status_code != 200:
-        return Record(start, end, error=f"http_{response.status_code}")
+    if response.status != 200:
+        return Record(start, end, error=f"http_{response.status}")
     if b'"choices"' not in response.content:
         return Record(start, end, error="no_choices")
     return Record(start, end)
 
 
-async def stream_request(client: httpx.AsyncClient, url: str, body: bytes) -> Record:
+async def stream_request(client: httpcore2.AsyncConnectionPool, url: str,
+                         body: bytes) -> Record:
     start = trio.current_time()
     ttft = None
     detector = FirstContentDetector()
     try:
-        async with client.stream("POST", url, content=body, headers=_HEADERS) as response:
-            if response.status_code != 200:
+        async with client.stream("POST", url, content=body, headers=_HEADER_BYTES,
+                                 extensions=_TIMEOUTS) as response:
+            if response.status != 200:
                 await response.aread()
-                return Record(start, trio.current_time(), error=f"http_{response.status_code}")
-            async for data in response.aiter_raw():
+                return Record(start, trio.current_time(), error=f"http_{response.status}")
+            async for data in response.aiter_stream():
                 now = trio.current_time()
                 if detector.feed(data):
                     ttft = now - start
-    except httpx.HTTPError as exc:
+    except _HTTP_ERRORS as exc:
         return Record(start, trio.current_time(), ttft, error=type(exc).__name__)
     end = trio.current_time()
     if ttft is None:
@@ -146,19 +159,18 @@ async def measure_window(groups: dict[str, list[int]], tally: Tally, w0: float,
     Snapshot(groups).add_delta_to(tally, before)
 
 
-async def run_load(clients: dict[str, list[httpx.AsyncClient]], stack: Stack, load: str,
-                   concurrency: int, args: argparse.Namespace, rss: RssSampler,
+async def run_load(clients: dict[str, list[httpcore2.AsyncConnectionPool]], stack: Stack,
+                   load: str, concurrency: int, args: argparse.Namespace, rss: RssSampler,
                    clock_hz: int, cores: int) -> dict[str, Any]:
     body: dict[str, Any] = {"model": MODEL, "messages": _PROMPT}
     if load == "stream":
         body["stream"] = True
     payload = orjson.dumps(body)
     call = stream_request if load == "stream" else json_request
-    urls = stack.urls
-    targets = stack.targets
+    targets = targets_for(load, stack.targets)
 
     def requester(target: str) -> Requester:
-        pool, url = clients[target], urls[target] + "/v1/chat/completions"
+        pool, url = clients[target], stack.urls[target] + "/v1/chat/completions"
 
         async def request(index: int) -> Record:
             return await call(pool[index % len(pool)], url, payload)
@@ -176,12 +188,11 @@ async def run_load(clients: dict[str, list[httpx.AsyncClient]], stack: Stack, lo
         cycles[target] = percentile(durations, 0.5) if durations else 0.0
     leads = {target: min(cycle, _MAX_LEAD) for target, cycle in cycles.items()}
     slices, seconds = plan_slices(args.duration, args.slice, max(cycles.values()))
-    groups = {"sim": tree_of(stack.pids["sim"]), "proxy": tree_of(stack.pids["proxy"]),
-              "client": [os.getpid()]}
-    if "nginx" in stack.pids:
-        # The master and its workers (only the workers carry requests).
-        groups["nginx"] = tree_of(stack.pids["nginx"])
-    # Workers may still have been starting when the proxy first answered.
+    # Workers may still have been starting when the proxy first answered; nginx is a master
+    # and its workers (only the workers carry requests).
+    groups = {name: tree_of(pid) for name, pid in stack.pids.items()}
+    groups["upstream"] = groups.pop("direct")
+    groups["client"] = [os.getpid()]
     rss.pids = groups["proxy"]
     tallies = {target: Tally(stream=load == "stream") for target in targets}
     rss.peak = 0
@@ -195,43 +206,35 @@ async def run_load(clients: dict[str, list[httpx.AsyncClient]], stack: Stack, lo
                                         lead=leads[target], seconds=seconds)
         tally.add_slice(records, w0, w1)
     summaries = {t: tallies[t].summary(clock_hz, cores) for t in targets}
-    summaries["proxy"]["proxy_cpu_ms_per_request"] = tallies["proxy"].cpu_ms_per_request(
-        "proxy", clock_hz)
-    out: dict[str, Any] = {
+    for target in targets:
+        if target in INTERMEDIARIES:
+            # Its own processes' CPU over its own windows, per request it completed in them.
+            summaries[target]["cpu_ms_per_request"] = tallies[target].cpu_ms_per_request(
+                target, clock_hz)
+            summaries[target]["vs_direct"] = compare(summaries["direct"], summaries[target])
+    return {
         "load": load,
         "concurrency": concurrency,
+        "targets": list(targets),
         "slices_per_target": slices,
         "slice_s": seconds,
         "stagger_s": leads,
         **summaries,
-        "comparison": compare(summaries["direct"], summaries["proxy"]),
         "proxy_rss_peak_kib": rss.peak,
     }
-    if "nginx" in summaries:
-        summaries["nginx"]["nginx_cpu_ms_per_request"] = tallies["nginx"].cpu_ms_per_request(
-            "nginx", clock_hz)
-        out["nginx_comparison"] = compare(summaries["direct"], summaries["nginx"])
-        # rps_ratio here is the proxy's RPS over nginx's; added times are proxy minus nginx.
-        out["proxy_vs_nginx"] = compare(summaries["nginx"], summaries["proxy"])
-        # What the two RPS would compare as if each proxy alone were the bottleneck: nginx's
-        # CPU per request over tlproxy's (a cost ratio, not a measured throughput).
-        n_ms = summaries["nginx"]["nginx_cpu_ms_per_request"]
-        p_ms = summaries["proxy"]["proxy_cpu_ms_per_request"]
-        out["proxy_vs_nginx"]["cpu_cost_ratio"] = n_ms / p_ms if n_ms and p_ms else None
-    return out
 
 
 async def run_upstream(args: argparse.Namespace, ttft_ms: float, workdir: Path,
                        console: Console) -> dict[str, Any]:
     clock_hz = os.sysconf("SC_CLK_TCK")
     cores = os.cpu_count() or 1
-    size = max(args.concurrency)
+    size = max(*args.json_concurrency, *args.stream_concurrency)
     async with running_stack(args, ttft_ms, workdir) as stack:
-        console.print(f"upstream TTFT {ttft_ms:g} ms: sim pid {stack.pids['sim']} at "
-                      f"{stack.sim_url}, proxy pid {stack.pids['proxy']} at {stack.proxy_url}")
-        if stack.nginx_url is not None:
-            console.print(f"  nginx pid {stack.pids['nginx']} at {stack.nginx_url} "
-                          f"({len(tree_of(stack.pids['nginx'])) - 1} workers)")
+        console.print(f"upstream ({args.upstream}) TTFT {ttft_ms:g} ms:")
+        for target in stack.targets:
+            processes = len(tree_of(stack.pids[target]))
+            console.print(f"  {target}: pid {stack.pids[target]} ({processes} processes) at "
+                          f"{stack.urls[target]}")
         rss = RssSampler(tree_of(stack.pids["proxy"]))
         idle = rss.sample()
         runs = []
@@ -244,7 +247,7 @@ async def run_upstream(args: argparse.Namespace, ttft_ms: float, workdir: Path,
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(rss.run)
                 for load in LOADS:
-                    for concurrency in args.concurrency:
+                    for concurrency in concurrencies(args, load):
                         console.print(f"  {load} at concurrency {concurrency} ...")
                         runs.append(await run_load(clients, stack, load, concurrency, args, rss,
                                                    clock_hz, cores))
@@ -265,6 +268,10 @@ async def run_upstream(args: argparse.Namespace, ttft_ms: float, workdir: Path,
             },
             "runs": runs,
         }
+
+
+def concurrencies(args: argparse.Namespace, load: str) -> list[int]:
+    return list(args.json_concurrency if load == "json" else args.stream_concurrency)
 
 
 def _cpu_model() -> str:
@@ -296,11 +303,11 @@ async def run_all(args: argparse.Namespace, argv: list[str], console: Console) -
     upstreams = []
     # Every phase is bounded on its own; this is the backstop for a hang nobody foresaw.
     longest_slice = max(args.duration, args.slice, _CYCLES_PER_SLICE * _MAX_CYCLE)
-    n = len(TARGETS_WITH_NGINX if args.nginx_bin else TARGETS)
+    n = len(ALL_TARGETS)
     per_load = n * (args.warmup + _REQUEST_TIMEOUT) + n * (
         args.duration + longest_slice + _MAX_LEAD + _REQUEST_TIMEOUT)
-    budget = 120.0 + len(args.upstream_ttft_ms) * (
-        _READY_TIMEOUT + len(LOADS) * len(args.concurrency) * per_load)
+    runs = len(args.json_concurrency) + len(args.stream_concurrency)
+    budget = 120.0 + len(args.upstream_ttft_ms) * (_READY_TIMEOUT + runs * per_load)
     with tempfile.TemporaryDirectory(prefix="tlproxy-overhead-") as tmp:
         code = await trio.to_thread.run_sync(_code_under_test, Path(tmp))
         with trio.fail_after(budget):
@@ -308,6 +315,7 @@ async def run_all(args: argparse.Namespace, argv: list[str], console: Console) -
                 upstreams.append(await run_upstream(args, ttft_ms, Path(tmp), console))
     return {
         "tool": "bench.overhead",
+        "format": RESULT_FORMAT,
         "command": ["python", "-m", "bench.overhead", *argv],
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -323,7 +331,11 @@ async def run_all(args: argparse.Namespace, argv: list[str], console: Console) -
             "duration_s": args.duration,
             "slice_s": args.slice,
             "warmup_s": args.warmup,
-            "concurrency": args.concurrency,
+            "json_concurrency": args.json_concurrency,
+            "stream_concurrency": args.stream_concurrency,
+            "upstream": args.upstream,
+            "floors": args.floors,
+            "ledger": args.ledger,
             "upstream_ttft_ms": args.upstream_ttft_ms,
             "inter_token_ms": args.inter_token_ms,
             "tokens": args.tokens,

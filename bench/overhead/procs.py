@@ -1,4 +1,4 @@
-"""The subprocesses (sim, proxy, nginx) and what /proc says about them."""
+"""The subprocesses (upstream, proxy, floors, nginx) and what /proc says about them."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import trio
 from bench.overhead.stats import (
     _READY_TIMEOUT,
     _RSS_PERIOD,
-    TARGETS,
-    TARGETS_WITH_NGINX,
+    ALL_TARGETS,
+    FLOORS,
     Tally,
     cpu_ticks,
     machine_ticks,
@@ -83,21 +83,14 @@ class Snapshot:
 
 @dataclass
 class Stack:
-    sim_url: str
-    proxy_url: str
+    """The running targets: each one's base URL and root pid (``direct`` is the upstream)."""
+
+    urls: dict[str, str]
     pids: dict[str, int]
-    nginx_url: str | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return TARGETS if self.nginx_url is None else TARGETS_WITH_NGINX
-
-    @property
-    def urls(self) -> dict[str, str]:
-        urls = {"direct": self.sim_url, "proxy": self.proxy_url}
-        if self.nginx_url is not None:
-            urls["nginx"] = self.nginx_url
-        return urls
+        return tuple(t for t in ALL_TARGETS if t in self.urls)
 
 
 async def _stop(process: trio.Process) -> None:
@@ -125,63 +118,90 @@ async def _wait_ready(client: httpx.AsyncClient, url: str, process: trio.Process
     raise RuntimeError(f"{url} did not become ready (exit code {process.returncode}):\n{tail}")
 
 
+def upstream_command(args: argparse.Namespace, port: int, ttft_ms: float) -> list[str]:
+    """The upstream: `bench.fast_upstream` (``--upstream fast``) or ``tlproxy sim``."""
+    timing = ["--ttft-ms", f"{ttft_ms:g}", "--tokens", str(args.tokens)]
+    if args.upstream == "fast":
+        return [sys.executable, "-m", "bench.fast_upstream", "--host", "127.0.0.1",
+                "--port", str(port), *timing, "--itl-ms", f"{args.inter_token_ms:g}"]
+    return [sys.executable, "-m", "tlproxy.cli", "sim", "--host", "127.0.0.1",
+            "--port", str(port), *timing, "--inter-token-ms", f"{args.inter_token_ms:g}"]
+
+
+def floor_command(kind: str, port: int, upstream_url: str) -> list[str]:
+    return [sys.executable, "-m", "bench.overhead.floors", kind, "--host", "127.0.0.1",
+            "--port", str(port), "--upstream", upstream_url + "/v1"]
+
+
+def _bench_env(env: dict[str, str]) -> dict[str, str]:
+    """The floors and the fast upstream are this checkout's, even when PYTHONPATH names a
+    snapshot of tlproxy to measure (whose bench/ may lack them); they import no tlproxy."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)}
+
+
 @contextlib.asynccontextmanager
-async def running_stack(args: argparse.Namespace, ttft_ms: float,
-                        workdir: Path) -> AsyncIterator[Stack]:
-    """The sim and the proxy in front of it, as subprocesses, killed on the way out."""
+async def running_stack(args: argparse.Namespace, ttft_ms: float, workdir: Path, *,
+                        max_connections: int | None = None) -> AsyncIterator[Stack]:
+    """The upstream and every target in front of it, as subprocesses, killed on the way out.
+
+    ``max_connections`` sizes the proxy's pool to the upstream (the proxy's default if None).
+    """
     env = {**os.environ, "TLPROXY_LOG_LEVEL": "WARNING"}
-    sim_port, proxy_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    proxy_url = f"http://127.0.0.1:{proxy_port}"
+    bench_env = _bench_env(env)
+    # Which targets run this checkout's bench code rather than tlproxy's.
+    bench_side = {*FLOORS, *(("direct",) if args.upstream == "fast" else ())}
+    ports = {name: free_port() for name in ALL_TARGETS}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    upstream = urls["direct"]
     config = workdir / f"proxy-{ttft_ms:g}.toml"
-    config.write_text(proxy_config_toml(sim_url + "/v1", ledger=args.ledger))
-    command = [sys.executable, "-m", "tlproxy.cli"]
-    sim_cmd = [*command, "sim", "--host", "127.0.0.1", "--port", str(sim_port),
-               "--ttft-ms", f"{ttft_ms:g}", "--inter-token-ms", f"{args.inter_token_ms:g}",
-               "--tokens", str(args.tokens)]
-    proxy_cmd = [*command, "serve", "--config", str(config), "--host", "127.0.0.1",
-                 "--port", str(proxy_port)]
-    if args.proxy_workers is not None:
-        proxy_cmd += ["--workers", str(args.proxy_workers)]
-    starts = [("sim", sim_cmd, sim_url + "/v1/models"),
-              ("proxy", proxy_cmd, proxy_url + "/healthz")]
-    nginx_url = None
+    config.write_text(proxy_config_toml(upstream + "/v1", ledger=args.ledger,
+                                        max_connections=max_connections))
+    proxy_cmd = [sys.executable, "-m", "tlproxy.cli", "serve", "--config", str(config),
+                 "--host", "127.0.0.1", "--port", str(ports["proxy"]),
+                 "--workers", str(args.proxy_workers)]
+    starts = [("direct", upstream_command(args, ports["direct"], ttft_ms), "/v1/models"),
+              ("proxy", proxy_cmd, "/healthz")]
+    if args.floors:
+        starts += [(kind, floor_command(kind, ports[kind], upstream), "/v1/models")
+                   for kind in FLOORS]
     if args.nginx_bin is not None:
-        nginx_port = free_port()
-        nginx_url = f"http://127.0.0.1:{nginx_port}"
         prefix = workdir / f"nginx-{ttft_ms:g}"
         prefix.mkdir()
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_config(
-            listen_port=nginx_port, upstream_port=sim_port, workers=nginx_workers(args),
-            prefix=prefix, user="root" if os.geteuid() == 0 else None))
+            listen_port=ports["nginx"], upstream_port=ports["direct"],
+            workers=nginx_workers(args), prefix=prefix,
+            user="root" if os.geteuid() == 0 else None))
         starts.append(("nginx", [args.nginx_bin, "-c", str(conf), "-p", str(prefix),
                                  "-e", str(prefix / "nginx-error.log"),
-                                 "-g", "daemon off;"], nginx_url + "/v1/models"))
+                                 "-g", "daemon off;"], "/v1/models"))
     processes: list[trio.Process] = []
     try:
         async with httpx.AsyncClient(trust_env=False) as probe:
             ready = []
-            for name, cmd, url in starts:
+            for name, cmd, path in starts:
                 log = workdir / f"{name}-{ttft_ms:g}.log"
                 with log.open("wb") as out:
                     # Not our cwd: a ./tlproxy.toml or ./tlproxy there must not be picked up.
                     processes.append(await trio.lowlevel.open_process(
-                        cmd, stdout=out, stderr=out, env=env, cwd=workdir))
-                ready.append((url, processes[-1], log))
+                        cmd, stdout=out, stderr=out, cwd=workdir,
+                        env=bench_env if name in bench_side else env))
+                ready.append((urls[name] + path, processes[-1], log))
             for url, process, log in ready:
                 await _wait_ready(probe, url, process, log)
-        yield Stack(sim_url, proxy_url,
-                    {name: proc.pid for (name, _, _), proc in zip(starts, processes, strict=True)},
-                    nginx_url)
+        yield Stack(
+            urls={name: urls[name] for name, _, _ in starts},
+            pids={name: proc.pid for (name, _, _), proc in zip(starts, processes, strict=True)},
+        )
     finally:
         for process in reversed(processes):
             await _stop(process)
 
 
 def nginx_workers(args: argparse.Namespace) -> int:
-    """nginx gets as many workers as the proxy: ``--proxy-workers``, else its default (nproc)."""
-    return args.proxy_workers or os.cpu_count() or 1
+    """nginx gets as many workers as the proxy (``--proxy-workers``)."""
+    return int(args.proxy_workers)
 
 
 def nginx_version(binary: str) -> str | None:

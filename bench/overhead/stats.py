@@ -13,11 +13,19 @@ import orjson
 from bench.ttft.stats import percentile
 
 MODEL = "gpt-5-nano"
+# The layout of a result file; `--report` reads only its own.
+RESULT_FORMAT = 2
 QUANTILES = (0.5, 0.9, 0.99)
 LOADS = ("json", "stream")
-TARGETS = ("direct", "proxy")
-# With nginx: the order of one round of slices (the next round runs it backwards).
-TARGETS_WITH_NGINX = ("direct", "nginx", "proxy")
+# Every target in the order of one round of slices (the next round runs it backwards): the
+# upstream itself, then the intermediaries in front of it, cheapest first.
+ALL_TARGETS = ("direct", "hello", "bare", "nginx", "proxy")
+# The intermediaries: each is its own process group, whose CPU per request is reported.
+INTERMEDIARIES = ("hello", "bare", "nginx", "proxy")
+# The floors: servers the proxy's cost is read against (`bench.overhead.floors`, nginx).
+FLOORS = ("hello", "bare")
+# hello answers every request with one fixed body: a floor for JSON only, it does not stream.
+JSON_ONLY = frozenset({"hello"})
 _PROMPT = [{"role": "user", "content": "Explain in one paragraph why the sky is blue."}]
 _HEADERS = {"content-type": "application/json", "authorization": "Bearer unused"}
 # One request may take this long before it counts as an error; it also bounds a slice's drain.
@@ -56,11 +64,17 @@ def added_ms(direct: dict[str, Any], proxy: dict[str, Any]) -> dict[str, float |
     return out
 
 
-def slice_order(slices: int, targets: Sequence[str] = TARGETS) -> list[str]:
+def targets_for(load: str, available: Sequence[str]) -> tuple[str, ...]:
+    """The targets measured under ``load``, in `ALL_TARGETS` order, of those ``available``."""
+    return tuple(t for t in ALL_TARGETS
+                 if t in available and (load == "json" or t not in JSON_ONLY))
+
+
+def slice_order(slices: int, targets: Sequence[str]) -> list[str]:
     """ABBA ordering of ``slices`` slices per target: linear drift cancels out pair by pair.
 
-    With three targets a round and the next one mirror each other (A B C C B A), so every
-    target's mean slice position over two rounds is the same.
+    With more than two targets a round and the next one mirror each other (A B C C B A), so
+    every target's mean slice position over two rounds is the same.
     """
     order: list[str] = []
     for index in range(slices):
@@ -177,9 +191,14 @@ def _has_content(event: bytes) -> bool:
     return False
 
 
-def proxy_config_toml(upstream_base_url: str, *, ledger: bool = True) -> str:
-    """The proxy's config: one OpenAI-compatible provider (the sim) behind each tier."""
+def proxy_config_toml(upstream_base_url: str, *, ledger: bool = True,
+                      max_connections: int | None = None) -> str:
+    """The proxy's config: one OpenAI-compatible provider (the upstream) behind each tier.
+
+    ``max_connections`` sizes the proxy's pool to the upstream (its own default otherwise).
+    """
     ledger_section = "" if ledger else "[ledger]\nenabled = false\n\n"
+    pool = "" if max_connections is None else f"max_connections = {max_connections}\n"
     return f"""\
 {ledger_section}[server]
 host = "127.0.0.1"
@@ -189,7 +208,7 @@ graceful_timeout = 1.0
 [providers.up]
 kind = "openai"
 base_url = "{upstream_base_url}"
-
+{pool}
 [[models]]
 id = "gpt-5-nano"
 provider = "up"
@@ -209,7 +228,7 @@ tier = "embedding"
 
 def nginx_config(*, listen_port: int, upstream_port: int, workers: int, prefix: Path,
                  user: str | None = None) -> str:
-    """nginx as a plain reverse proxy to the sim, with every path inside ``prefix``.
+    """nginx as a plain reverse proxy to the upstream, with every path inside ``prefix``.
 
     ``user`` is for a root master only (workers would otherwise switch to nginx's default user,
     which cannot enter a private temporary directory).
@@ -235,7 +254,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 120s;
 
-    upstream sim {{
+    upstream backend {{
         server 127.0.0.1:{upstream_port};
         keepalive 256;
         keepalive_requests 1000000;
@@ -245,7 +264,7 @@ http {{
     server {{
         listen 127.0.0.1:{listen_port};
         location / {{
-            proxy_pass http://sim;
+            proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -316,6 +335,7 @@ class Tally:
         return out
 
     def cpu_ms_per_request(self, name: str, clock_hz: int) -> float | None:
+        """CPU of process group ``name`` in the windows, per request completed in them."""
         return self.ticks[name] / clock_hz * 1000 / self.ok if self.ok else None
 
 
