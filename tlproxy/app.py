@@ -49,6 +49,7 @@ from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
+from .responses.service import Responses
 from .shadow import Shadow
 from .wire import ChatRequest, decode_chat_request, decode_embedding_request
 
@@ -61,10 +62,10 @@ _encode = msgspec.json.Encoder().encode
 # Families of OpenAI endpoints this proxy deliberately does not serve.
 _UNSUPPORTED = (
     "images", "audio", "fine_tuning", "fine-tunes", "assistants", "threads", "files",
-    "batches", "moderations", "responses", "completions", "vector_stores", "uploads",
+    "batches", "moderations", "completions", "vector_stores", "uploads",
     "realtime", "evals", "containers", "conversations", "videos", "chatkit",
 )
-_SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
+_SERVED = "/v1/chat/completions, /v1/responses, /v1/embeddings and /v1/models"
 
 
 class App:
@@ -100,9 +101,12 @@ class App:
         self.engine = Engine(config, providers, accounting=self.accounting,
                              metrics=self.metrics, admit=self._admit)
         self.streams = StreamSlots(config.limits)
+        self.responses = Responses(config, self.engine, slots=self.streams,
+                                   metrics=self.metrics, check=self._check_sizes)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/responses"): self.responses.create,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/healthz"): self.healthz,
@@ -139,6 +143,7 @@ class App:
             await self.shadow.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        await self.responses.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.limiter.aclose()
@@ -209,6 +214,10 @@ class App:
             return
         route = request.route
         endpoint = request.path.removeprefix("/v1/")
+        if endpoint.startswith("responses/"):
+            # One label for every stored response, not one per id.
+            endpoint = "responses/{id}" + ("/input_items" if endpoint.endswith(
+                "/input_items") else "")
         tier = route.tier if route else ""
         duration = trio.current_time() - request.arrived
         self.metrics.requests.labels(
@@ -244,6 +253,10 @@ class App:
             elif path.startswith("/v1/"):
                 self._authenticate(request)
             await handler(request)
+            return
+        if path.startswith("/v1/responses/"):
+            self._authenticate(request)
+            await self.responses.resource(request, path.removeprefix("/v1/responses/"))
             return
         if request.method == "GET" and path.startswith("/v1/models/"):
             self._authenticate(request)

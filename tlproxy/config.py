@@ -31,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "Prices",
     "ProviderConfig",
+    "ResponsesConfig",
     "ServerConfig",
     "ShadowConfig",
     "SimHabit",
@@ -321,6 +322,19 @@ class LimitsConfig(_Strict, frozen=True):
     max_streams_per_key: int | None = None
 
 
+class ResponsesConfig(_Strict, frozen=True):
+    """`/v1/responses`: how long stored responses (``store``) are kept.
+
+    They live in the ledger's database (its SQLite file or PostgreSQL URL);
+    with the ledger disabled, or `store` false, nothing is kept and
+    ``previous_response_id`` is refused.
+    """
+
+    store: bool = True
+    # Days a stored response can be read or continued (OpenAI keeps them 30).
+    retention_days: float = 30.0
+
+
 class Config(_Strict, frozen=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -336,6 +350,7 @@ class Config(_Strict, frozen=True):
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
     shadow: ShadowConfig | None = None
+    responses: ResponsesConfig = ResponsesConfig()
     # Keys allowed on admin endpoints (``/v1/tlproxy/*``), as ``sha256:<hex>``.
     admin_keys: list[str] = []
     # SQLite file of keys made with `tlproxy keys create`; None: config keys only.

@@ -37,6 +37,7 @@ from .config import (
     ModelConfig,
     Policy,
     ProviderConfig,
+    ResponsesConfig,
     ServerConfig,
     ShadowConfig,
 )
@@ -92,6 +93,7 @@ def problems(config: Config, *, serving: bool = False) -> list[Problem]:
         *_shadow("shadow", config.shadow, config),
         *_classifier(config.classifier, config),
         *_ledger(config.ledger),
+        *_responses(config.responses),
         *_limits(config.limits),
         *_admin_keys(config.admin_keys),
     ]
@@ -385,6 +387,12 @@ def _classifier(classifier: ClassifierConfig, config: Config) -> Iterator[Proble
     yield from _at_least("classifier.cache_size", classifier.cache_size, 0)
     if not any(classifier.examples.values()):
         yield Problem("classifier.examples", "the classifier needs at least one example")
+
+
+def _responses(responses: ResponsesConfig) -> Iterator[Problem]:
+    if not responses.retention_days > 0:
+        yield Problem("responses.retention_days",
+                      f"must be more than 0 days, not {_number(responses.retention_days)}")
 
 
 def _ledger(ledger: LedgerConfig) -> Iterator[Problem]:
