@@ -22,9 +22,11 @@ import msgspec
 import openai
 import pytest
 import trio
+from trio.testing import MockClock
 
 from tests.integration.conftest import fast_config, start_proxy
 from tests.integration.test_adapters import FAST, KEYS
+from tests.integration.test_disconnect import dropped_at, slow_config
 from tests.openai_schema import validate
 from tlproxy.config import (
     ClientKey,
@@ -429,3 +431,41 @@ async def test_a_conversation_moves_between_providers(stack: Stack) -> None:
     assert second.headers["x-tlproxy-tier"] == "economy"
     assert second.headers["x-tlproxy-provider"] == "gemini"
     assert second.parse().output_text
+
+
+# -- limits and cancellation, as for chat -------------------------------------------------------
+
+async def test_a_keys_rate_limit_applies_to_responses(nursery: trio.Nursery) -> None:
+    config = fast_config(keys=[ClientKey(name="svc", hash=_key("svc", KEY_A).hash, rpm=2)])
+    proxy = await start_proxy(nursery, config)
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEY_A, max_retries=0,
+                                  http_client=httpx2.AsyncClient()) as sdk:
+        raw = await sdk.responses.with_raw_response.create(model="auto", input="Hello")
+        assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+        await sdk.responses.create(model="auto", input="Hello")
+        with pytest.raises(openai.RateLimitError) as caught:
+            async with sdk.responses.stream(model="auto", input="Hello") as stream:
+                await stream.get_final_response()
+    assert caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+async def test_client_leaving_a_stream_cancels_the_upstream(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    proxy = await start_proxy(nursery, slow_config())
+    sim = proxy.sims["sim"]
+    body = {"model": "auto", "stream": True, "input": "long"}
+    async with httpx.AsyncClient(base_url=proxy.url) as http:
+        with trio.CancelScope() as leave:
+            async with http.stream("POST", "/v1/responses", json=body) as response:
+                received = b""
+                async for data in response.aiter_raw():
+                    received += data
+                    if received.count(b"response.output_text.delta") >= 3:
+                        leave.cancel()
+        left = trio.current_time()
+    assert leave.cancelled_caught
+    # Dropped at the instant the client left, not when the 20 s answer would end.
+    assert await dropped_at(sim) == left
+    assert sim.stats.streams_completed == 0
