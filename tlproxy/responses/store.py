@@ -103,7 +103,11 @@ class ResponseStore:
                 raise _unavailable(exc) from None
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg"):
-                    self._conn = None
+                    # A broken connection is dropped; the next call opens another.
+                    conn, self._conn = self._conn, None
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await trio.to_thread.run_sync(conn.close)
                     raise _unavailable(exc) from None
                 raise
 
