@@ -118,6 +118,9 @@ class ProviderConfig(_Strict, frozen=True):
     max_connections: int = 1000
     # For ``kind = "anthropic"``: ask for Anthropic's automatic prompt caching.
     prompt_cache: bool = False
+    # For ``kind = "openai"``: the upstream serves OpenAI's Responses API, and its
+    # models are called at ``/responses`` (chat and Responses clients alike).
+    responses_api: bool = False
     # For ``kind = "sim"``: per upstream model id, how it behaves.
     sim_models: dict[str, SimModelProfile] = {}
     sim_seed: int = 0

@@ -177,6 +177,9 @@ def _provider(here: str, provider: ProviderConfig) -> Iterator[Problem]:
     if provider.prompt_cache and provider.kind != "anthropic":
         yield Problem(f"{here}.prompt_cache", "only for kind 'anthropic' (OpenAI and Gemini "
                       "cache prompt prefixes without being asked)")
+    if provider.responses_api and provider.kind != "openai":
+        yield Problem(f"{here}.responses_api", "only for kind 'openai' (OpenAI's own "
+                      "/v1/responses; other kinds are translated from chat)")
     yield from _positive(f"{here}.connect_timeout", provider.connect_timeout)
     yield from _positive(f"{here}.read_timeout", provider.read_timeout)
     yield from _positive(f"{here}.total_timeout", provider.total_timeout)
