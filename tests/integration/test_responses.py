@@ -469,3 +469,14 @@ async def test_client_leaving_a_stream_cancels_the_upstream(
     # Dropped at the instant the client left, not when the 20 s answer would end.
     assert await dropped_at(sim) == left
     assert sim.stats.streams_completed == 0
+
+
+async def test_stored_response_paths_are_one_metrics_label(served: Served) -> None:
+    made = await served.a.responses.create(model="auto", input="Hello there")
+    await served.http.get(f"/v1/responses/{made.id}")
+    await served.http.get(f"/v1/responses/{made.id}/input_items")
+    metrics = (await served.http.get("/metrics")).text
+    assert made.id not in metrics
+    assert 'endpoint="responses/{id}"' in metrics
+    assert 'endpoint="responses/{id}/input_items"' in metrics
+    assert 'endpoint="responses"' in metrics
