@@ -480,3 +480,20 @@ async def test_stored_response_paths_are_one_metrics_label(served: Served) -> No
     assert 'endpoint="responses/{id}"' in metrics
     assert 'endpoint="responses/{id}/input_items"' in metrics
     assert 'endpoint="responses"' in metrics
+
+
+async def test_input_items_pages_in_either_order(served: Served) -> None:
+    made = await served.a.responses.create(model="auto", input=[
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "One"},
+        {"role": "user", "content": "Two"}])
+    newest = await served.a.responses.input_items.list(made.id, limit=2)
+    assert [i.content[0].text for i in newest.data] == ["Two", "One"]  # type: ignore[union-attr]
+    assert newest.has_more
+    rest = await served.a.responses.input_items.list(made.id, limit=2, after=newest.last_id)
+    assert [i.content[0].text for i in rest.data] == ["Be brief."]  # type: ignore[union-attr]
+    assert not rest.has_more
+    oldest = await served.a.responses.input_items.list(made.id, order="asc")
+    assert [i.role for i in oldest.data] == ["developer", "user", "user"]  # type: ignore[union-attr]
+    wrong = await served.http.get(f"/v1/responses/{made.id}/input_items?limit=500")
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "limit"
