@@ -497,3 +497,12 @@ async def test_input_items_pages_in_either_order(served: Served) -> None:
     assert [i.role for i in oldest.data] == ["developer", "user", "user"]  # type: ignore[union-attr]
     wrong = await served.http.get(f"/v1/responses/{made.id}/input_items?limit=500")
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "limit"
+
+
+async def test_each_adapter_answers_a_json_schema(stack: Stack, adapter: str) -> None:
+    raw = await stack.sdk.responses.with_raw_response.create(
+        model=ADAPTER_MODELS[adapter], input="Ada is 36 years old.",
+        text={"format": PERSON})  # type: ignore[typeddict-item]
+    validate("Response", json.loads(raw.http_response.content))
+    person = json.loads(raw.parse().output_text)
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
