@@ -225,7 +225,7 @@ class ResponseEvents:
         part = item.parts[-1] if item.parts else None
         if part is None or part.kind != part_kind:
             if part is not None:
-                self._close_part(events, item, "completed")
+                self._close_part(events, item)
             part = _Part(part_kind)
             item.parts.append(part)
             events.append(self._event("response.content_part.added", item_id=item.id,
@@ -262,7 +262,7 @@ class ResponseEvents:
                                       item_id=item.id, output_index=item.index,
                                       delta=arguments))
 
-    def _close_part(self, events: list[Event], item: _Item, status: str) -> None:
+    def _close_part(self, events: list[Event], item: _Item) -> None:
         part = item.parts[-1]
         where = {"item_id": item.id, "output_index": item.index,
                  "content_index": len(item.parts) - 1}
@@ -284,7 +284,7 @@ class ResponseEvents:
                                       item_id=item.id, output_index=item.index,
                                       name=item.name, arguments=item.arguments))
         elif item.parts:
-            self._close_part(events, item, status)
+            self._close_part(events, item)
         events.append(self._event("response.output_item.done", output_index=item.index,
                                   item=item.shape(status)))
 
