@@ -157,6 +157,11 @@ def test_input_items_are_stored_with_ids_and_parts() -> None:
      "text.format.schema"),
     ({"input": "Hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "Hi", "temperature": -1}, "temperature"),
+    ({"input": "Hi", "temperature": 2.5}, "temperature"),
+    ({"input": "Hi", "top_p": 1.5}, "top_p"),
+    ({"input": "Hi", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"input": "Hi", "reasoning": {"summary": "long"}}, "reasoning.summary"),
     ({"input": 5}, "input"),
 ])
 def test_untranslatable_requests_are_400s_naming_the_parameter(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -90,8 +90,9 @@ class TextParam(_Lenient):
 
 
 class ReasoningParam(_Lenient):
-    effort: str | None = None
-    summary: str | None = None
+    # OpenAI's values, refused here as there: a response echoes them.
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
 
 
 class ResponsesRequest(_Lenient):
@@ -101,8 +102,9 @@ class ResponsesRequest(_Lenient):
     tools: list[ToolParam] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
     parallel_tool_calls: bool | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    # OpenAI's ranges, refused here as there: a response echoes them.
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_output_tokens: int | None = None
     text: TextParam | None = None
     reasoning: ReasoningParam | None = None
