@@ -13,6 +13,8 @@ They are translated here, once, at load time:
   dropped (they carry no validation semantics; the ``oneOf`` branches they annotate are
   already mutually exclusive by their ``type`` enums).
 * OpenAPI 3.0 boolean ``exclusiveMinimum``/``exclusiveMaximum`` become the numeric form.
+* Draft 2019-09's ``$recursiveAnchor: true`` is dropped and ``$recursiveRef: "#"`` becomes a
+  ``$ref`` to the schema it appears in (``CompoundFilter`` nests itself that way).
 
 Nothing else is changed: ``required`` lists are kept as published, no
 ``additionalProperties: false`` is added, and formats are not checked.
@@ -80,20 +82,25 @@ class OpenAISchemaValidationError(jsonschema.ValidationError):
         return self.message
 
 
-def _convert(schema: Any) -> Any:
-    """Return a JSON Schema 2020-12 equivalent of one OpenAPI schema object."""
+def _convert(schema: Any, root: str = "") -> Any:
+    """Return a JSON Schema 2020-12 equivalent of one OpenAPI schema object.
+
+    ``root`` is the name of the component schema being converted.
+    """
     if not isinstance(schema, dict):  # boolean schemas
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _DROPPED or key.startswith("x-"):
+        if key in _DROPPED or key.startswith("x-") or key == "$recursiveAnchor":
             continue
-        if key in _SUBSCHEMA_MAP:
-            out[key] = {name: _convert(sub) for name, sub in value.items()}
+        if key == "$recursiveRef" and value == "#":
+            out["$ref"] = f"#/components/schemas/{root}"
+        elif key in _SUBSCHEMA_MAP:
+            out[key] = {name: _convert(sub, root) for name, sub in value.items()}
         elif key in _SUBSCHEMA_LIST or (key == "items" and isinstance(value, list)):
-            out[key] = [_convert(sub) for sub in value]
+            out[key] = [_convert(sub, root) for sub in value]
         elif key in _SUBSCHEMA:
-            out[key] = _convert(value)
+            out[key] = _convert(value, root)
         else:
             out[key] = value
     for bound in ("Minimum", "Maximum"):
@@ -145,7 +152,7 @@ def schema_names() -> list[str]:
 
 @functools.cache
 def _registry() -> Registry[Any]:
-    schemas = {name: _convert(s) for name, s in _load()["components"]["schemas"].items()}
+    schemas = {name: _convert(s, name) for name, s in _load()["components"]["schemas"].items()}
     for name, schema in schemas.items():
         try:
             jsonschema.Draft202012Validator.check_schema(schema)

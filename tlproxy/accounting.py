@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import trio
@@ -75,14 +75,16 @@ class Tab:
     request ends: to settle the key's usage and queue the winner's row.
     """
 
-    __slots__ = ("arrived", "cost_usd", "held_row", "id", "key", "limit_headers", "reserved",
-                 "shadow", "trace", "usage_tokens")
+    __slots__ = ("arrived", "cost_usd", "held_row", "id", "key", "kind", "limit_headers",
+                 "reserved", "shadow", "trace", "usage_tokens")
 
     def __init__(self, request_id: str, key: ClientKey | None, arrived: float) -> None:
         self.id = request_id
         self.key = key
         # On trio's clock: the client's TTFT and a shadow's primary are from here.
         self.arrived = arrived
+        # The endpoint its attempts are booked under: the ledger row's `kind`.
+        self.kind: Literal["chat", "responses"] = "chat"
         self.cost_usd: float | None = None
         # Total tokens the upstream reported for the answer, when it did.
         self.usage_tokens: int | None = None
@@ -161,7 +163,7 @@ class Accounting:
             stream and record.first_token_at is not None) else None
         row = LedgerRow(
             request_id=tab.id, ts=time.time() - (trio.current_time() - record.started_at),
-            key=tab.key.name if tab.key else None, kind="chat",
+            key=tab.key.name if tab.key else None, kind=tab.kind,
             tier=record.candidate.tier, model=model.id, provider=model.provider,
             rule=rule if record.candidate.tier == tier else f"speculative:{rule}",
             prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,

@@ -49,6 +49,7 @@ from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider
 from .readiness import Readiness, assess, shutting_down
+from .responses.service import Responses
 from .shadow import Shadow
 from .tracecontext import UPSTREAM_HEADERS
 from .tracing import Exchange, build_tracing
@@ -63,10 +64,10 @@ _encode = msgspec.json.Encoder().encode
 # Families of OpenAI endpoints this proxy deliberately does not serve.
 _UNSUPPORTED = (
     "images", "audio", "fine_tuning", "fine-tunes", "assistants", "threads", "files",
-    "batches", "moderations", "responses", "completions", "vector_stores", "uploads",
+    "batches", "moderations", "completions", "vector_stores", "uploads",
     "realtime", "evals", "containers", "conversations", "videos", "chatkit",
 )
-_SERVED = "/v1/chat/completions, /v1/embeddings and /v1/models"
+_SERVED = "/v1/chat/completions, /v1/responses, /v1/embeddings and /v1/models"
 # Probes and scrapes: no metrics, no access log line, no trace.
 _UNTRACED = ("/metrics", "/healthz", "/readyz")
 
@@ -105,9 +106,12 @@ class App:
         self.engine = Engine(config, providers, accounting=self.accounting,
                              metrics=self.metrics, admit=self._admit, gated=self._gated)
         self.streams = StreamSlots(config.limits)
+        self.responses = Responses(config, self.engine, slots=self.streams,
+                                   metrics=self.metrics, check=self._check_sizes)
         self.ready = True
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/responses"): self.responses.create,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/healthz"): self.healthz,
@@ -144,6 +148,7 @@ class App:
             await self.shadow.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        await self.responses.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.limiter.aclose()
@@ -257,6 +262,10 @@ class App:
             return
         route = request.route
         endpoint = request.path.removeprefix("/v1/")
+        if endpoint.startswith("responses/"):
+            # One label for every stored response, not one per id.
+            endpoint = "responses/{id}" + ("/input_items" if endpoint.endswith(
+                "/input_items") else "")
         tier = route.tier if route else ""
         duration = trio.current_time() - request.arrived
         metrics = self.metrics
@@ -295,6 +304,10 @@ class App:
             elif path.startswith("/v1/"):
                 self._authenticate(request)
             await handler(request)
+            return
+        if path.startswith("/v1/responses/"):
+            self._authenticate(request)
+            await self.responses.resource(request, path.removeprefix("/v1/responses/"))
             return
         if request.method == "GET" and path.startswith("/v1/models/"):
             self._authenticate(request)

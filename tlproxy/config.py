@@ -31,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "Prices",
     "ProviderConfig",
+    "ResponsesConfig",
     "ServerConfig",
     "ShadowConfig",
     "SimHabit",
@@ -118,6 +119,9 @@ class ProviderConfig(_Strict, frozen=True):
     max_connections: int = 1000
     # For ``kind = "anthropic"``: ask for Anthropic's automatic prompt caching.
     prompt_cache: bool = False
+    # For ``kind = "openai"``: the upstream serves OpenAI's Responses API, and its
+    # models are called at ``/responses`` (chat and Responses clients alike).
+    responses_api: bool = False
     # For ``kind = "sim"``: per upstream model id, how it behaves.
     sim_models: dict[str, SimModelProfile] = {}
     sim_seed: int = 0
@@ -357,6 +361,19 @@ class LimitsConfig(_Strict, frozen=True):
     max_streams_per_key: int | None = None
 
 
+class ResponsesConfig(_Strict, frozen=True):
+    """`/v1/responses`: how long stored responses (``store``) are kept.
+
+    They live in the ledger's database (its SQLite file or PostgreSQL URL);
+    with the ledger disabled, or `store` false, nothing is kept and
+    ``previous_response_id`` is refused.
+    """
+
+    store: bool = True
+    # Days a stored response can be read or continued (OpenAI keeps them 30).
+    retention_days: float = 30.0
+
+
 class Config(_Strict, frozen=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -373,6 +390,7 @@ class Config(_Strict, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
     shadow: ShadowConfig | None = None
+    responses: ResponsesConfig = ResponsesConfig()
     # Keys allowed on admin endpoints (``/v1/tlproxy/*``), as ``sha256:<hex>``.
     admin_keys: list[str] = []
     # SQLite file of keys made with `tlproxy keys create`; None: config keys only.

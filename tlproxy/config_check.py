@@ -38,6 +38,7 @@ from .config import (
     ModelConfig,
     Policy,
     ProviderConfig,
+    ResponsesConfig,
     ServerConfig,
     ShadowConfig,
     TracingConfig,
@@ -94,6 +95,7 @@ def problems(config: Config, *, serving: bool = False) -> list[Problem]:
         *_shadow("shadow", config.shadow, config),
         *_classifier(config.classifier, config),
         *_ledger(config.ledger),
+        *_responses(config.responses),
         *_limits(config.limits),
         *_admin_keys(config.admin_keys),
         *_tracing(config.tracing),
@@ -178,6 +180,9 @@ def _provider(here: str, provider: ProviderConfig) -> Iterator[Problem]:
     if provider.prompt_cache and provider.kind != "anthropic":
         yield Problem(f"{here}.prompt_cache", "only for kind 'anthropic' (OpenAI and Gemini "
                       "cache prompt prefixes without being asked)")
+    if provider.responses_api and provider.kind != "openai":
+        yield Problem(f"{here}.responses_api", "only for kind 'openai' (OpenAI's own "
+                      "/v1/responses; other kinds are translated from chat)")
     yield from _positive(f"{here}.connect_timeout", provider.connect_timeout)
     yield from _positive(f"{here}.read_timeout", provider.read_timeout)
     yield from _positive(f"{here}.total_timeout", provider.total_timeout)
@@ -388,6 +393,12 @@ def _classifier(classifier: ClassifierConfig, config: Config) -> Iterator[Proble
     yield from _at_least("classifier.cache_size", classifier.cache_size, 0)
     if not any(classifier.examples.values()):
         yield Problem("classifier.examples", "the classifier needs at least one example")
+
+
+def _responses(responses: ResponsesConfig) -> Iterator[Problem]:
+    if not responses.retention_days > 0:
+        yield Problem("responses.retention_days",
+                      f"must be more than 0 days, not {_number(responses.retention_days)}")
 
 
 def _ledger(ledger: LedgerConfig) -> Iterator[Problem]:

@@ -285,9 +285,9 @@ def routing(source: LedgerSource, *, window: Window, step: str = "hour",
 
 # Race attempts (never shadow copies or classifier calls) by how they ended.
 _RACE = """
-    COALESCE(SUM(CASE WHEN kind IN ('chat', 'embedding') THEN 1 ELSE 0 END), 0),
+    COALESCE(SUM(CASE WHEN kind IN ('chat', 'responses', 'embedding') THEN 1 ELSE 0 END), 0),
     COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'embedding')
+    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'responses', 'embedding')
                       AND status = 'error' THEN 1 ELSE 0 END), 0)
 """
 

@@ -82,7 +82,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     key: str | None = None  # the client key's *name*; never the key itself
     # "classifier": an embedding call the semantic task classifier made to route
     # the request (`request_id`), which no client asked for but which is billed.
-    kind: Literal["chat", "embedding", "shadow", "classifier"] = "chat"
+    # "responses": a chat attempt made for `/v1/responses`.
+    kind: Literal["chat", "responses", "embedding", "shadow", "classifier"] = "chat"
     tier: str
     model: str
     provider: str

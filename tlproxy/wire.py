@@ -30,6 +30,7 @@ __all__ = [
     "ChatRequest",
     "EmbeddingRequest",
     "Message",
+    "decode_as",
     "decode_chat_request",
     "decode_embedding_request",
 ]
@@ -242,6 +243,12 @@ def _depth_exceeds(body: bytes, limit: int) -> bool:
             return False
         brackets = _INNERMOST.sub(b"", brackets)
     return bool(brackets)
+
+
+def decode_as(decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, dict[str, Any]]:
+    """`body` decoded with `decoder` and as plain objects, with every 400 of the chat
+    decoding (empty body, bad JSON or UTF-8, nesting, a field's type named by its path)."""
+    return _decode(decoder, body)
 
 
 def decode_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:

@@ -30,6 +30,17 @@ class Recorder:
     def client(self) -> httpx.Client:
         return httpx.Client(event_hooks={"request": [self._request], "response": [self._response]})
 
+    def async_client(self) -> httpx.AsyncClient:
+        """The same, for the async clients (httpx awaits async hooks there)."""
+
+        async def request(request: httpx.Request) -> None:
+            self._request(request)
+
+        async def response(response: httpx.Response) -> None:
+            self._response(response)
+
+        return httpx.AsyncClient(event_hooks={"request": [request], "response": [response]})
+
     def _request(self, request: httpx.Request) -> None:
         self.exchanges.append(Exchange(request))
 

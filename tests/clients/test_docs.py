@@ -68,7 +68,8 @@ UNSUPPORTED = _tagged("unsupported")
 def test_the_docs_have_examples_to_run() -> None:
     # Guard against a change of format that would make the tests below vacuous.
     assert {s.path.name for s in CURL} >= {"README.md", "migration.md"}
-    assert {s.label for s in PYTHON} == {"openai", "langchain", "llamaindex"}
+    assert {s.label for s in PYTHON} == {"openai", "langchain", "llamaindex", "responses",
+                                         "agents"}
     assert len(NODE) == 1 and len(TOML) >= 2 and len(UNSUPPORTED) == 1
     untested = [s.id for s in snippets(MIGRATION)
                 if s.lang in ("python", "js", "toml") and s.tag is None]

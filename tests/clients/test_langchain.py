@@ -133,3 +133,22 @@ def test_embeddings_default_settings_need_tiktoken_encodings_from_the_internet(
                                   api_key="unused", max_retries=0)
     with pytest.raises(Exception, match=r"openaipublic|client tests run offline"):
         embeddings.embed_documents(["first text"])
+
+
+def test_use_responses_api_with_a_tool_round_trip(base_url: str) -> None:
+    """`use_responses_api=True`: the same chat model over `/v1/responses`."""
+    recorder = Recorder()
+    with recorder.client() as http:
+        llm = ChatOpenAI(base_url=base_url, api_key="unused", model="auto",
+                         use_responses_api=True, http_client=http).bind_tools([get_weather])
+        messages: list = [HumanMessage("What is the weather in Paris?")]
+        call = llm.invoke(messages)
+        assert recorder.last.path == "/v1/responses"
+        assert recorder.last.headers["x-tlproxy-rule"] == "tools"
+        args = call.tool_calls[0]["args"]
+        messages += [call, ToolMessage(get_weather.invoke(args),
+                                       tool_call_id=call.tool_calls[0]["id"])]
+        answer = llm.invoke(messages)
+    assert answer.tool_calls == []
+    assert f"18 C and sunny in {args['city']}" in answer.text
+    assert [e.path for e in recorder.exchanges] == ["/v1/responses", "/v1/responses"]

@@ -100,4 +100,7 @@ def test_unsupported_endpoint_is_not_found_error_in_words(base_url: str) -> None
             client.completions.create(model="auto", prompt="Once upon a time")
         assert "/v1/completions is not supported by this proxy" in caught.value.message
         with pytest.raises(openai.NotFoundError):
-            client.responses.create(model="auto", input="Hello")
+            client.moderations.create(input="Hello")
+        # The Responses API is served, but not its conversation objects.
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.create()

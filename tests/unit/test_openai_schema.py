@@ -386,5 +386,12 @@ def test_no_openapi_only_keywords_survive_conversion() -> None:
                 yield from keywords(value)
 
     found = set(keywords(document["components"]["schemas"], in_map=True))
-    assert not {"nullable", "discriminator"} & found
+    assert not {"nullable", "discriminator", "$recursiveAnchor", "$recursiveRef"} & found
     assert not {k for k in found if k.startswith("x-")}
+
+
+def test_a_recursive_schema_checks_its_nested_levels() -> None:
+    """``$recursiveRef: "#"`` became a ``$ref`` to its own schema: nested levels are checked."""
+    validate("CompoundFilter", {"type": "and", "filters": [{"type": "or", "filters": []}]})
+    with pytest.raises(jsonschema.ValidationError):
+        validate("CompoundFilter", {"type": "and", "filters": [{"type": "xor", "filters": []}]})

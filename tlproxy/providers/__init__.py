@@ -7,6 +7,7 @@ from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
+from .openai_responses import OpenAIResponsesProvider
 from .transport import make_transport
 
 __all__ = ["Provider", "build_providers", "make_transport"]
@@ -28,6 +29,8 @@ def build_providers(config: Config) -> dict[str, Provider]:
         if not provider.base_url:
             raise ValueError(f"provider {name!r} has no base_url (a sim must be started first)")
         adapter = _ADAPTERS.get(provider.kind)
+        if provider.kind == "openai" and provider.responses_api:
+            adapter = OpenAIResponsesProvider
         if adapter is None:
             raise ValueError(f"provider kind {provider.kind!r} is not available")
         options = {"prompt_cache": True} if provider.prompt_cache else {}

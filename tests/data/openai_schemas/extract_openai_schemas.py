@@ -24,6 +24,9 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 ]
 PREFIX = "#/components/schemas/"
 
