@@ -297,3 +297,28 @@ async def test_a_span_names_the_clients_key_and_never_holds_the_key() -> None:
     for span in collector.spans:
         assert CLIENT_KEY not in repr(_attributes(span))
         assert CLIENT_KEY.encode() not in span.SerializeToString()
+
+
+async def test_a_responses_request_is_traced_with_its_attempts() -> None:
+    """`/v1/responses` runs the same race as chat: a server span and an attempt span,
+    and the upstream request carries the attempt's context."""
+    collector = Collector()
+    async with trio.open_nursery() as outer:
+        endpoint = await _start_collector(outer, collector)
+        async with trio.open_nursery() as nursery:
+            running = await start_proxy(nursery, _traced(endpoint))
+            sim = running.sims["sim"]
+            async with openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="unused",
+                                          max_retries=0) as client:
+                answer = await client.responses.create(model="auto", input="Hello there",
+                                                       store=False)
+            sent = parse_traceparent(sim.stats.last_headers.get("traceparent"))
+            nursery.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    assert answer.output_text
+    [request] = [s for s in collector.spans if s.name == "POST /v1/responses"]
+    attempts = [s for s in collector.spans if s.parent_span_id == request.span_id]
+    assert len(attempts) == 1, [s.name for s in collector.spans]
+    assert _attributes(attempts[0])["tlproxy.attempt.outcome"] == "won"
+    assert sent is not None
+    assert sent.span_id.to_bytes(8, "big") == attempts[0].span_id
