@@ -117,6 +117,12 @@ class ProviderConfig(_Strict, frozen=True):
     # bounds it as well: raise both for long answers.
     total_timeout: float = 120.0
     max_connections: int = 1000
+    # An HTTP proxy for this provider's requests (``http://host:port``, with
+    # ``user:password@`` if it asks for them; a ``${ENV_VAR}`` reference is
+    # resolved at load time), or ``"none"`` to connect directly whatever the
+    # environment says. Unset: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and
+    # NO_PROXY from the environment, as curl and the SDKs read them.
+    proxy: str | None = None
     # For ``kind = "anthropic"``: ask for Anthropic's automatic prompt caching.
     prompt_cache: bool = False
     # For ``kind = "openai"``: the upstream serves OpenAI's Responses API, and its

@@ -177,6 +177,8 @@ def _provider(here: str, provider: ProviderConfig) -> Iterator[Problem]:
         yield from _url(f"{here}.base_url", provider.base_url, ("http", "https"))
     elif provider.kind != "sim":
         yield Problem(f"{here}.base_url", f"required for kind {provider.kind!r}")
+    if provider.proxy is not None and provider.proxy != "none":
+        yield from _url(f"{here}.proxy", provider.proxy, ("http", "https"))
     if provider.prompt_cache and provider.kind != "anthropic":
         yield Problem(f"{here}.prompt_cache", "only for kind 'anthropic' (OpenAI and Gemini "
                       "cache prompt prefixes without being asked)")

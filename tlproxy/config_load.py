@@ -61,6 +61,10 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             key = _resolve_env(provider.api_key, key_path("providers", name, "api_key"), env,
                                missing)
             provider = msgspec.structs.replace(provider, api_key=key)
+        if provider.proxy is not None:
+            proxy = _resolve_env(provider.proxy, key_path("providers", name, "proxy"), env,
+                                 missing)
+            provider = msgspec.structs.replace(provider, proxy=proxy)
         providers[name] = provider
     limits, ledger = config.limits, config.ledger
     if limits.redis_url:

@@ -6,6 +6,7 @@ Both only read the config and the request; neither calls an upstream.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .config import Config
 from .policy import DEFAULT_RULES
@@ -21,11 +22,21 @@ def mask(secret: str | None) -> str:
     return "****" + secret[-4:] if len(secret) >= 12 else "****"
 
 
+def _without_password(url: str) -> str:
+    """A proxy URL as it may be shown: a password in it is masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+
+
 def describe_config(config: Config) -> str:
     lines = ["Providers:"]
     for name, p in config.providers.items():
         lines.append(f"  {name}: kind={p.kind} base_url={p.base_url or '(built-in)'} "
-                     f"api_key={mask(p.api_key)} http2={p.http2}")
+                     f"api_key={mask(p.api_key)} http2={p.http2}"
+                     + (f" proxy={_without_password(p.proxy)}" if p.proxy else ""))
     lines.append("Models:")
     for m in config.models:
         prices = m.prices

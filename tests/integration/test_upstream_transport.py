@@ -1,4 +1,4 @@
-"""The proxy's upstream connections over real sockets: HTTP/2 and TLS.
+"""The proxy's upstream connections over real sockets: HTTP/2, TLS, and HTTP proxies.
 
 The upstream is the simulated OpenAI server behind hypercorn, on a loopback
 port, optionally with a certificate from a throwaway CA (trustme): the CA a
@@ -9,6 +9,7 @@ transport (httpcore2's pool, h2 for HTTP/2).
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -63,8 +64,10 @@ async def start_upstream(
     return recorder, addresses[0] + "/v1"
 
 
-async def start(nursery: trio.Nursery, base_url: str, *, http2: bool) -> httpx.AsyncClient:
-    provider = ProviderConfig(kind="openai", base_url=base_url, api_key="k", http2=http2)
+async def start(nursery: trio.Nursery, base_url: str, *, http2: bool,
+                proxy: str | None = None) -> httpx.AsyncClient:
+    provider = ProviderConfig(kind="openai", base_url=base_url, api_key="k", http2=http2,
+                              proxy=proxy)
     config = Config(providers={"up": provider},
                     models=[ModelConfig(id=MODEL, provider="up", tier="premium")])
     proxy = await start_proxy(nursery, config)
@@ -130,3 +133,112 @@ async def test_tls_upstream_outside_the_trust_store_is_refused(
     assert answer.status_code == 502
     assert "ConnectError" in answer.json()["error"]["message"]
     assert upstream.versions == []  # no request was ever sent
+
+
+class ConnectProxy:
+    """An HTTP proxy as a company's egress has one: CONNECT tunnels only, Basic auth.
+
+    Every host name resolves to this machine's loopback, so an upstream named
+    ``upstream.test`` is reached without any DNS, as only the proxy resolves
+    the name a client asks it to CONNECT to.
+    """
+
+    def __init__(self, credentials: str | None = None) -> None:
+        self.credentials = credentials
+        self.tunnels: list[str] = []
+        self.refused = 0
+
+    async def serve(self, nursery: trio.Nursery) -> str:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, self.handle, listeners)
+        return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = await client.receive_some(65536)
+                if not data:
+                    return
+                head += data
+            head, _, rest = head.partition(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n")[0].decode().split(" ")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (
+                line.decode().partition(":") for line in head.split(b"\r\n")[1:])}
+            expected = None if self.credentials is None else "Basic " + base64.b64encode(
+                self.credentials.encode()).decode()
+            if method != "CONNECT" or headers.get("proxy-authorization") != expected:
+                self.refused += 1
+                await client.send_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                      b"content-length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            _, _, port = target.rpartition(":")
+            async with await trio.open_tcp_stream("127.0.0.1", int(port)) as upstream:
+                await client.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if rest:
+                    await upstream.send_all(rest)
+                async with trio.open_nursery() as pipes:
+                    pipes.start_soon(_pipe, client, upstream, pipes.cancel_scope)
+                    pipes.start_soon(_pipe, upstream, client, pipes.cancel_scope)
+
+
+async def _pipe(source: trio.SocketStream, sink: trio.SocketStream,
+                done: trio.CancelScope) -> None:
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+    done.cancel()
+
+
+async def _named_tls_upstream(nursery: trio.Nursery, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> tuple[Recorder, str]:
+    """The sim over TLS, named ``upstream.test`` (trusted through SSL_CERT_FILE)."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    upstream, base_url = await start_upstream(nursery, ca.issue_cert("upstream.test"), tmp_path)
+    return upstream, base_url.replace("127.0.0.1", "upstream.test")
+
+
+@pytest.mark.parametrize("how", ["config", "environment"])
+async def test_an_upstream_is_reached_through_an_http_proxy(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    # A network whose only way out is a proxy: the upstream's name resolves
+    # nowhere but at the proxy, which asks for credentials.
+    upstream, base_url = await _named_tls_upstream(nursery, tmp_path, monkeypatch)
+    relay = ConnectProxy(credentials="team:s3cret")
+    address = await relay.serve(nursery)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = f"http://team:s3cret@{address}"
+    if how == "environment":
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+    http = await start(nursery, base_url, http2=False,
+                       proxy=proxy if how == "config" else None)
+    text, streamed = await ask(http)
+    assert text and streamed == text
+    port = base_url.split(":")[2].split("/")[0]
+    assert relay.tunnels and set(relay.tunnels) == {f"upstream.test:{port}"}
+    assert relay.refused == 0
+    assert upstream.versions
+
+
+async def test_a_proxy_that_refuses_is_a_502_that_keeps_its_credentials(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream, base_url = await _named_tls_upstream(nursery, tmp_path, monkeypatch)
+    relay = ConnectProxy(credentials="team:s3cret")
+    address = await relay.serve(nursery)
+    async with await start(nursery, base_url, http2=False,
+                           proxy=f"http://team:wrong-pw@{address}") as http:
+        answer = await http.post("/v1/chat/completions", json=BODY)
+    assert answer.status_code == 502
+    assert "wrong-pw" not in answer.text
+    assert relay.refused >= 1 and relay.tunnels == []
+    assert upstream.versions == []

@@ -19,6 +19,7 @@ from tlproxy.app import create_app
 from tlproxy.config import Config, ConfigError
 from tlproxy.config_check import key_path, problems, validate
 from tlproxy.config_load import load_config
+from tlproxy.explain import describe_config
 
 BASE = """\
 default_alias = "auto"
@@ -61,6 +62,10 @@ CASES = [
     ("[server]\nmax_body_bytes = -1\n", "server.max_body_bytes", "at least 1", 2),
     ('[providers.up]\nkind = "openai"\nbase_url = "api.openai.com/v1"\n',
      "providers.up.base_url", "must start with http://, https://", 3),
+    ('[providers.up]\nkind = "openai"\nbase_url = "https://x"\nproxy = "socks5://p:1080"\n',
+     "providers.up.proxy", "must start with http://, https://", 4),
+    ('[providers.up]\nkind = "openai"\nbase_url = "https://x"\nproxy = "http://"\n',
+     "providers.up.proxy", "names no host", 4),
     ('[providers.up]\nkind = "openai"\nbase_url = "https://x:port/v1"\n',
      "providers.up.base_url", "not a valid URL", 3),
     ('[providers.up]\nkind = "openai"\nbase_url = "https://x"\nread_timeout = -1\n',
@@ -221,3 +226,19 @@ def test_numbers_are_shown_as_written_and_nan_is_refused(
         load_config(config)
     assert any(path == where and words in message
                for path, message in caught.value.problems), caught.value.problems
+
+
+def test_a_proxy_with_its_password_in_the_environment_is_resolved_and_masked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tlproxy.toml"
+    path.write_text(BASE + '[providers.up]\nkind = "openai"\nbase_url = "https://x"\n'
+                    'proxy = "http://team:${EGRESS_PASSWORD}@egress:3128"\n'
+                    '[providers.direct]\nkind = "openai"\nbase_url = "https://y"\n'
+                    'proxy = "none"\n')
+    config = load_config(path, {"EGRESS_PASSWORD": "s3cret-pw"})
+    assert config.providers["up"].proxy == "http://team:s3cret-pw@egress:3128"
+    assert config.providers["direct"].proxy == "none"
+    shown = describe_config(config)
+    assert "proxy=http://team:****@egress:3128" in shown
+    assert "s3cret-pw" not in shown

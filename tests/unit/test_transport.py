@@ -18,6 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.unit.adapter_support import MockPool, Split
+from tlproxy.config import ProviderConfig
 from tlproxy.errors import UpstreamError
 from tlproxy.providers.transport import (
     Endpoint,
@@ -25,6 +26,7 @@ from tlproxy.providers.transport import (
     Transport,
     _Shards,
     map_exceptions,
+    proxy_url,
     shard_sizes,
     transport_error,
 )
@@ -219,3 +221,56 @@ async def test_requests_go_round_robin_over_the_shards_and_all_are_closed() -> N
     assert served == [0, 1, 2, 0, 1, 2, 0]
     await transport.aclose()
     assert all(p.closed for p in pools)
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                    "all_proxy", "NO_PROXY", "no_proxy", "REQUEST_METHOD")
+
+
+@pytest.mark.parametrize(("base_url", "proxy", "environ", "expected"), [
+    # Nothing set: straight to the upstream.
+    ("https://api.openai.com/v1", None, {}, None),
+    # The environment, as curl and the SDKs read it.
+    ("https://api.openai.com/v1", None, {"HTTPS_PROXY": "http://egress:3128"},
+     "http://egress:3128"),
+    ("https://api.openai.com/v1", None,
+     {"HTTPS_PROXY": "http://upper:3128", "https_proxy": "http://lower:3128"},
+     "http://lower:3128"),
+    ("https://api.openai.com/v1", None, {"HTTP_PROXY": "http://egress:3128"}, None),
+    ("http://vllm.internal:8000/v1", None, {"HTTP_PROXY": "http://egress:3128"},
+     "http://egress:3128"),
+    ("https://api.openai.com/v1", None, {"ALL_PROXY": "http://egress:3128"},
+     "http://egress:3128"),
+    # NO_PROXY excepts a host, a domain, everything.
+    ("https://api.openai.com/v1", None,
+     {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": "api.openai.com"}, None),
+    ("https://api.openai.com/v1", None,
+     {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": ".openai.com,example.org"}, None),
+    ("https://api.openai.com/v1", None,
+     {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": "*"}, None),
+    ("https://api.anthropic.com/v1", None,
+     {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": ".openai.com"}, "http://egress:3128"),
+    # A loopback upstream (the built-in simulator, a model server beside us): never.
+    ("http://127.0.0.1:8001/v1", None, {"HTTP_PROXY": "http://egress:3128"}, None),
+    ("http://localhost:8001/v1", None, {"HTTP_PROXY": "http://egress:3128"}, None),
+    ("http://[::1]:8001/v1", None, {"HTTP_PROXY": "http://egress:3128"}, None),
+    (None, None, {"HTTP_PROXY": "http://egress:3128"}, None),
+    # A SOCKS proxy is not spoken: direct, with a warning.
+    ("https://api.openai.com/v1", None, {"ALL_PROXY": "socks5://egress:1080"}, None),
+    # The provider's own setting wins over the environment.
+    ("https://api.openai.com/v1", "http://mine:8080", {"HTTPS_PROXY": "http://egress:3128"},
+     "http://mine:8080"),
+    ("https://api.openai.com/v1", "none", {"HTTPS_PROXY": "http://egress:3128"}, None),
+    ("http://127.0.0.1:8001/v1", "http://mine:8080", {}, "http://mine:8080"),
+])
+def test_the_proxy_a_provider_goes_through(
+    monkeypatch: pytest.MonkeyPatch, base_url: str | None, proxy: str | None,
+    environ: dict[str, str], expected: str | None,
+) -> None:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    config = ProviderConfig(kind="openai" if base_url else "sim", base_url=base_url,
+                            proxy=proxy)
+    assert proxy_url(config) == expected

@@ -36,9 +36,13 @@ mid-send, so trio has nothing left to finalize at garbage collection.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
+import urllib.request
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any, Protocol, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpcore2
 
@@ -53,11 +57,14 @@ __all__ = [
     "Transport",
     "make_transport",
     "map_exceptions",
+    "proxy_url",
     "transport_error",
 ]
 
 # How long a readiness ping may take, whatever the configured timeouts.
 PING_TIMEOUT = 2.0
+
+log = logging.getLogger(__name__)
 
 # Sent with every request; the bodies they allow are decoded by `_decoder`.
 _COMMON_HEADERS = [(b"user-agent", b"tlproxy"), (b"accept-encoding", b"gzip, deflate")]
@@ -305,30 +312,86 @@ class _Shards:
             await pool.aclose()
 
 
+def proxy_url(config: ProviderConfig) -> str | None:
+    """The HTTP proxy this provider's requests go through, or None for none.
+
+    The provider's own `proxy` wins (``"none"``: never); unset, the
+    environment decides as curl and the SDKs read it (`HTTPS_PROXY` for an
+    https upstream, `HTTP_PROXY` for http, `ALL_PROXY` for either, lower case
+    first, `NO_PROXY` excepting hosts), through the standard library's
+    reading of those variables. A loopback upstream (the built-in simulator,
+    a model server beside the proxy) is never reached through a proxy.
+    """
+    if config.proxy is not None:
+        return None if config.proxy == "none" else config.proxy
+    parts = urlsplit(config.base_url or "")
+    host = parts.hostname
+    if not host or _loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    if urllib.request.proxy_bypass(host):
+        return None
+    found = proxies.get(parts.scheme) or proxies.get("all")
+    if found is None or urlsplit(found).scheme not in ("http", "https"):
+        # A SOCKS proxy (socks5://) is not spoken: said once at start-up.
+        if found is not None:
+            log.warning("provider %s: the environment's %s proxy is not an http:// or "
+                        "https:// proxy and is not used", config.base_url, parts.scheme)
+        return None
+    return found
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _proxied_pool(proxy: str, **pool: Any) -> Pool:
+    """httpcore2's pool through an HTTP proxy: CONNECT tunnels to https upstreams,
+    forwarded requests to http ones; credentials in the URL become Basic auth."""
+    parts = urlsplit(proxy)
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return httpcore2.AsyncHTTPProxy(
+        proxy_url=urlunsplit(parts), proxy_auth=auth,
+        proxy_ssl_context=httpcore2.default_ssl_context() if parts.scheme == "https" else None,
+        **pool)
+
+
 def make_transport(config: ProviderConfig, *, shards: int = 8) -> Transport:
     """One pooled transport per upstream, HTTP/2 when the upstream speaks it.
 
     Over TLS the upstream's certificate is checked against the system's trust
     store, or the bundle named by ``SSL_CERT_FILE`` (or the directory
-    ``SSL_CERT_DIR``) when set (`httpcore2.default_ssl_context`).
+    ``SSL_CERT_DIR``) when set (`httpcore2.default_ssl_context`). Requests go
+    through the proxy `proxy_url` names, if any.
     """
     plain_http = (config.base_url or "").startswith("http:")
     # One TLS context for every connection (loading a trust store takes tens
     # of ms); none over plain http.
     ssl_context = None if plain_http else httpcore2.default_ssl_context()
-    pool = _Shards([
-        httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=size,
-            max_keepalive_connections=size,
-            keepalive_expiry=30.0,
+    proxy = proxy_url(config)
+    pools: list[Pool] = []
+    for size in shard_sizes(config.max_connections, shards):
+        options: dict[str, Any] = {
+            "ssl_context": ssl_context,
+            "max_connections": size,
+            "max_keepalive_connections": size,
+            "keepalive_expiry": 30.0,
             # Over plain http, HTTP/2 means prior knowledge (h2c): no HTTP/1.1 at all.
-            http1=not (config.http2 and plain_http),
-            http2=config.http2,
-            network_backend=httpcore2.TrioBackend(),
-        )
-        for size in shard_sizes(config.max_connections, shards)
-    ])
+            "http1": not (config.http2 and plain_http),
+            "http2": config.http2,
+            "network_backend": httpcore2.TrioBackend(),
+        }
+        pools.append(httpcore2.AsyncConnectionPool(**options) if proxy is None
+                     else _proxied_pool(proxy, **options))
+    pool = _Shards(pools)
     return Transport(
         pool, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout
     )
