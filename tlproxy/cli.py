@@ -538,6 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=os.environ.get("TLPROXY_LOG_LEVEL", "INFO"), handlers=[handler])
+    # No line shows the caller's file, the thread or the process: the logging
+    # HOWTO's "Optimization" settings skip finding them for every record (the
+    # access log line of every request: 10 us before, 7 after).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         # Every option belongs to the benchmark tool, --help included.
