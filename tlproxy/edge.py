@@ -133,7 +133,8 @@ class Request:
     async def respond(
         self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
-        await self.start(status, [(b"content-type", b"application/json"), *(headers or ())])
+        await self.start(status, [(b"content-type", b"application/json"),
+                                  (b"content-length", b"%d" % len(body)), *(headers or ())])
         await self.send({"type": "http.response.body", "body": body})
 
 
@@ -232,12 +233,16 @@ async def render_embeddings(request: Request, answer: Answer) -> None:
 
 
 async def _answer(request: Request, answer: Answer) -> None:
+    body = _encode(answer.body)
+    # With its length the answer is framed by Content-Length, as OpenAI's are,
+    # not chunked: no terminating chunk, one write fewer for the server.
     await request.start(200, [(b"content-type", b"application/json"),
+                              (b"content-length", b"%d" % len(body)),
                               *route_headers(answer.route)])
     # Answered once the body is handed over: the server may tell the disconnect
     # listener the exchange is over before the send returns.
     request.answered = True
-    await request.send({"type": "http.response.body", "body": _encode(answer.body)})
+    await request.send({"type": "http.response.body", "body": body})
 
 
 def _frames(chunks: list[dict[str, Any]], include_usage: bool) -> bytes:

@@ -12,6 +12,7 @@ import signal
 import socket
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 import trio
@@ -154,15 +155,18 @@ async def test_workers_of_a_killed_server_drain_and_exit(tmp_path: Path) -> None
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
-    """Send one request; read until its chunked body ends or the server closes."""
+    """Send one request; read until its answer ends (h11 frames it) or the server closes."""
     sock.sendall(request)
+    reader = h11.Connection(h11.CLIENT)
     data = b""
-    while not data.endswith(b"0\r\n\r\n"):
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        data += piece
-    return data
+    while True:
+        event = reader.next_event()
+        if event is h11.NEED_DATA:
+            piece = sock.recv(65536)
+            data += piece
+            reader.receive_data(piece)  # b"" is the server closing
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return data
 
 
 # When the request lands: at once after SIGTERM (racing the drain's start), or
@@ -234,11 +238,14 @@ async def _answered_on_a_kept_alive_connection(address: str, body: bytes) -> tri
     await stream.send_all(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\n"
         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    reader = h11.Connection(h11.CLIENT)
     received = b""
-    while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk of the body
-        data = await stream.receive_some()
-        assert data, received  # the server must not close a connection it just answered on
-        received += data
+    while not isinstance(event := reader.next_event(), h11.EndOfMessage):
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some()
+            assert data, received  # the server must not close a connection it just answered on
+            received += data
+            reader.receive_data(data)
     assert received.startswith(b"HTTP/1.1 200 "), received
     return stream
 
