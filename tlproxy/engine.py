@@ -325,8 +325,12 @@ class Engine:
             # Generous: a burst of load raises every TTFT at once, and a deadline
             # that fires on all candidates together turns slowness into errors.
             deadline = max(5.0, 4 * p99) if p99 is not None else None
-        return Candidate(key=model.id, tier=tier, hedge_delay=delay,
-                         first_token_deadline=deadline)
+        stall = model.stall_timeout
+        return Candidate(
+            key=model.id, tier=tier, hedge_delay=delay, first_token_deadline=deadline,
+            stall_deadline=stall if stall is not None else stats.stall_deadline("answer"),
+            reasoning_stall_deadline=(
+                stall if stall is not None else stats.stall_deadline("reasoning")))
 
     def _on_record(self, record: AttemptRecord, stream: bool) -> None:
         """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
@@ -339,6 +343,8 @@ class Engine:
             assert kind is not None
             stats.record_ttft(ttft, kind=kind)
             self.metrics.upstream_ttft.labels(record.candidate.key, kind).observe(ttft)
+            if record.longest_gaps:
+                stats.record_gaps(record.longest_gaps)
         elif stream and record.outcome in _CUT and record.ended_at is not None:
             stats.record_no_token(record.ended_at - record.started_at)
         if record.outcome in ("failed", "deadline"):

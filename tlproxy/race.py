@@ -39,6 +39,16 @@ non-streamed answer is one chunk, its first token and its last at once, so a
 first-token deadline means nothing to it: its bound is the candidate's
 `answer_deadline`, on the whole attempt.
 
+After the first token, a stream that goes quiet has failed as surely as one
+that breaks: a candidate's `stall_deadline` bounds the wait between chunks
+(`reasoning_stall_deadline` while the last chunk was reasoning, since a model
+thinking pauses longer than one writing). Only the upstream's silence counts:
+while the consumer is not reading and the buffer is full, the clock is off.
+An attempt that misses it fails with code ``stall_timeout`` like a cut
+stream, and a stream that ends whole reports its longest gaps per phase
+(`AttemptRecord.longest_gaps`), the measure the caller derives the deadline
+from.
+
 The guarantees:
 
 1. the caller sees nothing (the `async with` does not enter) until the
@@ -98,6 +108,13 @@ class Candidate(msgspec.Struct, frozen=True):
     # whose one chunk is the whole answer. The winner's time counts too,
     # including time its consumer spends not reading.
     answer_deadline: float | None = None
+    # After the first token, seconds without a new chunk after which the
+    # attempt has stalled (code ``stall_timeout``); `reasoning_stall_deadline`
+    # while its last chunk was reasoning (a model thinking pauses longer).
+    # Time the consumer spends not reading does not count. None: no bound
+    # but the transport's read timeout.
+    stall_deadline: float | None = None
+    reasoning_stall_deadline: float | None = None
 
 
 class AttemptRecord(msgspec.Struct):
@@ -121,6 +138,10 @@ class AttemptRecord(msgspec.Struct):
     # What the first token carried, as `first_token_kind` named it: "content",
     # "refusal", "tool_calls", "reasoning", "audio", ...; None without one.
     first_token_kind: str | None = None
+    # For a stream that ended whole: its longest wait between chunks after the
+    # first token, per phase ("reasoning" while the last chunk was reasoning,
+    # "answer" otherwise), the measure its stall deadline is derived from.
+    longest_gaps: dict[str, float] | None = None
 
 
 class Winner(msgspec.Struct, frozen=True):
@@ -227,6 +248,12 @@ class _Attempt:
         self.scope = trio.CancelScope()
         self.deadline_scope: trio.CancelScope | None = None
         self.answer_deadline_at = math.inf
+        # After the first token: when the stall deadline falls, the phase the
+        # stream is in, when its last chunk was taken, its longest gaps.
+        self.stall_at = math.inf
+        self.phase = "answer"
+        self.last_at = 0.0
+        self.gaps: dict[str, float] = {}
         self.first_chunks: list[Chunk] = []
         self.send: trio.MemorySendChannel[Chunk | _Failure] | None = None
         self.receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None = None
@@ -487,7 +514,7 @@ class _Race:
             with attempt.scope:
                 error, outcome = await self._stream(attempt)
                 if error is None:
-                    pass
+                    record.longest_gaps = attempt.gaps
                 elif attempt is self.winner:
                     record.error = error
                     assert attempt.send is not None
@@ -526,6 +553,11 @@ class _Race:
                 return UpstreamError(
                     f"{candidate.key} sent no first token within {first:g} s.", status=504,
                     code="first_token_timeout"), "deadline"
+            if attempt.stall_at < attempt.answer_deadline_at:
+                pause = self._stall_after(attempt)
+                return UpstreamError(
+                    f"{candidate.key} sent nothing for {pause:g} s after its first token.",
+                    status=504, code="stall_timeout"), "deadline"
             return UpstreamError(
                 f"{candidate.key} did not complete its answer within {whole:g} s.",
                 status=504, code="total_timeout"), "deadline"
@@ -541,21 +573,26 @@ class _Race:
         if usage is not None:
             record.usage = usage
         if attempt.send is not None:
+            self._progress(attempt, chunk)
             # No checkpoint while there is room: the chunks of one upstream read
             # all reach the channel before the consumer runs, so it can write
             # them out together. The upstream read itself is the checkpoint.
             try:
                 attempt.send.send_nowait(chunk)
             except trio.WouldBlock:
+                # A consumer not reading is not the upstream stalling.
+                self._arm_stall(attempt, math.inf)
                 await attempt.send.send(chunk)  # blocks when the buffer is full
+                attempt.last_at = trio.current_time()
+                self._arm_stall(attempt, attempt.last_at + self._stall_after(attempt))
             return
         attempt.first_chunks.append(chunk)
         kind = self.first_token_kind(chunk)
         if kind is not None:
-            record.first_token_at = trio.current_time()
+            record.first_token_at = attempt.last_at = trio.current_time()
             record.first_token_kind = kind
-            assert attempt.deadline_scope is not None
-            attempt.deadline_scope.deadline = attempt.answer_deadline_at
+            attempt.phase = _phase(kind, "answer")
+            self._arm_stall(attempt, attempt.last_at + self._stall_after(attempt))
             # What this attempt holds in all: first chunks, the channel, one in hand.
             room = max(0, self.buffer_limit - len(attempt.first_chunks) - 1)
             attempt.send, attempt.receive = trio.open_memory_channel[Chunk | _Failure](room)
@@ -563,6 +600,36 @@ class _Race:
         elif len(attempt.first_chunks) >= self.buffer_limit:
             raise UpstreamError(
                 f"{record.candidate.key} sent {self.buffer_limit} chunks without a token.")
+
+    def _progress(self, attempt: _Attempt, chunk: Chunk) -> None:
+        """A chunk after the first token: the gap it ended, its phase, the next deadline."""
+        now = trio.current_time()
+        gap = now - attempt.last_at
+        if gap > attempt.gaps.get(attempt.phase, -1.0):
+            attempt.gaps[attempt.phase] = gap
+        attempt.last_at = now
+        attempt.phase = _phase(self.first_token_kind(chunk), attempt.phase)
+        self._arm_stall(attempt, now + self._stall_after(attempt))
+
+    @staticmethod
+    def _stall_after(attempt: _Attempt) -> float:
+        candidate = attempt.record.candidate
+        after = (candidate.reasoning_stall_deadline if attempt.phase == "reasoning"
+                 else candidate.stall_deadline)
+        return math.inf if after is None else after
+
+    @staticmethod
+    def _arm_stall(attempt: _Attempt, at: float) -> None:
+        attempt.stall_at = at
+        assert attempt.deadline_scope is not None
+        attempt.deadline_scope.deadline = min(at, attempt.answer_deadline_at)
+
+
+def _phase(kind: str | None, current: str) -> str:
+    """The phase a stream is in after a chunk of `kind` (None: a chunk with no token)."""
+    if kind is None or kind == "finish":
+        return current
+    return "reasoning" if kind == "reasoning" else "answer"
 
 
 @contextlib.asynccontextmanager

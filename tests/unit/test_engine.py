@@ -135,10 +135,10 @@ class FakeUpstream(Provider):
                 "usage": {"prompt_tokens": 1, "total_tokens": 1}}
 
 
-def config(**policy: Any) -> Config:
+def config(models: Sequence[ModelConfig] = MODELS, **policy: Any) -> Config:
     return Config(
         providers={"fake": ProviderConfig(kind="openai", base_url="http://fake.invalid")},
-        models=MODELS, policy=Policy(**policy),
+        models=list(models), policy=Policy(**policy),
         classifier=ClassifierConfig(enabled=True, model="emb", timeout=10.0,
                                     examples={"summarization": ["sum"], "extraction": ["ext"]}))
 
@@ -184,8 +184,8 @@ class Client:
 
 class Harness:
     def __init__(self, upstream: FakeUpstream, *, admit: Admit | None = None,
-                 **policy: Any) -> None:
-        self.config = config(**policy)
+                 models: Sequence[ModelConfig] = MODELS, **policy: Any) -> None:
+        self.config = config(models, **policy)
         self.upstream = upstream
         self.writer = MemoryWriter()
         self.ledger = Ledger(self.writer)
