@@ -88,7 +88,15 @@ import trio
 
 from .errors import UpstreamError, leaves
 
-__all__ = ["AttemptRecord", "Candidate", "RaceFailed", "Winner", "WinnerChunks", "race"]
+__all__ = [
+    "AttemptRecord",
+    "Candidate",
+    "RaceFailed",
+    "StreamFailure",
+    "Winner",
+    "WinnerChunks",
+    "race",
+]
 
 Chunk = dict[str, Any]
 
@@ -115,6 +123,9 @@ class Candidate(msgspec.Struct, frozen=True):
     # but the transport's read timeout.
     stall_deadline: float | None = None
     reasoning_stall_deadline: float | None = None
+    # Set on an attempt that continues another's answer after it failed: why
+    # that one failed ("cut", "stall", "malformed", "error-event").
+    continues: str | None = None
 
 
 class AttemptRecord(msgspec.Struct):
@@ -142,6 +153,8 @@ class AttemptRecord(msgspec.Struct):
     # first token, per phase ("reasoning" while the last chunk was reasoning,
     # "answer" otherwise), the measure its stall deadline is derived from.
     longest_gaps: dict[str, float] | None = None
+    # Whether its stream ended whole (not failed, not cut short by anyone).
+    whole: bool = False
 
 
 class Winner(msgspec.Struct, frozen=True):
@@ -184,6 +197,10 @@ class _Failure:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+# The item a producer of a `WinnerChunks` channel sends to end it with an error.
+StreamFailure = _Failure
 
 
 class WinnerChunks:
@@ -515,6 +532,7 @@ class _Race:
                 error, outcome = await self._stream(attempt)
                 if error is None:
                     record.longest_gaps = attempt.gaps
+                    record.whole = True
                 elif attempt is self.winner:
                     record.error = error
                     assert attempt.send is not None
