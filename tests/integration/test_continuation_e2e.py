@@ -1,0 +1,154 @@
+"""Streams that survive, end to end: the official SDK, the real proxy, sims that break.
+
+Three simulated upstreams on loopback ports, one per protocol (OpenAI's,
+Anthropic's, Gemini's). In each, the model ``broken`` fails every stream after
+five tokens (cut, stall, malformed event or error event: the sim's per-model
+``fault``); the OpenAI sim's model ``healthy`` answers whole. The economy tier
+ranks ``broken`` first (it is cheaper), so it wins the race, breaks, and
+``healthy`` finishes its answer: the SDK must see one complete answer, and the
+ledger both attempts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import trio
+from trio.testing import MockClock
+
+from tests.integration.conftest import start_proxy
+from tests.integration.sse_wire import check_openai_stream, read_stream
+from tlproxy.config import (
+    Config,
+    LedgerConfig,
+    ModelConfig,
+    Policy,
+    Prices,
+    ProviderConfig,
+    SimFault,
+    SimModelProfile,
+)
+from tlproxy.continuation import Overlap, continue_body
+from tlproxy.server import serve_sim
+from tlproxy.sim import SimUpstream
+from tlproxy.sim.plan import plan_answer
+
+KEYS = {"anthropic": "test-anthropic-key", "gemini": "test-gemini-key",
+        "openai": "test-openai-key"}
+HEALTHY = SimModelProfile(tokens=12)
+QUESTION = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Tell me how the proxy routes requests"}]
+
+
+def broken(fault: SimFault) -> SimModelProfile:
+    return SimModelProfile(tokens=20, fault=fault, fault_after=5, fault_stall_ms=15_000.0)
+
+
+async def start(nursery: trio.Nursery, protocol: str, fault: SimFault,
+                db: Path) -> str:
+    """The three sims and the proxy; the broken model speaks `protocol`."""
+    providers: dict[str, ProviderConfig] = {}
+    for kind in ("anthropic", "gemini", "openai"):
+        profiles = {"healthy": HEALTHY}
+        if kind == protocol:
+            profiles["broken"] = broken(fault)
+        sim = SimUpstream(profiles, api_key=KEYS[kind])
+        address = (await nursery.start(functools.partial(serve_sim, sim)))[0]
+        base = address + "/v1" if kind == "openai" else address
+        providers[kind] = ProviderConfig(kind=kind, base_url=base, api_key=KEYS[kind])
+    models = [
+        ModelConfig(id="broken", provider=protocol, tier="economy", stall_timeout=2.0,
+                    prices=Prices(input=0.1, output=0.4)),
+        ModelConfig(id="healthy", provider="openai", tier="economy",
+                    prices=Prices(input=1.0, output=4.0)),
+        ModelConfig(id="premium-model", provider="openai", upstream_model="healthy",
+                    tier="premium"),
+    ]
+    config = Config(providers=providers, models=models, policy=Policy(strategy="cost"),
+                    ledger=LedgerConfig(path=str(db), flush_interval=0.05))
+    running = await start_proxy(nursery, config)
+    return running.url
+
+
+def ledger(db: Path) -> list[dict[str, Any]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY ts")]
+
+
+def expected_text(provider_kind: str) -> str:
+    """What the client should read: the broken model's first five tokens, then the
+    healthy model's answer to the continuation request, its repetition trimmed."""
+    body = {"model": "economy", "messages": QUESTION}
+    partial = "".join(plan_answer(body, broken("cut")).choices[0].tokens[:5])
+    asked = continue_body(body, partial, "instruction", provider_kind)
+    overlap = Overlap(partial)
+    rest = overlap.feed("".join(plan_answer(asked, HEALTHY).choices[0].tokens))
+    return partial + rest + overlap.flush()
+
+
+async def answer_through_sdk(url: str) -> tuple[str, list[str], openai.types.CompletionUsage]:
+    text: list[str] = []
+    finishes: list[str] = []
+    usage = None
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused",
+                                  max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="economy", messages=QUESTION, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True})
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                if choice.finish_reason:
+                    finishes.append(choice.finish_reason)
+            usage = chunk.usage or usage
+    assert usage is not None
+    return "".join(text), finishes, usage
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic", "gemini"])
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("cut", "cut"), ("malformed", "malformed"), ("error_event", "error-event"),
+    ("stall", "stall"),
+])
+async def test_the_sdk_sees_one_complete_answer_and_the_ledger_both_attempts(
+        autojump_clock: MockClock, tmp_path: Path, protocol: str, fault: SimFault,
+        reason: str) -> None:
+    db = tmp_path / "ledger.db"
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, protocol, fault, db)
+        text, finishes, usage = await answer_through_sdk(url)
+        nursery.cancel_scope.cancel()  # shutdown flushes the ledger
+    assert text == expected_text("openai")
+    assert finishes == ["stop"]
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    rows = {r["model"]: r for r in ledger(db)}
+    assert set(rows) == {"broken", "healthy"}
+    assert rows["broken"]["request_id"] == rows["healthy"]["request_id"]
+    assert (rows["broken"]["status"], rows["broken"]["winner"]) == ("cut", 1)
+    assert (rows["healthy"]["status"], rows["healthy"]["winner"],
+            rows["healthy"]["continuation"]) == ("ok", 0, reason)
+    assert rows["healthy"]["cost_usd"] > 0
+
+
+async def test_the_wire_is_openai_s_and_the_header_turns_it_off(
+        autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, "openai", "cut", tmp_path / "ledger.db")
+        async with httpx.AsyncClient(base_url=url) as http:
+            body = {"model": "economy", "messages": QUESTION,
+                    "stream_options": {"include_usage": True}}
+            whole = await read_stream(http, body)
+            check_openai_stream(whole, include_usage=True)
+            http.headers["x-tlproxy-continuation"] = "off"
+            cut = await read_stream(http, body)
+        nursery.cancel_scope.cancel()
+    assert not cut.done and "error" in cut.chunks[-1]
+    assert sum(1 for c in cut.chunks if c.get("choices")) == 1 + 5  # role, five tokens
