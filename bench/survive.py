@@ -99,11 +99,12 @@ def classify(finished: bool, error: BaseException | None, timed_out: bool) -> st
     return "recovered" if finished else "silent cut"
 
 
-async def ask(base_url: str, model: str, timeout: float, **extra: Any) -> tuple[str, float, int]:
+async def ask(base_url: str, model: str, give_up: float,
+              **extra: Any) -> tuple[str, float, int]:
     """One streamed answer: (how it ended, seconds to its end, words received)."""
     started = time.monotonic()
     finished, error, words = False, None, 0
-    with trio.move_on_after(timeout) as deadline:
+    with trio.move_on_after(give_up) as deadline:
         async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0,
                                       http_client=httpx2.AsyncClient(timeout=None)) as sdk:
             try:

@@ -15,10 +15,12 @@ The chunks are as the adapters made them, OpenAI-shaped; the repairs that
 make them exactly OpenAI's are the renderer's (`shapes.py`). On their way
 through, the engine reads what the bookkeeping needs: the usage the key is
 charged, the text a sampled shadow compares. An upstream failure after the
-first token leaves the stream as `UpstreamError`, counted here, rendered by
-the edge. The request's account (`accounting.Tab`) is the one mutable thing
-the engine and the edge share; the edge closes it with `Engine.finish` once it
-knows what the client saw.
+first token is continued by the next model of the decided tier in the same
+stream, when that can be done faithfully (`resume.py`, `continuation.py`;
+docs/reliability.md); otherwise it leaves the stream as `UpstreamError`,
+counted here, rendered by the edge. The request's account (`accounting.Tab`)
+is the one mutable thing the engine and the edge share; the edge closes it
+with `Engine.finish` once it knows what the client saw.
 
 One clock: every time the engine measures or decides by is read from
 ``trio.current_time()`` (the race's clock), so trio's `MockClock` drives a

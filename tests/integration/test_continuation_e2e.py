@@ -15,7 +15,7 @@ import contextlib
 import functools
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -52,7 +52,7 @@ def broken(fault: SimFault) -> SimModelProfile:
 
 
 async def start(nursery: trio.Nursery, protocol: str, fault: SimFault,
-                db: Path) -> str:
+                db: Path, *, form: Literal["prefill", "instruction"] | None = None) -> str:
     """The three sims and the proxy; the broken model speaks `protocol`."""
     providers: dict[str, ProviderConfig] = {}
     for kind in ("anthropic", "gemini", "openai"):
@@ -66,7 +66,7 @@ async def start(nursery: trio.Nursery, protocol: str, fault: SimFault,
     models = [
         ModelConfig(id="broken", provider=protocol, tier="economy", stall_timeout=2.0,
                     prices=Prices(input=0.1, output=0.4)),
-        ModelConfig(id="healthy", provider="openai", tier="economy",
+        ModelConfig(id="healthy", provider="openai", tier="economy", continuation=form,
                     prices=Prices(input=1.0, output=4.0)),
         ModelConfig(id="premium-model", provider="openai", upstream_model="healthy",
                     tier="premium"),
@@ -152,3 +152,16 @@ async def test_the_wire_is_openai_s_and_the_header_turns_it_off(
         nursery.cancel_scope.cancel()
     assert not cut.done and "error" in cut.chunks[-1]
     assert sum(1 for c in cut.chunks if c.get("choices")) == 1 + 5  # role, five tokens
+
+
+async def test_a_model_that_takes_prefill_writes_only_the_rest(
+        autojump_clock: MockClock, tmp_path: Path) -> None:
+    """The sim continues a prefill as a model would: the client reads one answer,
+    the continuing model's own, its first five tokens written by the broken one."""
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, "anthropic", "cut", tmp_path / "ledger.db", form="prefill")
+        text, finishes, _ = await answer_through_sdk(url)
+        nursery.cancel_scope.cancel()
+    body = {"model": "economy", "messages": QUESTION}
+    assert text == "".join(plan_answer(body, HEALTHY).choices[0].tokens)
+    assert finishes == ["stop"]

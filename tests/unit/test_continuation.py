@@ -165,3 +165,26 @@ def test_a_spliced_chunk_takes_the_first_streams_identity() -> None:
                                     "total_tokens": 32}})
     assert usage is not None and usage["usage"] == {
         "prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["call", "text", "finish"]),
+                          st.integers(min_value=0, max_value=2),
+                          st.sampled_from(["", "{", '"a"', ": 1", "}", "[]"])), max_size=20))
+def test_held_chunks_come_out_in_order_and_none_is_lost(
+        steps: list[tuple[str, int, str]]) -> None:
+    hold = ToolCallHold()
+    sent: list[dict[str, Any]] = []
+    given_in: list[dict[str, Any]] = []
+    for kind, index, args in steps:
+        if kind == "call":
+            item = tool_chunk(index, args)
+        elif kind == "text":
+            item = {"choices": [{"index": 0, "delta": {"content": args}}]}
+        else:
+            item = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        given_in.append(item)
+        sent += hold.feed(item)
+        # Nothing is ever sent ahead of something held before it.
+        assert sent == given_in[:len(sent)]
+    sent += hold.flush()
+    assert sent == given_in

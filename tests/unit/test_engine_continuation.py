@@ -71,9 +71,10 @@ class Recording(FakeUpstream):
 
 
 def economy(**overrides: Any) -> list[ModelConfig]:
-    """Two economy models; `e1=dict(...)` sets fields of one."""
+    """Economy models e1, e2 (and e3 when given fields); `e1=dict(...)` sets fields of one."""
+    names = ("e1", "e2", "e3") if "e3" in overrides else ("e1", "e2")
     return [ModelConfig(id=m, provider="fake", tier="economy", **overrides.get(m, {}))
-            for m in ("e1", "e2")]
+            for m in names]
 
 
 async def ask(harness: Harness, client: Client, **body: Any) -> None:
@@ -296,3 +297,30 @@ async def test_a_client_that_leaves_during_the_continuation_cancels_it(
     assert upstream.log[-1] == (2.0, "e2", "ended")
     rows = {r.model: r for r in await harness.rows()}
     assert (rows["e2"].status, rows["e2"].continuation) == ("cancelled", "cut")
+
+
+async def test_a_continuation_that_breaks_too_is_continued_by_the_next_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    malformed = UpstreamError("the upstream provider sent a malformed stream event")
+    upstream = Recording({
+        "e1": first_five(CUT),
+        "e2": [chunk(role="assistant", content=""), 0.5, *words(" six", " seven"), 0.0,
+               malformed],
+        "e3": rest(" eight", " nine"),
+    })
+    harness = Harness(upstream, models=economy(e3={}))
+    client = Client()
+    await ask(harness, client)
+    sent = events(client.body)
+    assert contents(client.body) == "One two three four five six seven eight nine"
+    assert sent[-1] == "[DONE]" and finishes(sent) == ["stop"]
+    # e3 continues what the client has: both broken attempts' words.
+    assert upstream.bodies["e3"]["messages"][-2]["content"] == (
+        "One two three four five six seven")
+    rows = {r.model: r for r in await harness.rows()}
+    assert (rows["e2"].status, rows["e2"].continuation) == ("cut", "cut")
+    assert (rows["e3"].status, rows["e3"].continuation) == ("ok", "malformed")
+    counted = harness.metrics.continuations
+    assert counted.labels("cut", "failed")._value.get() == 1
+    assert counted.labels("malformed", "recovered")._value.get() == 1
