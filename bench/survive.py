@@ -39,6 +39,7 @@ from typing import Any
 import httpx2
 import openai
 import trio
+from openai.types.chat import ChatCompletionMessageParam
 
 from tlproxy.config import (
     Config,
@@ -59,7 +60,8 @@ FAULTS: tuple[SimFault, ...] = ("cut", "malformed", "stall")
 TOKENS = 20
 FAULT_AFTER = 5
 STALL_MS = 15_000.0
-QUESTION = [{"role": "user", "content": "How does the proxy keep a stream alive?"}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "How does the proxy keep a stream alive?"}]
 
 
 def profiles(inter_token_ms: float) -> dict[str, SimModelProfile]:
@@ -100,7 +102,7 @@ def classify(finished: bool, error: BaseException | None, timed_out: bool) -> st
 
 
 async def ask(base_url: str, model: str, give_up: float,
-              **extra: Any) -> tuple[str, float, int]:
+              max_tokens: int | None = None) -> tuple[str, float, int]:
     """One streamed answer: (how it ended, seconds to its end, words received)."""
     started = time.monotonic()
     finished, error, words = False, None, 0
@@ -109,7 +111,8 @@ async def ask(base_url: str, model: str, give_up: float,
                                       http_client=httpx2.AsyncClient(timeout=None)) as sdk:
             try:
                 stream = await sdk.chat.completions.create(
-                    model=model, messages=QUESTION, stream=True, **extra)  # type: ignore[arg-type]
+                    model=model, messages=QUESTION, stream=True,
+                    max_tokens=openai.omit if max_tokens is None else max_tokens)
                 async for chunk in stream:
                     for choice in chunk.choices:
                         words += bool(choice.delta.content)
