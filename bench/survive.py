@@ -23,7 +23,10 @@ upstream). Each answer is classified as the client saw it:
 * ``hang``: no end within ``--client-timeout`` seconds.
 
 with the seconds from the request to the end of the answer (median of the
-runs). Everything runs in this process, on loopback, in real time.
+runs). Last, what holding a tool call until it is whole costs: the client's
+time to the first tool-call chunk through the proxy, held (continuation on)
+and passed as it comes (``x-tlproxy-continuation: off``), alternating.
+Everything runs in this process, on loopback, in real time.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 import httpx2
 import openai
 import trio
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tlproxy.config import (
     Config,
@@ -90,6 +93,41 @@ def proxy_config(upstream: str, fault: SimFault) -> Config:
         policy=Policy(strategy="cost", hedge_tiers=[]),
         ledger=LedgerConfig(enabled=False),
     )
+
+
+def tools_config(upstream: str) -> Config:
+    """Two healthy economy models, for what holding a tool call until it is whole costs."""
+    return Config(
+        providers={"upstream": ProviderConfig(kind="openai", base_url=upstream,
+                                              api_key="bench")},
+        models=[ModelConfig(id=m, provider="upstream", tier="economy", upstream_model="steady")
+                for m in ("steady-a", "steady-b")]
+        + [ModelConfig(id="steady-premium", provider="upstream", upstream_model="steady",
+                       tier="premium")],
+        policy=Policy(hedge_tiers=[]), ledger=LedgerConfig(enabled=False))
+
+
+WEATHER: list[ChatCompletionToolParam] = [{"type": "function", "function": {
+    "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+async def tool_ttft(base_url: str, *, hold: bool) -> float:
+    """Seconds to the first chunk with a tool call, streamed through the proxy; the
+    call is held until whole with continuation on, passed as it comes with it off."""
+    headers = {} if hold else {"x-tlproxy-continuation": "off"}
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0,
+                                  http_client=httpx2.AsyncClient(timeout=None)) as sdk:
+        started = time.monotonic()
+        stream = await sdk.chat.completions.create(
+            model="economy", messages=QUESTION, stream=True, tools=WEATHER,
+            extra_headers=headers)
+        first = None
+        async for chunk in stream:
+            if first is None and any(c.delta.tool_calls for c in chunk.choices):
+                first = time.monotonic() - started
+    assert first is not None
+    return first
 
 
 def classify(finished: bool, error: BaseException | None, timed_out: bool) -> str:
@@ -150,6 +188,20 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 }
                 print(f"{fault:>9} {target:>6}: {dict(outcomes)} "
                       f"{results[f'{fault}/{target}']['seconds_to_end']} s", file=sys.stderr)
+        async with trio.open_nursery() as inner:
+            running = await inner.start(functools.partial(
+                serve, tools_config(upstream), host="127.0.0.1", port=0))
+            held: list[float] = []
+            passed: list[float] = []
+            for _ in range(args.tool_requests):  # alternating, so both see the same noise
+                held.append(await tool_ttft(running.url + "/v1", hold=True))
+                passed.append(await tool_ttft(running.url + "/v1", hold=False))
+            inner.cancel_scope.cancel()
+        results["tools"] = {
+            "held_ttft_ms": round(1000 * statistics.median(held), 1),
+            "passed_ttft_ms": round(1000 * statistics.median(passed), 1)}
+        print(f"tool call TTFT, held whole: {results['tools']['held_ttft_ms']} ms, "
+              f"passed as it comes: {results['tools']['passed_ttft_ms']} ms", file=sys.stderr)
         nursery.cancel_scope.cancel()
     return results
 
@@ -159,6 +211,8 @@ def markdown(results: dict[str, dict[str, Any]], requests: int) -> str:
     lines = ["| fault | target | " + " | ".join(kinds) + " | seconds to end (median) "
              "| content chunks |", "|---|---|" + "---|" * (len(kinds) + 2)]
     for row in results.values():
+        if "fault" not in row:
+            continue
         counts = " | ".join(f"{row['outcomes'].get(k, 0)}/{requests}" for k in kinds)
         words = ", ".join(map(str, row["words"]))
         lines.append(f"| {row['fault']} | {row['target']} | {counts} | "
@@ -175,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inter-token-ms", type=float, default=20.0)
     parser.add_argument("--client-timeout", type=float, default=60.0,
                         help="seconds after which an answer counts as a hang")
+    parser.add_argument("--tool-requests", type=int, default=20,
+                        help="tool-call answers with and without holding, for its TTFT cost")
     args = parser.parse_args(argv)
     results = trio.run(run, args)
     print(markdown(results, args.requests))
+    tools = results["tools"]
+    print(f"\nTool call, client TTFT (median of {args.tool_requests}): held until whole "
+          f"{tools['held_ttft_ms']} ms, passed as it comes {tools['passed_ttft_ms']} ms")
     return 0
 
 

@@ -204,10 +204,12 @@ class Engine:
                 log.info("request %s: %s after the first token: %s", call.id, reason, result)
 
             record = next(r for r in winner.records if r.outcome == "won")
+            resume = self._resumer(call, tab, plan, route, winner, nursery)
+            # Tool calls are held whole only where a cut one can be retried.
+            tools = bool(call.body.get("tools") or call.body.get("functions"))
             chunks = ResumableChunks(
                 winner.first_chunks, winner.chunks, body=call.body,
-                hold_tools=bool(call.body.get("tools") or call.body.get("functions")),
-                resume=self._resumer(call, tab, plan, route, winner, nursery),
+                hold_tools=tools and resume is not None, resume=resume,
                 first_usage=lambda: record.usage, on_outcome=outcome)
             yield Stream(route, Batches(chunks.first, chunks, tap=tap, on_error=failed))
 

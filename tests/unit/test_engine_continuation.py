@@ -237,6 +237,22 @@ async def test_a_tool_call_is_held_only_until_its_arguments_parse(
     assert client.body_times()[:2] == [0.75, 1.75]
 
 
+async def test_without_continuation_tool_calls_are_not_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    delta = {"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                             "function": {"name": "get_weather", "arguments": ""}}]}
+    head = chunk()
+    head["choices"][0]["delta"] = delta
+    upstream = Recording({"e1": [0.25, chunk(role="assistant", content=None), head, 0.5,
+                                 chunk(finish="tool_calls"), chunk(usage=USAGE)]})
+    harness = Harness(upstream, models=economy())
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    request = await harness.chat(Client(), model="economy", stream=True, messages=QUESTION,
+                                 tools=tools, headers={"x-tlproxy-continuation": "off"})
+    assert request.ttft == 0.25
+
+
 async def test_a_next_model_declared_none_leaves_the_honest_error_event(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
