@@ -149,7 +149,10 @@ async def test_the_wire_is_openai_s_and_the_header_turns_it_off(
             check_openai_stream(whole, include_usage=True)
             http.headers["x-tlproxy-continuation"] = "off"
             cut = await read_stream(http, body)
+            metrics = (await http.get("/metrics")).text
         nursery.cancel_scope.cancel()
+    assert 'tlproxy_continuations_total{outcome="recovered",reason="cut"} 1.0' in metrics
+    assert 'tlproxy_continuations_total{outcome="not-continued",reason="cut"} 1.0' in metrics
     assert not cut.done and "error" in cut.chunks[-1]
     assert sum(1 for c in cut.chunks if c.get("choices")) == 1 + 5  # role, five tokens
 
