@@ -35,7 +35,7 @@ from tlproxy.config import (
     SimFault,
     SimModelProfile,
 )
-from tlproxy.continuation import Overlap, continue_body
+from tlproxy.continuation import Overlap, continue_body, instruction_text
 from tlproxy.server import serve_sim
 from tlproxy.sim import SimUpstream
 from tlproxy.sim.plan import plan_answer
@@ -52,21 +52,25 @@ def broken(fault: SimFault) -> SimModelProfile:
 
 
 async def start(nursery: trio.Nursery, protocol: str, fault: SimFault,
-                db: Path, *, form: Literal["prefill", "instruction"] | None = None) -> str:
-    """The three sims and the proxy; the broken model speaks `protocol`."""
+                db: Path, *, form: Literal["prefill", "instruction"] | None = None,
+                healthy: str = "openai", sims: dict[str, SimUpstream] | None = None) -> str:
+    """The three sims and the proxy; the broken model speaks `protocol`, the healthy
+    one `healthy`."""
     providers: dict[str, ProviderConfig] = {}
     for kind in ("anthropic", "gemini", "openai"):
         profiles = {"healthy": HEALTHY}
         if kind == protocol:
             profiles["broken"] = broken(fault)
         sim = SimUpstream(profiles, api_key=KEYS[kind])
+        if sims is not None:
+            sims[kind] = sim
         address = (await nursery.start(functools.partial(serve_sim, sim)))[0]
         base = address + "/v1" if kind == "openai" else address
         providers[kind] = ProviderConfig(kind=kind, base_url=base, api_key=KEYS[kind])
     models = [
         ModelConfig(id="broken", provider=protocol, tier="economy", stall_timeout=2.0,
                     prices=Prices(input=0.1, output=0.4)),
-        ModelConfig(id="healthy", provider="openai", tier="economy", continuation=form,
+        ModelConfig(id="healthy", provider=healthy, tier="economy", continuation=form,
                     prices=Prices(input=1.0, output=4.0)),
         ModelConfig(id="premium-model", provider="openai", upstream_model="healthy",
                     tier="premium"),
@@ -168,3 +172,32 @@ async def test_a_model_that_takes_prefill_writes_only_the_rest(
     body = {"model": "economy", "messages": QUESTION}
     assert text == "".join(plan_answer(body, HEALTHY).choices[0].tokens)
     assert finishes == ["stop"]
+
+
+@pytest.mark.parametrize("healthy", ["anthropic", "gemini"])
+async def test_models_that_take_no_prefill_are_asked_by_a_last_user_turn(
+        autojump_clock: MockClock, tmp_path: Path, healthy: str) -> None:
+    """Anthropic's current models refuse an assistant prefill, Gemini has none: the
+    continuation is asked for in a final user turn, the system prompt untouched."""
+    sims: dict[str, SimUpstream] = {}
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, "openai", "cut", tmp_path / "ledger.db", healthy=healthy,
+                          sims=sims)
+        text, finishes, _ = await answer_through_sdk(url)
+        nursery.cancel_scope.cancel()
+    assert finishes == ["stop"]
+    body = {"model": "economy", "messages": QUESTION}
+    partial = "".join(plan_answer(body, broken("cut")).choices[0].tokens[:5])
+    assert text.startswith(partial) and len(text) > len(partial)
+    sent = sims[healthy].stats.last_body
+    assert sent is not None
+    if healthy == "anthropic":
+        assert sent["system"] == "You are terse."
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+        last = sent["messages"][-1]["content"]
+        last = last if isinstance(last, str) else last[0]["text"]
+    else:
+        assert sent["systemInstruction"]["parts"][0]["text"] == "You are terse."
+        assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
+        last = sent["contents"][-1]["parts"][0]["text"]
+    assert last == instruction_text(partial)
