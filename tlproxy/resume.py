@@ -120,6 +120,9 @@ class ResumableChunks:
     # -- inside ----------------------------------------------------------------
 
     def _take(self, chunk: Chunk) -> None:
+        if self._resume is None and self._hold is None:
+            self._out.append(chunk)  # nothing to continue: nothing to note
+            return
         if self._splice is not None:
             spliced = self._splice.chunk(chunk)
             if spliced is None:
