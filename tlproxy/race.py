@@ -265,12 +265,15 @@ class _Attempt:
         self.scope = trio.CancelScope()
         self.deadline_scope: trio.CancelScope | None = None
         self.answer_deadline_at = math.inf
-        # After the first token: when the stall deadline falls, the phase the
-        # stream is in, when its last chunk was taken, its longest gaps.
-        self.stall_at = math.inf
+        # After the first token: the phase the stream is in, when its last chunk
+        # was taken, its longest gaps; whether its consumer keeps it waiting
+        # (`paused`), the watchdog's scope and what it found (`stalled_for`).
         self.phase = "answer"
         self.last_at = 0.0
         self.gaps: dict[str, float] = {}
+        self.paused = False
+        self.watch: trio.CancelScope | None = None
+        self.stalled_for: float | None = None
         self.first_chunks: list[Chunk] = []
         self.send: trio.MemorySendChannel[Chunk | _Failure] | None = None
         self.receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None = None
@@ -540,6 +543,8 @@ class _Race:
                 elif attempt.live:
                     self._fail(attempt, error, outcome)
         finally:
+            if attempt.watch is not None:
+                attempt.watch.cancel()
             if attempt.send is not None:
                 attempt.send.close()
             attempt.task_done = True
@@ -571,11 +576,10 @@ class _Race:
                 return UpstreamError(
                     f"{candidate.key} sent no first token within {first:g} s.", status=504,
                     code="first_token_timeout"), "deadline"
-            if attempt.stall_at < attempt.answer_deadline_at:
-                pause = self._stall_after(attempt)
+            if attempt.stalled_for is not None:
                 return UpstreamError(
-                    f"{candidate.key} sent nothing for {pause:g} s after its first token.",
-                    status=504, code="stall_timeout"), "deadline"
+                    f"{candidate.key} sent nothing for {attempt.stalled_for:g} s after its "
+                    "first token.", status=504, code="stall_timeout"), "deadline"
             return UpstreamError(
                 f"{candidate.key} did not complete its answer within {whole:g} s.",
                 status=504, code="total_timeout"), "deadline"
@@ -599,10 +603,10 @@ class _Race:
                 attempt.send.send_nowait(chunk)
             except trio.WouldBlock:
                 # A consumer not reading is not the upstream stalling.
-                self._arm_stall(attempt, math.inf)
+                attempt.paused = True
                 await attempt.send.send(chunk)  # blocks when the buffer is full
+                attempt.paused = False
                 attempt.last_at = trio.current_time()
-                self._arm_stall(attempt, attempt.last_at + self._stall_after(attempt))
             return
         attempt.first_chunks.append(chunk)
         kind = self.first_token_kind(chunk)
@@ -610,7 +614,15 @@ class _Race:
             record.first_token_at = attempt.last_at = trio.current_time()
             record.first_token_kind = kind
             attempt.phase = _phase(kind, "answer")
-            self._arm_stall(attempt, attempt.last_at + self._stall_after(attempt))
+            assert attempt.deadline_scope is not None
+            attempt.deadline_scope.deadline = attempt.answer_deadline_at
+            candidate = record.candidate
+            if candidate.stall_deadline is not None or (
+                    candidate.reasoning_stall_deadline is not None):
+                assert self.nursery is not None
+                attempt.watch = trio.CancelScope()
+                self.nursery.start_soon(self._watch, attempt,
+                                        name=f"stall watchdog {candidate.key}")
             # What this attempt holds in all: first chunks, the channel, one in hand.
             room = max(0, self.buffer_limit - len(attempt.first_chunks) - 1)
             attempt.send, attempt.receive = trio.open_memory_channel[Chunk | _Failure](room)
@@ -620,14 +632,46 @@ class _Race:
                 f"{record.candidate.key} sent {self.buffer_limit} chunks without a token.")
 
     def _progress(self, attempt: _Attempt, chunk: Chunk) -> None:
-        """A chunk after the first token: the gap it ended, its phase, the next deadline."""
+        """A chunk after the first token: the gap it ended, and the phase it leaves.
+
+        Only facts, no deadline moved: rescheduling a cancel scope per chunk
+        costs more than the rest of a chunk's way through the race, so the
+        stall deadline is kept by a watchdog that reads these facts (`_watch`).
+        """
         now = trio.current_time()
         gap = now - attempt.last_at
         if gap > attempt.gaps.get(attempt.phase, -1.0):
             attempt.gaps[attempt.phase] = gap
         attempt.last_at = now
-        attempt.phase = _phase(self.first_token_kind(chunk), attempt.phase)
-        self._arm_stall(attempt, now + self._stall_after(attempt))
+        kind = self.first_token_kind(chunk)
+        if kind is not None and kind != "finish":
+            attempt.phase = "reasoning" if kind == "reasoning" else "answer"
+
+    async def _watch(self, attempt: _Attempt) -> None:
+        """Fail `attempt` once it has sent nothing for its phase's stall deadline.
+
+        It wakes when the deadline measured from the last chunk falls due, or
+        after the shortest of the candidate's deadlines if that is sooner (the
+        phase may change to one with a shorter deadline, the consumer may keep
+        the attempt waiting), and sleeps again if a chunk came in the meantime.
+        """
+        assert attempt.watch is not None
+        candidate = attempt.record.candidate
+        bounds = [d for d in (candidate.stall_deadline, candidate.reasoning_stall_deadline)
+                  if d is not None]
+        recheck = min(bounds)
+        with attempt.watch:
+            while True:
+                now = trio.current_time()
+                after = self._stall_after(attempt)
+                due = attempt.last_at + after
+                if not attempt.paused and now >= due:
+                    attempt.stalled_for = after
+                    assert attempt.deadline_scope is not None
+                    attempt.deadline_scope.cancel()
+                    return
+                await trio.sleep_until(now + recheck if attempt.paused
+                                       else min(due, now + recheck))
 
     @staticmethod
     def _stall_after(attempt: _Attempt) -> float:
@@ -635,12 +679,6 @@ class _Race:
         after = (candidate.reasoning_stall_deadline if attempt.phase == "reasoning"
                  else candidate.stall_deadline)
         return math.inf if after is None else after
-
-    @staticmethod
-    def _arm_stall(attempt: _Attempt, at: float) -> None:
-        attempt.stall_at = at
-        assert attempt.deadline_scope is not None
-        attempt.deadline_scope.deadline = min(at, attempt.answer_deadline_at)
 
 
 def _phase(kind: str | None, current: str) -> str:
