@@ -326,13 +326,13 @@ class Engine:
                 self._candidate(m, route.tier, policy, stream=True), continues=reason)
                 for m in ranked if m.id in bodies]
             send, receive = trio.open_memory_channel[Chunk | StreamFailure](_CONTINUATION_BUFFER)
-            nursery.start_soon(self._continue, call, tab, route, candidates, bodies, budget,
+            nursery.start_soon(self._continue, tab, route, candidates, bodies, budget,
                                error, send, tried, spent)
             return WinnerChunks(receive)
 
         return resume
 
-    async def _continue(self, call: ChatCall, tab: Tab, route: Route,
+    async def _continue(self, tab: Tab, route: Route,
                         candidates: list[Candidate], bodies: dict[str, dict[str, Any]],
                         budget: int, error: UpstreamError,
                         send: trio.MemorySendChannel[Chunk | StreamFailure],
