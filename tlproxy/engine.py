@@ -196,7 +196,7 @@ class Engine:
                     shadow.parts.extend(first_choice_text(chunk))
 
             def failed(exc: UpstreamError) -> None:
-                self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
+                # Counted in the metrics with its attempt (`_on_record`).
                 log.warning("request %s: upstream failed mid-stream: %s", call.id, exc)
 
             def outcome(reason: str, result: str) -> None:
@@ -426,7 +426,11 @@ class Engine:
                 stats.record_gaps(record.longest_gaps)
         elif stream and record.outcome in _CUT and record.ended_at is not None:
             stats.record_no_token(record.ended_at - record.started_at)
-        if record.outcome in ("failed", "deadline"):
+        # A winner whose stream broke after its first token failed too: its
+        # breaker and error rate hear of it, so a model that keeps breaking
+        # mid-stream is avoided rather than continued every time.
+        if record.outcome in ("failed", "deadline") or (
+                stream and record.outcome == "won" and record.error is not None):
             error = record.error
             if isinstance(error, UpstreamError) and error.status == 429:
                 stats.record_throttled()

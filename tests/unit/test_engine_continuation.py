@@ -340,3 +340,23 @@ async def test_a_continuation_that_breaks_too_is_continued_by_the_next_model(
     counted = harness.metrics.continuations
     assert counted.labels("cut", "failed")._value.get() == 1
     assert counted.labels("malformed", "recovered")._value.get() == 1
+
+
+async def test_a_failure_after_the_first_token_counts_against_the_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = Recording({"e1": first_five(CUT), "e2": rest(" six")})
+    harness = Harness(upstream, models=economy())
+    client = Client()
+    await ask(harness, client)
+    assert contents(client.body) == "One two three four five six"
+    assert harness.engine.stats["e1"].error_rate > 0
+    assert harness.metrics.upstream_errors.labels("fake", "502")._value.get() == 1
+    # Its failure counts against e1 as a failure before a first token would: e1 now
+    # ranks after e2, and the next answer is e2's from the start.
+    upstream.scripts.update({"e1": first_five(CUT), "e2": rest("Fresh", " start")})
+    upstream.log.clear()
+    client = Client()
+    await ask(harness, client)
+    assert contents(client.body) == "Fresh start"
+    assert upstream.log[0] == (upstream.log[0][0], "e2", "stream")
