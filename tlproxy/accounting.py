@@ -146,7 +146,10 @@ class Accounting:
         model = self.config.model(record.candidate.key)
         if model is None:
             return None
-        winner = record.outcome == "won"
+        # A continuation finishes an answer the winner started: the winner's row
+        # stays the request's one winner; the continuation's is its recovery cost.
+        continues = record.candidate.continues
+        winner = record.outcome == "won" and continues is None
         usage = usage_from_openai(record.usage)
         if usage is None and refused_upstream(record.error, record.chunks):
             usage = _NOTHING
@@ -156,8 +159,10 @@ class Accounting:
             usage = estimate_usage(body, output_chars=4 * max(record.chunks - 1, 0))
         cost, reference = price_attempt(model, usage, self.premium, winner=winner)
         status = _STATUS.get(record.outcome, "error")
-        if winner and record.error is not None:
+        if record.outcome == "won" and record.error is not None:
             status = "cut"
+        elif continues is not None and record.outcome == "won" and not record.whole:
+            status = "cancelled"  # its client left before the end
         ended = record.ended_at if record.ended_at is not None else record.started_at
         ttft = (record.first_token_at - record.started_at) * 1000 if (
             stream and record.first_token_at is not None) else None
@@ -171,8 +176,10 @@ class Accounting:
             completion_tokens=usage.completion_tokens, cost_usd=cost,
             estimated=usage.estimated, ttft_ms=ttft,
             duration_ms=(ended - record.started_at) * 1000, status=status,  # type: ignore[arg-type]
-            winner=winner, hedge=record.hedge, wasted=not winner and cost > 0,
+            winner=winner, hedge=record.hedge,
+            wasted=not winner and cost > 0 and not (continues and record.outcome == "won"),
             reference_cost_usd=reference, first_token_kind=record.first_token_kind,
+            continuation=continues,
         )
         self._priced(tab, row)
         if winner:

@@ -34,6 +34,7 @@ __all__ = [
     "ResponsesConfig",
     "ServerConfig",
     "ShadowConfig",
+    "SimFault",
     "SimHabit",
     "SimModelProfile",
     "TracingConfig",
@@ -88,6 +89,9 @@ SimHabit = Literal[
 ]
 
 
+SimFault = Literal["cut", "stall", "malformed", "error_event"]
+
+
 class SimModelProfile(_Strict, frozen=True):
     """Latency and shape of one model served by the simulated upstream."""
 
@@ -101,6 +105,13 @@ class SimModelProfile(_Strict, frozen=True):
     embedding_dimensions: int = 256
     # Off by default: the simulator then behaves as OpenAI, Anthropic and Gemini document.
     habits: tuple[SimHabit, ...] = ()
+    # A failure of every stream of this model after `fault_after` tokens: the
+    # connection dropped ("cut"), silence for `fault_stall_ms` then the drop
+    # ("stall"), a line that is not the protocol's JSON ("malformed"), or the
+    # protocol's error event ("error_event"). None: streams end whole.
+    fault: SimFault | None = None
+    fault_after: int = 5
+    fault_stall_ms: float = 3_600_000.0
 
 
 class ProviderConfig(_Strict, frozen=True):
@@ -178,6 +189,15 @@ class ModelConfig(_Strict, frozen=True):
     # Seconds a non-streamed (JSON) answer may take in all before trying
     # another model; None: the provider's `total_timeout`.
     total_timeout: float | None = None
+    # Seconds a stream may go without a chunk after its first token before
+    # it has stalled (and is continued elsewhere); None derives it from live
+    # statistics per phase (see docs/reliability.md), 30 s until then.
+    stall_timeout: float | None = None
+    # How this model is asked to continue another model's cut answer:
+    # "prefill" (the partial answer as the last assistant message, continued),
+    # "instruction" (a final user turn asking to continue it), "none" (this
+    # model never continues). None: the default of its provider's kind.
+    continuation: Literal["prefill", "instruction", "none"] | None = None
 
     @property
     def upstream_id(self) -> str:
@@ -234,6 +254,11 @@ class Policy(_Strict, frozen=True):
     hedge_quantile: float = 0.9
     hedge_floor_ms: float = 100.0
     hedge_initial_ms: float = 1000.0
+    # Tiers in which a stream whose winner fails after its first token is
+    # finished by the next model of the tier (docs/reliability.md); `[]`
+    # turns continuation off (per key: give the key a policy with `[]`).
+    continuation_tiers: list[Literal["premium", "economy"]] = msgspec.field(
+        default_factory=lambda: ["premium", "economy"])
 
 
 class ClientKey(_Strict, frozen=True):

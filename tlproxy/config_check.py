@@ -199,6 +199,8 @@ def _provider(here: str, provider: ProviderConfig) -> Iterator[Problem]:
         yield from _at_least(f"{at}.tokens", profile.tokens, 1)
         yield from _fraction(f"{at}.error_rate", profile.error_rate)
         yield from _at_least(f"{at}.embedding_dimensions", profile.embedding_dimensions, 1)
+        yield from _at_least(f"{at}.fault_after", profile.fault_after, 0)
+        yield from _at_least(f"{at}.fault_stall_ms", profile.fault_stall_ms, 0)
 
 
 def _models(config: Config) -> Iterator[Problem]:
@@ -239,6 +241,7 @@ def _model_numbers(here: str, model: ModelConfig) -> Iterator[Problem]:
                                  getattr(long, field), 0)
     yield from _positive(f"{here}.first_token_timeout", model.first_token_timeout)
     yield from _positive(f"{here}.total_timeout", model.total_timeout)
+    yield from _positive(f"{here}.stall_timeout", model.stall_timeout)
 
 
 def _names(config: Config) -> Iterator[Problem]:

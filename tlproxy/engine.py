@@ -15,10 +15,12 @@ The chunks are as the adapters made them, OpenAI-shaped; the repairs that
 make them exactly OpenAI's are the renderer's (`shapes.py`). On their way
 through, the engine reads what the bookkeeping needs: the usage the key is
 charged, the text a sampled shadow compares. An upstream failure after the
-first token leaves the stream as `UpstreamError`, counted here, rendered by
-the edge. The request's account (`accounting.Tab`) is the one mutable thing
-the engine and the edge share; the edge closes it with `Engine.finish` once it
-knows what the client saw.
+first token is continued by the next model of the decided tier in the same
+stream, when that can be done faithfully (`resume.py`, `continuation.py`;
+docs/reliability.md); otherwise it leaves the stream as `UpstreamError`,
+counted here, rendered by the edge. The request's account (`accounting.Tab`)
+is the one mutable thing the engine and the edge share; the edge closes it
+with `Engine.finish` once it knows what the client saw.
 
 One clock: every time the engine measures or decides by is read from
 ``trio.current_time()`` (the race's clock), so trio's `MockClock` drives a
@@ -32,7 +34,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import trio
@@ -41,10 +43,12 @@ from .accounting import Accounting, ShadowAnswer, Tab
 from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
-from .errors import ProxyError, UpstreamError
+from .continuation import Delivered, continue_body, form_for
+from .errors import ProxyError, UpstreamError, leaves
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
-from .race import AttemptRecord, Candidate, RaceFailed, Winner, race
+from .race import AttemptRecord, Candidate, RaceFailed, StreamFailure, Winner, WinnerChunks, race
+from .resume import ChunkSource, ResumableChunks
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
@@ -79,23 +83,6 @@ class Answer(msgspec.Struct, frozen=True):
     body: dict[str, Any]
 
 
-class ChunkSource(Protocol):
-    """What `Batches` reads: the race's `WinnerChunks` (or a test's script)."""
-
-    def __aiter__(self) -> ChunkSource: ...
-
-    async def __anext__(self) -> Chunk: ...
-
-    def buffered(self) -> list[Chunk]:
-        """The chunks already arrived, without waiting."""
-        ...
-
-    @property
-    def ended(self) -> bool:
-        """Whether `buffered` met the stream's clean end."""
-        ...
-
-
 class Batches:
     """A streamed answer's chunks, in the batches the edge writes them in.
 
@@ -122,9 +109,11 @@ class Batches:
         return self
 
     async def __anext__(self) -> list[Chunk]:
+        batch: list[Chunk] = []
         if self._first is not None:
             batch, self._first = self._first, None
-        else:
+        # A first batch all held back (a tool call not yet whole) is no batch.
+        while not batch:
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
@@ -206,7 +195,8 @@ class Engine:
                 tab.shadow.parts.append(message.get("content") or "")
             yield Answer(route, answer)
             return
-        async with self._race(call, tab, plan, stream=True) as (route, winner):
+        async with (self._race(call, tab, plan, stream=True) as (route, winner),
+                    _nursery() as nursery):
             tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
             trace = tab.trace
 
@@ -220,11 +210,22 @@ class Engine:
                     trace.answer(chunk)
 
             def failed(exc: UpstreamError) -> None:
-                self.metrics.upstream_errors.labels(route.model.provider, str(exc.status)).inc()
+                # Counted in the metrics with its attempt (`_on_record`).
                 log.warning("request %s: upstream failed mid-stream: %s", call.id, exc)
 
-            yield Stream(route, Batches(winner.first_chunks, winner.chunks, tap=tap,
-                                        on_error=failed))
+            def outcome(reason: str, result: str) -> None:
+                self.metrics.continuations.labels(reason, result).inc()
+                log.info("request %s: %s after the first token: %s", call.id, reason, result)
+
+            record = next(r for r in winner.records if r.outcome == "won")
+            resume = self._resumer(call, tab, plan, route, winner, nursery)
+            # Tool calls are held whole only where a cut one can be retried.
+            tools = bool(call.body.get("tools") or call.body.get("functions"))
+            chunks = ResumableChunks(
+                winner.first_chunks, winner.chunks, body=call.body,
+                hold_tools=tools and resume is not None, resume=resume,
+                first_usage=lambda: record.usage, on_outcome=outcome)
+            yield Stream(route, Batches(chunks.first, chunks, tap=tap, on_error=failed))
 
     def finish(self, call: ChatCall | EmbeddingCall, tab: Tab, route: Route | None, *,
                client_ttft: float | None, client_gone: bool, complete: bool) -> None:
@@ -324,6 +325,84 @@ class Engine:
         finally:
             booking.close()
 
+    def _resumer(self, call: ChatCall, tab: Tab, plan: Plan, route: Route, winner: Winner,
+                 nursery: trio.Nursery) -> Callable[[str, Delivered, UpstreamError],
+                                                    ChunkSource | None] | None:
+        """How a stream of this request is continued after its winner fails
+        (None: it is not: off for the tier, the key's policy or the request)."""
+        policy = self.router.policy_for(call.key)
+        off = call.headers.get("x-tlproxy-continuation", "").strip().lower() == "off"
+        if off or route.tier not in policy.continuation_tiers:
+            return None
+        tried = {r.candidate.key for r in winner.records if r.error is not None}
+        tried.add(winner.candidate.key)
+        spent = [len(winner.records)]
+
+        def resume(reason: str, delivered: Delivered, error: UpstreamError) -> ChunkSource | None:
+            ranked = [m for m in plan.by_tier.get(route.tier, ()) if m.id not in tried]
+            bodies = {}
+            for model in ranked:
+                kind = self.config.providers[model.provider].kind
+                form = form_for(model, kind)
+                if form != "none":
+                    bodies[model.id] = continue_body(call.body, delivered.text, form, kind)
+            budget = policy.max_attempts - spent[0]
+            if not bodies or budget < 1:
+                return None
+            candidates = [msgspec.structs.replace(
+                self._candidate(m, route.tier, policy, stream=True), continues=reason)
+                for m in ranked if m.id in bodies]
+            send, receive = trio.open_memory_channel[Chunk | StreamFailure](_CONTINUATION_BUFFER)
+            nursery.start_soon(self._continue, tab, route, candidates, bodies, budget,
+                               error, send, tried, spent)
+            return WinnerChunks(receive)
+
+        return resume
+
+    async def _continue(self, tab: Tab, route: Route,
+                        candidates: list[Candidate], bodies: dict[str, dict[str, Any]],
+                        budget: int, error: UpstreamError,
+                        send: trio.MemorySendChannel[Chunk | StreamFailure],
+                        tried: set[str], spent: list[int]) -> None:
+        """Race `candidates` to continue the answer; their chunks go down `send`.
+
+        When none produces a first token, the stream ends with the `error`
+        that broke it, as it would have without a continuation.
+        """
+        models = {m.id: m for m in self.config.models}
+
+        def on_record(record: AttemptRecord) -> None:
+            self._on_record(record, True)
+            self.accounting.attempt(record, tab, bodies[record.candidate.key], route.tier,
+                                    route.rule, stream=True)
+
+        @contextlib.asynccontextmanager
+        async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
+            # Counted as it starts: a later continuation neither reuses it nor
+            # spends more attempts than the request has.
+            spent[0] += 1
+            tried.add(candidate.key)
+            model = models[candidate.key]
+            provider = self.providers[model.provider]
+            async with provider.stream_chat(bodies[model.id],
+                                            model=model.upstream_id) as chunks:
+                yield chunks
+
+        async with send:
+            try:
+                async with race(candidates={route.tier: candidates}, decide=route.tier,
+                                open_stream=open_stream, first_token_kind=token_kind,
+                                fanout=1, max_attempts=budget, hedge=True,
+                                on_record=on_record) as winner:
+                    for chunk in winner.first_chunks:
+                        await send.send(chunk)
+                    async for chunk in winner.chunks:
+                        await send.send(chunk)
+            except RaceFailed:
+                await send.send(StreamFailure(error))
+            except UpstreamError as exc:
+                await send.send(StreamFailure(exc))
+
     def _candidate(self, model: ModelConfig, tier: str, policy: Policy, *,
                    stream: bool) -> Candidate:
         if not stream:
@@ -352,8 +431,12 @@ class Engine:
             # Generous: a burst of load raises every TTFT at once, and a deadline
             # that fires on all candidates together turns slowness into errors.
             deadline = max(5.0, 4 * p99) if p99 is not None else None
-        return Candidate(key=model.id, tier=tier, hedge_delay=delay,
-                         first_token_deadline=deadline)
+        stall = model.stall_timeout
+        return Candidate(
+            key=model.id, tier=tier, hedge_delay=delay, first_token_deadline=deadline,
+            stall_deadline=stall if stall is not None else stats.stall_deadline("answer"),
+            reasoning_stall_deadline=(
+                stall if stall is not None else stats.stall_deadline("reasoning")))
 
     def _on_record(self, record: AttemptRecord, stream: bool) -> None:
         """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
@@ -367,9 +450,15 @@ class Engine:
             stats.record_ttft(ttft, kind=kind)
             self.metrics.child(self.metrics.upstream_ttft, record.candidate.key,
                                kind).observe(ttft)
+            if record.longest_gaps:
+                stats.record_gaps(record.longest_gaps)
         elif stream and record.outcome in _CUT and record.ended_at is not None:
             stats.record_no_token(record.ended_at - record.started_at)
-        if record.outcome in ("failed", "deadline"):
+        # A winner whose stream broke after its first token failed too: its
+        # breaker and error rate hear of it, so a model that keeps breaking
+        # mid-stream is avoided rather than continued every time.
+        if record.outcome in ("failed", "deadline") or (
+                stream and record.outcome == "won" and record.error is not None):
             error = record.error
             if isinstance(error, UpstreamError) and error.status == 429:
                 stats.record_throttled()
@@ -512,6 +601,28 @@ class _Booking:
         held, self.held = self.held, []
         for write in held:
             write(tier, self.rule)
+
+
+# Chunks of a continuation that may wait for the consumer: a bounded buffer,
+# as the race's (the producer waits when it is full).
+_CONTINUATION_BUFFER = 64
+
+
+@contextlib.asynccontextmanager
+async def _nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a stream's continuation; leaving it cancels what is in it, and
+    the body's own exception leaves as itself, not in a group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        found = leaves(group)
+        if len(found) == 1 and isinstance(found[0], Exception):
+            raise found[0] from found[0].__cause__
+        raise
 
 
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]

@@ -107,6 +107,10 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     # On the winner of a streamed answer: from the request's arrival at the proxy
     # to the first byte of the answer sent to the client (what the client saw).
     client_ttft_ms: float | None = None
+    # On an attempt that continued an answer whose winner failed after its
+    # first token: why that one failed ("cut", "stall", "malformed",
+    # "error-event"). Its cost is what the recovery cost.
+    continuation: str | None = None
 
 
 class LedgerStatistics(msgspec.Struct, kw_only=True):
@@ -185,6 +189,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # The client-seen time to first token, beside the winning attempt's own.
     (
         "ALTER TABLE ledger ADD COLUMN client_ttft_ms {real}",
+    ),
+    # Continuations of answers cut after their first token, and why.
+    (
+        "ALTER TABLE ledger ADD COLUMN continuation TEXT",
     ),
 )
 

@@ -64,6 +64,11 @@ class Metrics:
             "Upstream attempts by outcome (won, lost, outside-tier, failed, deadline, "
             "cancelled) and how they started (initial, hedge, fallback).",
             ["outcome", "start"], registry=r)
+        self.continuations = Counter(
+            "tlproxy_continuations",
+            "Streams whose winner failed after its first token, by reason (cut, stall, "
+            "malformed, error-event) and outcome (recovered, failed, not-continued).",
+            ["reason", "outcome"], registry=r)
         self.upstream_errors = Counter(
             "tlproxy_upstream_errors", "Upstream failures, by provider and client status.",
             ["provider", "status"], registry=r)

@@ -39,6 +39,16 @@ non-streamed answer is one chunk, its first token and its last at once, so a
 first-token deadline means nothing to it: its bound is the candidate's
 `answer_deadline`, on the whole attempt.
 
+After the first token, a stream that goes quiet has failed as surely as one
+that breaks: a candidate's `stall_deadline` bounds the wait between chunks
+(`reasoning_stall_deadline` while the last chunk was reasoning, since a model
+thinking pauses longer than one writing). Only the upstream's silence counts:
+while the consumer is not reading and the buffer is full, the clock is off.
+An attempt that misses it fails with code ``stall_timeout`` like a cut
+stream, and a stream that ends whole reports its longest gaps per phase
+(`AttemptRecord.longest_gaps`), the measure the caller derives the deadline
+from.
+
 The guarantees:
 
 1. the caller sees nothing (the `async with` does not enter) until the
@@ -78,7 +88,15 @@ import trio
 
 from .errors import UpstreamError, leaves
 
-__all__ = ["AttemptRecord", "Candidate", "RaceFailed", "Winner", "WinnerChunks", "race"]
+__all__ = [
+    "AttemptRecord",
+    "Candidate",
+    "RaceFailed",
+    "StreamFailure",
+    "Winner",
+    "WinnerChunks",
+    "race",
+]
 
 Chunk = dict[str, Any]
 
@@ -98,6 +116,16 @@ class Candidate(msgspec.Struct, frozen=True):
     # whose one chunk is the whole answer. The winner's time counts too,
     # including time its consumer spends not reading.
     answer_deadline: float | None = None
+    # After the first token, seconds without a new chunk after which the
+    # attempt has stalled (code ``stall_timeout``); `reasoning_stall_deadline`
+    # while its last chunk was reasoning (a model thinking pauses longer).
+    # Time the consumer spends not reading does not count. None: no bound
+    # but the transport's read timeout.
+    stall_deadline: float | None = None
+    reasoning_stall_deadline: float | None = None
+    # Set on an attempt that continues another's answer after it failed: why
+    # that one failed ("cut", "stall", "malformed", "error-event").
+    continues: str | None = None
 
 
 class AttemptRecord(msgspec.Struct):
@@ -121,6 +149,12 @@ class AttemptRecord(msgspec.Struct):
     # What the first token carried, as `first_token_kind` named it: "content",
     # "refusal", "tool_calls", "reasoning", "audio", ...; None without one.
     first_token_kind: str | None = None
+    # For a stream that ended whole: its longest wait between chunks after the
+    # first token, per phase ("reasoning" while the last chunk was reasoning,
+    # "answer" otherwise), the measure its stall deadline is derived from.
+    longest_gaps: dict[str, float] | None = None
+    # Whether its stream ended whole (not failed, not cut short by anyone).
+    whole: bool = False
 
 
 class Winner(msgspec.Struct, frozen=True):
@@ -163,6 +197,10 @@ class _Failure:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+# The item a producer of a `WinnerChunks` channel sends to end it with an error.
+StreamFailure = _Failure
 
 
 class WinnerChunks:
@@ -227,6 +265,15 @@ class _Attempt:
         self.scope = trio.CancelScope()
         self.deadline_scope: trio.CancelScope | None = None
         self.answer_deadline_at = math.inf
+        # After the first token: the phase the stream is in, when its last chunk
+        # was taken, its longest gaps; whether its consumer keeps it waiting
+        # (`paused`), the watchdog's scope and what it found (`stalled_for`).
+        self.phase = "answer"
+        self.last_at = 0.0
+        self.gaps: dict[str, float] = {}
+        self.paused = False
+        self.watch: trio.CancelScope | None = None
+        self.stalled_for: float | None = None
         self.first_chunks: list[Chunk] = []
         self.send: trio.MemorySendChannel[Chunk | _Failure] | None = None
         self.receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None = None
@@ -487,7 +534,8 @@ class _Race:
             with attempt.scope:
                 error, outcome = await self._stream(attempt)
                 if error is None:
-                    pass
+                    record.longest_gaps = attempt.gaps
+                    record.whole = True
                 elif attempt is self.winner:
                     record.error = error
                     assert attempt.send is not None
@@ -495,6 +543,8 @@ class _Race:
                 elif attempt.live:
                     self._fail(attempt, error, outcome)
         finally:
+            if attempt.watch is not None:
+                attempt.watch.cancel()
             if attempt.send is not None:
                 attempt.send.close()
             attempt.task_done = True
@@ -526,6 +576,10 @@ class _Race:
                 return UpstreamError(
                     f"{candidate.key} sent no first token within {first:g} s.", status=504,
                     code="first_token_timeout"), "deadline"
+            if attempt.stalled_for is not None:
+                return UpstreamError(
+                    f"{candidate.key} sent nothing for {attempt.stalled_for:g} s after its "
+                    "first token.", status=504, code="stall_timeout"), "deadline"
             return UpstreamError(
                 f"{candidate.key} did not complete its answer within {whole:g} s.",
                 status=504, code="total_timeout"), "deadline"
@@ -541,21 +595,34 @@ class _Race:
         if usage is not None:
             record.usage = usage
         if attempt.send is not None:
+            self._progress(attempt, chunk)
             # No checkpoint while there is room: the chunks of one upstream read
             # all reach the channel before the consumer runs, so it can write
             # them out together. The upstream read itself is the checkpoint.
             try:
                 attempt.send.send_nowait(chunk)
             except trio.WouldBlock:
+                # A consumer not reading is not the upstream stalling.
+                attempt.paused = True
                 await attempt.send.send(chunk)  # blocks when the buffer is full
+                attempt.paused = False
+                attempt.last_at = trio.current_time()
             return
         attempt.first_chunks.append(chunk)
         kind = self.first_token_kind(chunk)
         if kind is not None:
-            record.first_token_at = trio.current_time()
+            record.first_token_at = attempt.last_at = trio.current_time()
             record.first_token_kind = kind
+            attempt.phase = _phase(kind, "answer")
             assert attempt.deadline_scope is not None
             attempt.deadline_scope.deadline = attempt.answer_deadline_at
+            candidate = record.candidate
+            if candidate.stall_deadline is not None or (
+                    candidate.reasoning_stall_deadline is not None):
+                assert self.nursery is not None
+                attempt.watch = trio.CancelScope()
+                self.nursery.start_soon(self._watch, attempt,
+                                        name=f"stall watchdog {candidate.key}")
             # What this attempt holds in all: first chunks, the channel, one in hand.
             room = max(0, self.buffer_limit - len(attempt.first_chunks) - 1)
             attempt.send, attempt.receive = trio.open_memory_channel[Chunk | _Failure](room)
@@ -563,6 +630,62 @@ class _Race:
         elif len(attempt.first_chunks) >= self.buffer_limit:
             raise UpstreamError(
                 f"{record.candidate.key} sent {self.buffer_limit} chunks without a token.")
+
+    def _progress(self, attempt: _Attempt, chunk: Chunk) -> None:
+        """A chunk after the first token: the gap it ended, and the phase it leaves.
+
+        Only facts, no deadline moved: rescheduling a cancel scope per chunk
+        costs more than the rest of a chunk's way through the race, so the
+        stall deadline is kept by a watchdog that reads these facts (`_watch`).
+        """
+        now = trio.current_time()
+        gap = now - attempt.last_at
+        if gap > attempt.gaps.get(attempt.phase, -1.0):
+            attempt.gaps[attempt.phase] = gap
+        attempt.last_at = now
+        kind = self.first_token_kind(chunk)
+        if kind is not None and kind != "finish":
+            attempt.phase = "reasoning" if kind == "reasoning" else "answer"
+
+    async def _watch(self, attempt: _Attempt) -> None:
+        """Fail `attempt` once it has sent nothing for its phase's stall deadline.
+
+        It wakes when the deadline measured from the last chunk falls due, or
+        after the shortest of the candidate's deadlines if that is sooner (the
+        phase may change to one with a shorter deadline, the consumer may keep
+        the attempt waiting), and sleeps again if a chunk came in the meantime.
+        """
+        assert attempt.watch is not None
+        candidate = attempt.record.candidate
+        bounds = [d for d in (candidate.stall_deadline, candidate.reasoning_stall_deadline)
+                  if d is not None]
+        recheck = min(bounds)
+        with attempt.watch:
+            while True:
+                now = trio.current_time()
+                after = self._stall_after(attempt)
+                due = attempt.last_at + after
+                if not attempt.paused and now >= due:
+                    attempt.stalled_for = after
+                    assert attempt.deadline_scope is not None
+                    attempt.deadline_scope.cancel()
+                    return
+                await trio.sleep_until(now + recheck if attempt.paused
+                                       else min(due, now + recheck))
+
+    @staticmethod
+    def _stall_after(attempt: _Attempt) -> float:
+        candidate = attempt.record.candidate
+        after = (candidate.reasoning_stall_deadline if attempt.phase == "reasoning"
+                 else candidate.stall_deadline)
+        return math.inf if after is None else after
+
+
+def _phase(kind: str | None, current: str) -> str:
+    """The phase a stream is in after a chunk of `kind` (None: a chunk with no token)."""
+    if kind is None or kind == "finish":
+        return current
+    return "reasoning" if kind == "reasoning" else "answer"
 
 
 @contextlib.asynccontextmanager

@@ -476,6 +476,30 @@ def usage_json(db_path: LedgerSource, **filters: Any) -> dict[str, Any]:
     }
 
 
+def recovery(db_path: LedgerSource, *, since: TimeArg = None,
+             until: TimeArg = None) -> list[dict[str, Any]]:
+    """What finishing broken streams cost: continuations by the reason the first
+    attempt failed (cut, stall, malformed, error-event), how many ended whole,
+    and their spend. Empty for a ledger without continuations (or the column)."""
+    dialect = dialect_of(db_path)
+    now = time.time()
+    where, params = time_window(parse_time(since, now=now), parse_time(until, now=now),
+                                dialect.param)
+    with reading_ledger(db_path) as (conn, _):
+        cursor = conn.cursor()
+        column = column_or_null(cursor, "continuation")
+        if column == "NULL":
+            return []
+        cursor.execute(
+            f"SELECT continuation, COUNT(*), SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END), "
+            f"SUM(completion_tokens), SUM(cost_usd) FROM ledger "
+            f"WHERE {where} AND continuation IS NOT NULL GROUP BY continuation "
+            f"ORDER BY continuation", params)
+        return [{"reason": reason, "continuations": count, "recovered": int(whole or 0),
+                 "completion_tokens": int(tokens or 0), "spend_usd": round(spend or 0.0, 6)}
+                for reason, count, whole, tokens, spend in cursor.fetchall()]
+
+
 # -- rendering -------------------------------------------------------------
 
 def format_value(column: str, value: Any) -> str:
@@ -656,10 +680,17 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     try:
         document = usage_json(ledger_source(args), since=args.since, until=args.until,
                               by=args.by)
+        recovered = recovery(ledger_source(args), since=args.since, until=args.until)
     except COMMAND_ERRORS as exc:
         print(f"tlproxy: {exc}", file=sys.stderr)
         return 1
-    return print_report(document["groups"], args.format, title=f"Spend by {args.by}",
-                        total=document["total"], document=document,
-                        columns=(args.by, *TABLE_COLUMNS, *_kinds_column(document)),
-                        caption=_TTFT_CAPTION)
+    if args.format == "json":
+        document = {**document, "recovery": recovered}
+    status = print_report(document["groups"], args.format, title=f"Spend by {args.by}",
+                          total=document["total"], document=document,
+                          columns=(args.by, *TABLE_COLUMNS, *_kinds_column(document)),
+                          caption=_TTFT_CAPTION)
+    if status or not recovered or args.format != "table":
+        return status
+    # Streams whose winner failed after its first token, finished by another model.
+    return print_report(recovered, "table", title="Recovery (continued streams)")

@@ -31,6 +31,17 @@ the logic is deterministic under test. What is kept:
   the average moves towards the time it ran, as if that were its TTFT (a
   lower bound, so still on the low side). A cut shorter than the average
   says nothing the average does not already allow, and leaves it alone.
+* gaps between chunks after the first token: the longest of each stream
+  that ended whole, per phase (``reasoning`` while the stream's last chunk
+  was reasoning, ``answer`` otherwise), in a ring of the last 256 streams.
+  The stall deadline is a high quantile of those, not of single gaps: a
+  stream of 500 chunks has 500 gaps, and a deadline at the 99th percentile
+  of single gaps would trip on most streams, while the 99th percentile of
+  each stream's longest gap trips on about one stream in a hundred of a
+  model behaving as usual, and that one is continued, not lost. It is kept
+  between `STALL_FLOOR` and `STALL_CEILING` and used only once
+  `STALL_MIN_SAMPLES` streams of the phase were measured; before that, the
+  deadline is `STALL_DEFAULT`.
 * errors: an exponentially weighted failure rate.
 * a breaker: after `failure_threshold` consecutive failures the model is
   skipped for `cooldown` seconds, then one probe request is let through
@@ -40,9 +51,29 @@ the logic is deterministic under test. What is kept:
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 
-__all__ = ["ModelStats", "StatsBook"]
+__all__ = [
+    "STALL_CEILING",
+    "STALL_DEFAULT",
+    "STALL_FLOOR",
+    "STALL_MIN_SAMPLES",
+    "STALL_QUANTILE",
+    "ModelStats",
+    "StatsBook",
+]
+
+# The stall deadline derived from live gaps (seconds): never under the floor
+# (a deadline of a few hundred milliseconds would fire on any hiccup of the
+# network), never over the ceiling (past it, a user has given up waiting).
+STALL_FLOOR = 2.0
+STALL_CEILING = 30.0
+STALL_QUANTILE = 0.99
+STALL_MIN_SAMPLES = 20
+# Before enough streams were measured: the ceiling, so a model is never cut
+# on a guess.
+STALL_DEFAULT = STALL_CEILING
 
 
 class ModelStats:
@@ -70,6 +101,9 @@ class ModelStats:
         self._curve: tuple[list[float], list[float]] | None = None
         self._opened_at: float | None = None
         self._probing = False
+        # Per phase, each whole stream's longest gap between chunks.
+        self._gaps: dict[str, deque[float]] = {}
+        self._gap_window = window
 
     # -- feeding ---------------------------------------------------------
 
@@ -96,6 +130,14 @@ class ModelStats:
         self._window.append((seconds, observed, kind))
         self._observed += observed
         self._curve = None
+
+    def record_gaps(self, longest: dict[str, float]) -> None:
+        """A stream that ended whole: its longest gap between chunks, per phase."""
+        for phase, seconds in longest.items():
+            ring = self._gaps.get(phase)
+            if ring is None:
+                ring = self._gaps[phase] = deque(maxlen=self._gap_window)
+            ring.append(seconds)
 
     def record_success(self) -> None:
         self.attempts += 1
@@ -173,6 +215,26 @@ class ModelStats:
                 at_risk -= 1
             self._curve = times, cumulative
         return self._curve
+
+    def gap_samples(self, phase: str) -> int:
+        """Whole streams measured in `phase` (``answer`` or ``reasoning``)."""
+        ring = self._gaps.get(phase)
+        return len(ring) if ring is not None else 0
+
+    def stall_deadline(self, phase: str) -> float:
+        """Seconds of silence after which a stream in `phase` has stalled.
+
+        The `STALL_QUANTILE` of recent streams' longest gaps in that phase,
+        between `STALL_FLOOR` and `STALL_CEILING`; `STALL_DEFAULT` until
+        `STALL_MIN_SAMPLES` streams were measured.
+        """
+        ring = self._gaps.get(phase)
+        if ring is None or len(ring) < STALL_MIN_SAMPLES:
+            return STALL_DEFAULT
+        ordered = sorted(ring)
+        # Nearest rank: the smallest gap with at least q of the streams at or under it.
+        rank = max(0, math.ceil(STALL_QUANTILE * len(ordered)) - 1)
+        return min(STALL_CEILING, max(STALL_FLOOR, ordered[rank]))
 
     def state(self, now: float) -> str:
         """"closed", "open" or "half-open"."""

@@ -22,6 +22,7 @@ from hypercorn.trio import serve
 from tlproxy.config import ProviderConfig
 
 # ("sleep", seconds) | ("chunk", an SSE event's JSON) | ("answer", a JSON completion)
+# | ("status", (HTTP status, JSON body)) | ("raw", bytes of a 200 JSON answer)
 Step = tuple[str, Any]
 
 
@@ -58,6 +59,12 @@ class ScriptedUpstream:
                     await trio.sleep(arg)
                 elif kind == "answer":
                     await _respond(send, 200, arg)
+                elif kind == "status":  # (HTTP status, error body)
+                    await _respond(send, *arg)
+                elif kind == "raw":  # a 200 whose body is these bytes, JSON or not
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": arg})
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})

@@ -143,6 +143,9 @@ async def test_unreachable_upstream_is_502(nursery: trio.Nursery) -> None:
 async def test_stream_cut_mid_way_ends_with_error_event_and_no_done(
     raw: httpx.AsyncClient, aclient: openai.AsyncOpenAI
 ) -> None:
+    # Continuation off (docs/reliability.md): the cut is the client's to see.
+    off = {"x-tlproxy-continuation": "off"}
+    raw.headers.update(off)
     stream = await read_stream(raw, {
         "model": "auto", "messages": [{"role": "user", "content": "[sim:cut=3]"}]})
     assert not stream.done
@@ -152,7 +155,7 @@ async def test_stream_cut_mid_way_ends_with_error_event_and_no_done(
     assert sum(1 for c in stream.chunks if "choices" in c) == 4
     with pytest.raises(openai.APIError):
         async for _ in await aclient.chat.completions.create(
-            model="auto", stream=True,
+            model="auto", stream=True, extra_headers=off,
             messages=[{"role": "user", "content": "[sim:cut=3]"}]):
             pass
 

@@ -102,3 +102,43 @@ async def test_a_routed_answer_beyond_the_total_timeout_falls_back(
     assert raw.headers["x-tlproxy-model"] == "quick"
     assert [(at - scripted.calls[0][0], called) for at, called, _ in scripted.calls] == [
         (0.0, "slow"), (total, "quick")]
+
+
+@pytest.mark.parametrize("failure", [
+    ("status", (500, {"error": {"message": "The server had an error", "type": "server_error"}})),
+    ("raw", b'{"id": "chatcmpl-scripted", "object": "chat.comp'),  # cut mid-body
+], ids=["server-error", "cut-json"])
+async def test_a_failed_json_attempt_is_answered_by_the_next_model(
+    autojump_clock: MockClock, nursery: trio.Nursery, failure: tuple[str, Any],
+) -> None:
+    """Nothing reached the client yet: the next candidate answers the whole request."""
+    scripted = ScriptedUpstream({
+        "slow": [("sleep", QUICK), failure],
+        "quick": [("sleep", QUICK), ("answer", completion("quick", "Quickly."))],
+    })
+    url = await proxy_url(nursery, scripted, model_total=SLOW)
+    took, raw = await ask(url, "premium")
+    assert took == QUICK + QUICK
+    assert raw.parse().choices[0].message.content == "Quickly."
+    assert raw.headers["x-tlproxy-model"] == "quick"
+
+
+async def test_each_json_retry_is_bounded_by_its_own_total_timeout(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    scripted = ScriptedUpstream({
+        "slow": [("sleep", QUICK), ("status", (503, {"error": {"message": "busy"}}))],
+        "quick": [("sleep", 3600.0), ("answer", completion("quick", "Never."))],
+    })
+    provider = await start_upstream(nursery, scripted)
+    config = Config(providers={"scripted": provider}, models=[
+        ModelConfig(id="slow", provider="scripted", tier="premium"),
+        ModelConfig(id="quick", provider="scripted", tier="premium", total_timeout=SLOW)])
+    url = (await start_proxy(nursery, config)).url
+    start = trio.current_time()
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(url, "premium")
+    # The retry gave up at its own bound; the client hears of the first failure.
+    assert trio.current_time() - start == QUICK + SLOW
+    assert caught.value.status_code == 503
+    assert [called for _, called, _ in scripted.calls] == ["slow", "quick"]

@@ -121,8 +121,9 @@ async def test_schema_has_the_sqlite_columns_with_native_types(url: str) -> None
                                "completion_tokens")} == {"integer"}
     assert types["first_token_kind"] == "text"
     nullable = {name for name, _, null, _ in columns if null == "YES"}
-    assert nullable == {"key", "ttft_ms", "first_token_kind", "client_ttft_ms"}
+    assert nullable == {"key", "ttft_ms", "first_token_kind", "client_ttft_ms", "continuation"}
     assert types["client_ttft_ms"] == "double precision"
+    assert types["continuation"] == "text"
     pair_columns = [c for (c,) in await fetch(
         url, "SELECT column_name FROM information_schema.columns "
         "WHERE table_name = 'shadow_pairs' ORDER BY ordinal_position")]

@@ -32,6 +32,7 @@ from tlproxy.report import (
     POSTGRES,
     LedgerReadError,
     connect_ledger,
+    recovery,
     report_main,
     summarize,
     to_json,
@@ -61,6 +62,11 @@ def _rows() -> list[LedgerRow]:
         # dollars must still be floats (0.0), as SQLite's TOTAL gave.
         attempt("req_7", DAY1 + 5, "lonely", "m-loser", cost=0.0007, ttft=None,
                 winner=False, wasted=True, status="cancelled"),
+        # req_6's answer, finished by two continuations (the first broke too).
+        attempt("req_6", MIDNIGHT + 1, "premium", "gpt-5.4", cost=0.003, ttft=90.0,
+                winner=False, continuation="cut", status="cut"),
+        attempt("req_6", MIDNIGHT + 2, "premium", "gemini-3-pro-preview", cost=0.002,
+                ttft=80.0, winner=False, continuation="error-event"),
     ]
     rng = random.Random(20260101)  # enough rows that the sums are not round numbers
     for i in range(300):
@@ -333,3 +339,15 @@ def test_a_password_never_appears_in_errors(
         assert err.startswith("tlproxy: ") and expected in err, err
         for secret in (WRONG, WRONG_DECODED, "wr0ng"):
             assert secret not in err
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=["all-time", "day2", "midnight", "late", "empty"])
+def test_recovery_is_the_same_from_both(ledgers: Ledgers, window: dict[str, Any]) -> None:
+    from_sqlite = recovery(ledgers.sqlite, **window)
+    assert to_json(recovery(ledgers.postgres, **window)) == to_json(from_sqlite)
+    if not window:
+        assert from_sqlite == [
+            {"reason": "cut", "continuations": 1, "recovered": 0, "completion_tokens": 50,
+             "spend_usd": 0.003},
+            {"reason": "error-event", "continuations": 1, "recovered": 1,
+             "completion_tokens": 50, "spend_usd": 0.002}]

@@ -97,11 +97,13 @@ async def served(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Served]
         yield Served(proxy=proxy, ledger=ledger, a=a, b=b, http=http)
 
 
-async def events_of(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+async def events_of(http: httpx.AsyncClient, body: dict[str, Any],
+                    headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The events of a streamed response, each checked: its SSE name is its type."""
     events: list[dict[str, Any]] = []
     decoder = SSEDecoder()
-    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True},
+                           headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         async for data in response.aiter_bytes():
@@ -211,15 +213,19 @@ async def test_stream_events_follow_the_schema(served: Served) -> None:
 
 
 async def test_stream_cut_mid_answer_ends_failed(served: Served) -> None:
+    # Continuation off: the cut is the client's to see (with it on, the next
+    # model finishes the answer: tests/integration/test_continuation_e2e.py).
+    off = {"x-tlproxy-continuation": "off"}
     events = await events_of(served.http, {"model": "economy",
-                                           "input": "Tell me a story [sim:cut=3]"})
+                                           "input": "Tell me a story [sim:cut=3]"}, off)
     check_sequence(events)
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["error"]["code"] == "server_error"
     assert not any(e["type"] == "response.completed" for e in events)
     with pytest.raises(RuntimeError, match=r"response\.completed"):
         async with served.a.responses.stream(
-                model="economy", input="Tell me a story [sim:cut=3]") as stream:
+                model="economy", input="Tell me a story [sim:cut=3]",
+                extra_headers=off) as stream:
             await stream.get_final_response()
 
 

@@ -135,10 +135,10 @@ class FakeUpstream(Provider):
                 "usage": {"prompt_tokens": 1, "total_tokens": 1}}
 
 
-def config(**policy: Any) -> Config:
+def config(models: Sequence[ModelConfig] = MODELS, **policy: Any) -> Config:
     return Config(
         providers={"fake": ProviderConfig(kind="openai", base_url="http://fake.invalid")},
-        models=MODELS, policy=Policy(**policy),
+        models=list(models), policy=Policy(**policy),
         classifier=ClassifierConfig(enabled=True, model="emb", timeout=10.0,
                                     examples={"summarization": ["sum"], "extraction": ["ext"]}))
 
@@ -184,8 +184,9 @@ class Client:
 
 class Harness:
     def __init__(self, upstream: FakeUpstream, *, admit: Admit | None = None,
-                 gated: Gated | None = None, **policy: Any) -> None:
-        self.config = config(**policy)
+                 gated: Gated | None = None, models: Sequence[ModelConfig] = MODELS,
+                 **policy: Any) -> None:
+        self.config = config(models, **policy)
         self.upstream = upstream
         self.writer = MemoryWriter()
         self.ledger = Ledger(self.writer)
@@ -196,13 +197,14 @@ class Harness:
         # The account of the last request served.
         self.tab: Tab | None = None
 
-    async def chat(self, client: Client, **body: Any) -> Request:
+    async def chat(self, client: Client, *, headers: dict[str, str] | None = None,
+                   **body: Any) -> Request:
         """One chat request, served as the app serves it, and finished."""
         request = Request({"method": "POST", "path": "/v1/chat/completions", "headers": []},
                           client.receive, client.send)
         raw = msgspec.json.encode({"model": "auto", **body})
         chat, decoded = decode_chat_request(raw)
-        call = ChatCall(id=request.id, arrived=request.arrived, key=None, headers={},
+        call = ChatCall(id=request.id, arrived=request.arrived, key=None, headers=headers or {},
                         chat=chat, body=decoded, facts=ChatFacts.of(decoded))
         tab = Tab(request.id, None, request.arrived)
         try:
@@ -471,7 +473,8 @@ async def test_a_failure_after_the_first_token_ends_with_an_error_event_and_no_d
 ) -> None:
     upstream = FakeUpstream({"e1": [0.25, chunk(role="assistant", content="Half"), 0.25,
                                     UpstreamError("the stream broke", status=502)]})
-    harness = Harness(upstream)
+    # Continuation off for the tier: the failure is the client's to see.
+    harness = Harness(upstream, continuation_tiers=[])
     client = Client()
     request = await harness.chat(client, model="economy", messages=QUESTION, stream=True)
     sent = events(client.body)

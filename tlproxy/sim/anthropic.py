@@ -176,6 +176,10 @@ class AnthropicWire(core.Wire):
         body, _ = self.error(529)
         return encode_event(_encode(body).decode(), event="error")
 
+    def malformed_event(self) -> bytes:
+        return (b'event: content_block_delta\n'
+                b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n')
+
     def _usage(self, answer: Answer) -> dict[str, Any]:
         read, written = self._cache_reads_and_writes(answer.prompt_tokens)
         return {"input_tokens": answer.prompt_tokens - read - written,

@@ -20,7 +20,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -118,6 +118,10 @@ class Wire(abc.ABC):
     @abc.abstractmethod
     def error_event(self) -> bytes:
         """The framed event that reports an overloaded upstream inside a 200 stream."""
+
+    def malformed_event(self) -> bytes:
+        """A framed event whose data is not the protocol's JSON (the `malformed` fault)."""
+        return b'data: {"choices": [{"index": 0, "delta": {"content": "trunc\n\n'
 
 
 class PlannerTurn:
@@ -252,8 +256,8 @@ class Simulator:
             else:
                 head, steps, tail = wire.stream(answer, habits)
             async with self._watching(request.receive) as done:
-                await self._paced(request.send, answer, profile, habits, (head, steps, tail),
-                                  done)
+                await self._paced(request.send, wire, answer, profile, habits,
+                                  (head, steps, tail), done)
             return
         delay = self.ttft(profile) + profile.inter_token_ms / 1000 * answer.completion_tokens
         async with self._watching(request.receive):
@@ -289,6 +293,7 @@ class Simulator:
     async def _paced(
         self,
         send: Any,
+        wire: Wire,
         answer: Answer,
         profile: SimModelProfile,
         habits: Habits,
@@ -325,6 +330,7 @@ class Simulator:
         for data in head if late else []:
             await emit(data)
         itl = profile.inter_token_ms / 1000
+        fault = profile.fault
         for sent, data in enumerate(steps):
             if sent and itl:
                 await trio.sleep(itl)
@@ -332,12 +338,30 @@ class Simulator:
                 # Drop the connection mid-stream: no finish, no end event.
                 await emit(b"", more=False)
                 return
+            if fault is not None and sent >= profile.fault_after:
+                await self._fault(fault, profile, emit, wire)
+                return
             await emit(data)
         for data in tail[:-1]:
             await emit(data)
         done[0] = True
         self.stats.streams_completed += 1
         await emit(tail[-1] if tail else b"", more=False)
+
+    @staticmethod
+    async def _fault(fault: str, profile: SimModelProfile, emit: _Emit, wire: Wire) -> None:
+        """A profile's `fault`, in place of the stream's next token: the stream ends."""
+        if fault == "stall":
+            await trio.sleep(profile.fault_stall_ms / 1000)
+        elif fault == "malformed":
+            await emit(wire.malformed_event())
+        elif fault == "error_event":
+            await emit(wire.error_event())
+        # Whatever came before, the connection drops: no finish, no end event.
+        await emit(b"", more=False)
+
+
+_Emit = Callable[..., Awaitable[None]]
 
 
 def error_body(message: str, kind: str) -> dict[str, Any]:

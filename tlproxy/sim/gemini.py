@@ -183,6 +183,9 @@ class GeminiWire(core.Wire):
         body, _ = self.error(503)
         return _event(body)
 
+    def malformed_event(self) -> bytes:
+        return b'data: {"candidates": [{"content": {"parts": [{"text": "trunc\r\n\r\n'
+
     def _finish(self, answer: Answer, habits: core.Habits) -> str:
         reason = answer.choices[0].finish_reason
         if reason == "content_filter":

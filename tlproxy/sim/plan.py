@@ -2,8 +2,10 @@
 
 Pure and deterministic from the request (and the model's profile): the text
 or tool calls, the usage, and the failures a marker in the last user message
-scripts. Each protocol's wire (`tlproxy.sim.openai`, `.anthropic`, `.gemini`)
-renders the same plan in its own format.
+scripts. A request whose last message is the assistant's own text (a prefill)
+is continued: the answer is the rest of what it would have said. Each
+protocol's wire (`tlproxy.sim.openai`, `.anthropic`, `.gemini`) renders the
+same plan in its own format.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
             tokens = [words[0].capitalize(), *(" " + w for w in words[1:])]
             if last.get("role") == "tool":
                 tokens = ["The", " tool", " returned", ":", " " + _text_of(last.get("content"))]
+        tokens = _continued(tokens, last)
         finish = "stop"
         stops = body.get("stop")
         stops = [stops] if isinstance(stops, str) else (stops or [])
@@ -172,6 +175,22 @@ def plan_answer(body: dict[str, Any], profile: SimModelProfile) -> Answer:
         cut_after=cut,
         stall=stall,
     )
+
+
+def _continued(tokens: list[str], last: dict[str, Any]) -> list[str]:
+    """An assistant prefill (the request's last message is the assistant's text)
+    continued: the tokens after it, when the answer starts with that text."""
+    prefix = last.get("content") if last.get("role") == "assistant" else None
+    if not isinstance(prefix, str) or not prefix or last.get("tool_calls"):
+        return tokens
+    said = ""
+    for k, token in enumerate(tokens):
+        if said.rstrip() == prefix.rstrip() and said:
+            return tokens[k:]
+        said += token
+        if not prefix.startswith(said.rstrip()) and not said.startswith(prefix):
+            return tokens
+    return [] if said.rstrip() == prefix.rstrip() else tokens
 
 
 def stop_by_filters(answer: Answer) -> None:
