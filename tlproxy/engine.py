@@ -52,7 +52,7 @@ from .resume import ChunkSource, ResumableChunks
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
-from .tracecontext import attempt_started
+from .tracecontext import attempt_started, span_key
 
 __all__ = [
     "Admit", "Answer", "Batches", "ChunkSource", "Engine", "Gated", "Reply", "Stream",
@@ -297,7 +297,7 @@ class Engine:
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
             model = models[candidate.key]
             provider = self.providers[model.provider]
-            attempt_started(trace, candidate.key)  # its upstream request joins the trace
+            attempt_started(trace, span_key(candidate))  # its upstream request joins the trace
             if stream:
                 async with provider.stream_chat(body, model=model.upstream_id) as chunks:
                     yield chunks
@@ -370,11 +370,14 @@ class Engine:
         that broke it, as it would have without a continuation.
         """
         models = {m.id: m for m in self.config.models}
+        trace = tab.trace
 
         def on_record(record: AttemptRecord) -> None:
             self._on_record(record, True)
-            self.accounting.attempt(record, tab, bodies[record.candidate.key], route.tier,
-                                    route.rule, stream=True)
+            row = self.accounting.attempt(record, tab, bodies[record.candidate.key],
+                                          route.tier, route.rule, stream=True)
+            if trace is not None and row is not None:
+                trace.booked(record, row.cost_usd)
 
         @contextlib.asynccontextmanager
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
@@ -384,6 +387,7 @@ class Engine:
             tried.add(candidate.key)
             model = models[candidate.key]
             provider = self.providers[model.provider]
+            attempt_started(trace, span_key(candidate))
             async with provider.stream_chat(bodies[model.id],
                                             model=model.upstream_id) as chunks:
                 yield chunks

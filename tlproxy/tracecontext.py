@@ -36,10 +36,10 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .race import AttemptRecord
+    from .race import AttemptRecord, Candidate
 
 __all__ = ["UPSTREAM_HEADERS", "Parent", "Timeline", "attempt_started", "format_traceparent",
-           "parse_traceparent"]
+           "parse_traceparent", "span_key"]
 
 # Extra headers (lower-case name, value, as bytes) for the upstream requests of
 # the current task: the transport appends them to every request it sends. A
@@ -156,6 +156,13 @@ class Timeline:
             reason = choice.get("finish_reason") if isinstance(choice, dict) else None
             if isinstance(reason, str) and reason:
                 self.finish_reasons.append(reason)
+
+
+def span_key(candidate: Candidate) -> str:
+    """Which attempt span a candidate's attempt is: its model, or, for an attempt that
+    continues a broken answer, its model's continuation (a model may have raced for
+    the answer and then be asked to finish it: two attempts, two spans)."""
+    return candidate.key if candidate.continues is None else f"{candidate.key}/continuation"
 
 
 def attempt_started(timeline: Timeline | None, key: str) -> None:

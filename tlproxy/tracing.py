@@ -46,7 +46,7 @@ from .config import Config, ConfigError, TracingConfig
 from .metrics import Metrics
 from .race import AttemptRecord
 from .router import Route
-from .tracecontext import Parent, Timeline, parse_traceparent
+from .tracecontext import Parent, Timeline, parse_traceparent, span_key
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -191,7 +191,7 @@ class Tracing:
         inside = set_span_in_context(span)
         decided_at = timeline.decision[0] if timeline.decision is not None else None
         for record, cost in sorted(timeline.attempts, key=lambda a: a[0].started_at):
-            self._ids.preset(None, timeline.attempt_ids.get(record.candidate.key))
+            self._ids.preset(None, timeline.attempt_ids.get(span_key(record.candidate)))
             model = self._config.model(record.candidate.key)
             upstream = model.upstream_id if model is not None else record.candidate.key
             child = self._tracer.start_span(
@@ -252,7 +252,8 @@ class Tracing:
         model = self._config.model(candidate.key)
         provider = model.provider if model is not None else ""
         host, port = self._servers.get(provider, (None, None))
-        start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
+        start = ("continuation" if candidate.continues is not None else "hedge" if record.hedge
+                 else "fallback" if record.fallback else "initial")
         won = record.outcome == "won"
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
@@ -265,6 +266,8 @@ class Tracing:
             "tlproxy.tier": candidate.tier,
             "tlproxy.attempt.outcome": record.outcome,
             "tlproxy.attempt.start": start,
+            # Why the answer it finishes broke: cut, stall, malformed, error-event.
+            "tlproxy.attempt.continues": candidate.continues,
             "tlproxy.attempt.speculative": (decided_at is not None
                                             and record.started_at < decided_at),
             "tlproxy.chunks": record.chunks,

@@ -482,3 +482,37 @@ def test_a_traceparent_written_is_read_back(trace_id: int, span_id: int, sampled
     parent = parse_traceparent(format_traceparent(trace_id, span_id, sampled))
     assert parent is not None
     assert (parent.trace_id, parent.span_id, parent.sampled) == (trace_id, span_id, sampled)
+
+
+async def test_a_continuation_is_an_attempt_span_of_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The winner breaks after five words at 0.75 s; e2 finishes the answer: its span
+    starts then, says it is a continuation and why, and its upstream request carried
+    its own context."""
+    cut = UpstreamError("upstream stream ended before its final event", status=502)
+    words = [0.25, *answer_stream("One", " two", " three", " four", " five")[:-2], 0.0, cut]
+    upstream = TracedUpstream({"e1": words, "e2": [0.5, *answer_stream(" six", " seven")]})
+    traced = Traced(upstream, hedge_tiers=[])
+    client = Client()
+    await traced.chat(client, model="economy", messages=QUESTION, stream=True)
+    assert b"[DONE]" in client.body
+    spans = traced.spans()
+    broken, finishing = spans["chat e1"], spans["chat e2"]
+    server = spans["POST /v1/chat/completions"]
+    assert broken.parent is not None and finishing.parent is not None
+    assert broken.parent.span_id == finishing.parent.span_id == server.context.span_id
+    attributes = finishing.attributes or {}
+    assert attributes["tlproxy.attempt.start"] == "continuation"
+    assert attributes["tlproxy.attempt.continues"] == "cut"
+    assert "tlproxy.attempt.continues" not in (broken.attributes or {})
+    assert _times(finishing)[0] == _times(broken)[1]
+    # Each upstream request carried its own attempt's span id.
+    sent = {model: parse_traceparent(headers[b"traceparent"].decode())
+            for model, headers in upstream.headers.items()}
+    assert sent["e1"] is not None and sent["e2"] is not None
+    assert sent["e1"].span_id == broken.context.span_id
+    assert sent["e2"].span_id == finishing.context.span_id
+    # The continuation's cost is its ledger row's.
+    rows = await traced.rows()
+    assert attributes["tlproxy.cost_usd"] == rows["e2"].cost_usd
