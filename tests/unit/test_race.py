@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from tlproxy.errors import UpstreamError
-from tlproxy.race import AttemptRecord, Candidate, RaceFailed, Winner, WinnerChunks, _Failure, race
+from tlproxy.race import (
+    AttemptRecord,
+    Candidate,
+    RaceFailed,
+    StreamFailure,
+    Winner,
+    WinnerChunks,
+    race,
+)
 from tlproxy.shapes import token_kind
 
 Chunk = dict[str, Any]
@@ -788,7 +796,7 @@ async def test_buffered_stops_at_a_failure_which_the_next_step_raises() -> None:
     send, receive = trio.open_memory_channel[Any](10)
     chunks = WinnerChunks(receive)
     send.send_nowait({"n": 0})
-    send.send_nowait(_Failure(UpstreamError("cut", status=502)))
+    send.send_nowait(StreamFailure(UpstreamError("cut", status=502)))
     send.send_nowait({"n": 1})
     assert chunks.buffered() == [{"n": 0}]
     assert not chunks.ended
