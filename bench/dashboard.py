@@ -10,7 +10,9 @@ Method
   with an upstream and a client-seen TTFT, a few errors and cut streams. The rows are made
   by a seeded generator and written with the ledger's own schema (`SQLiteWriter` and
   `PostgresWriter` migrations, so its indexes), in bulk (``executemany`` in SQLite,
-  ``COPY`` in PostgreSQL): the writing is set-up, not measured.
+  ``COPY`` in PostgreSQL); then the hourly roll-up is built from them as the migration
+  that creates it does (`tlproxy.ledger_rollup.rebuild`), its time printed: the writing
+  is set-up, not measured.
 * Each query function the endpoints run (`tlproxy.dashboard`: spend, routing, race,
   requests, shadow) is timed on a fresh read-only connection, as an endpoint opens one,
   over two windows: the whole year and the last 7 days (the page's default). ``--repeat``
@@ -53,6 +55,7 @@ import trio
 from tlproxy.config import Config
 from tlproxy.dashboard import Window, race, recent, routing, shadow_pairs, spend
 from tlproxy.ledger import LedgerRow, PostgresWriter, SQLiteWriter
+from tlproxy.ledger_rollup import TABLE, rebuild
 from tlproxy.report import usage_json
 
 YEAR = 365 * 86400
@@ -117,23 +120,38 @@ def fill_sqlite(path: Path, count: int, now: float) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executemany(f"INSERT INTO ledger ({', '.join(COLUMNS)}) "
                          f"VALUES ({placeholders})", make_rows(count, now=now))
+    rollup_sqlite(path)
+
+
+def rollup_sqlite(path: Path) -> None:
+    """The roll-up of the rows written around the writer, as the migration builds it."""
+    import sqlite3
+
+    started = time.perf_counter()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        rebuild(conn.cursor(), "?")
         conn.execute("ANALYZE")
+    print(f"sqlite: roll-up built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def fill_postgres(url: str, count: int, now: float) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS ledger, shadow_pairs, schema_migrations")
+        conn.execute(f"DROP TABLE IF EXISTS ledger, shadow_pairs, {TABLE}, schema_migrations")
     writer = PostgresWriter(url)
     trio.run(writer.migrate)
     trio.run(writer.aclose)
+    with psycopg.connect(url) as conn, conn.cursor() as cursor, cursor.copy(
+            f"COPY ledger ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        for row in make_rows(count, now=now):
+            copy.write_row(row)
+    started = time.perf_counter()
     with psycopg.connect(url) as conn:
-        with conn.cursor() as cursor, cursor.copy(
-                f"COPY ledger ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for row in make_rows(count, now=now):
-                copy.write_row(row)
-        conn.execute("ANALYZE ledger")
+        rebuild(conn.cursor(), "%s")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ANALYZE ledger; ANALYZE {TABLE}")
+    print(f"postgresql: roll-up built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def queries(config: Config) -> dict[str, Callable[[str, Window], Any]]:

@@ -37,21 +37,19 @@ import trio
 
 from .errors import InvalidRequest, NotFound, ProxyError
 from .explain import describe_condition, describe_plan
-from .policy import DEFAULT_RULES
-from .report import (
-    GROUPS,
-    POSTGRES,
+from .ledger_read import (
     Dialect,
     LedgerReadError,
     LedgerSource,
     column_or_null,
-    group_sums,
     parse_time,
     reading_ledger,
     time_window,
-    to_csv,
-    usage_json,
 )
+from .ledger_rollup import Hist, hist_percentile, merge_into
+from .policy import DEFAULT_RULES
+from .report import to_csv
+from .report_sums import Sums, has_rollup, money, usage_json, window_hists, window_sums
 from .router import Router
 from .shadow import shadow_report
 from .stats import StatsBook
@@ -78,6 +76,7 @@ class ProxyState(Protocol):
 
 __all__ = [
     "BY",
+    "EXACT_TTFTS",
     "QUANTILES",
     "ROUTES",
     "STEPS",
@@ -98,6 +97,9 @@ _encode = msgspec.json.Encoder().encode
 STEPS = {"hour": 3600, "day": 86400}
 BY = ("tier", "model", "key", "rule")
 QUANTILES = (50, 90, 95, 99)  # percent; p95 is the report's
+# Up to this many winners with a TTFT in a window, `race` sorts them for exact
+# percentiles (about 0.1 s on SQLite); beyond, it reads the roll-up's histograms.
+EXACT_TTFTS = 50_000
 _TOP = 10
 _UNIX = re.compile(r"\d+(\.\d+)?")
 _MAX_LIMIT = 500
@@ -111,9 +113,7 @@ _PAIR_SIDE = ("model", "text", "ttft_ms", "duration_ms", "cost_usd", "ok", "erro
 
 def bucket_sql(dialect: Dialect, seconds: int) -> str:
     """The start (unix seconds, an integer) of the UTC hour or day ``ts`` falls in."""
-    if dialect is POSTGRES:
-        return f"CAST(floor(ts / {seconds}) AS BIGINT) * {seconds}"
-    return f"CAST(ts / {seconds} AS INTEGER) * {seconds}"  # truncation: ts is never negative
+    return dialect.bucket("ts", seconds)
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -191,8 +191,8 @@ def _by(by: str) -> str:
     return by
 
 
-def _top(sums: list[tuple[tuple[Any, ...], dict[str, Any]]], name: str) -> list[dict[str, Any]]:
-    rows = [{name: names[0], **values} for names, values in sums]
+def _top(sums: Sums, name: str) -> list[dict[str, Any]]:
+    rows = [{name: names[0], **money(values)} for names, values in sums.items()]
     return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[name])))
 
 
@@ -209,23 +209,22 @@ def spend(source: LedgerSource, *, window: Window, step: str = "hour",
     """
     seconds, by = _step(step), _by(by)
     with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        bucket = bucket_sql(dialect, seconds)
-        series = group_sums(conn, [bucket, GROUPS[by]], where, params)
-        groups = group_sums(conn, [GROUPS[by]], where, params)
-        keys = group_sums(conn, [GROUPS["key"]], where, params)
-        rules = group_sums(conn, [GROUPS["rule"]], where, params)
-        total = group_sums(conn, [GROUPS["all"]], where, params)
+        since, until = window.since, window.until
+        series = window_sums(conn, dialect, since, until, [by], seconds)
+        groups = window_sums(conn, dialect, since, until, [by])
+        keys = window_sums(conn, dialect, since, until, ["key"])
+        rules = window_sums(conn, dialect, since, until, ["rule"])
+        total = window_sums(conn, dialect, since, until)
     return {
         "object": "tlproxy.spend", "since": window.since, "until": window.until,
         "step": step, "by": by,
-        "series": sorted(({"bucket": int(names[0]), by: names[1], **values}
-                          for names, values in series),
+        "series": sorted(({"bucket": int(names[0]), by: names[1], **money(values)}
+                          for names, values in series.items()),
                          key=lambda r: (r["bucket"], str(r[by]))),
         "groups": _top(groups, by),
         "keys": _top(keys, "key")[:_TOP],
         "rules": _top(rules, "rule")[:_TOP],
-        "total": total[0][1] if total else None,
+        "total": money(total[()]) if total else None,
     }
 
 
@@ -250,14 +249,14 @@ def routing(source: LedgerSource, *, window: Window, step: str = "hour",
     """
     seconds = _step(step)
     with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        winners = f"{where} AND winner"
-        series = group_sums(conn, [bucket_sql(dialect, seconds), "rule", "tier"], winners,
-                            params)
-        hits = group_sums(conn, ["rule", "tier"], winners, params)
+        since, until = window.since, window.until
+        series = window_sums(conn, dialect, since, until, ["rule", "tier"], seconds)
+        hits = window_sums(conn, dialect, since, until, ["rule", "tier"])
+    # Requests are winners: a rule and tier seen only on losing attempts decided nothing.
+    answered = {names: int(values[0]) for names, values in hits.items() if values[0]}
     by_rule: dict[str, int] = {}
-    for (rule, _), values in hits:
-        by_rule[rule] = by_rule.get(rule, 0) + values["requests"]
+    for (rule, _), requests in answered.items():
+        by_rule[rule] = by_rule.get(rule, 0) + requests
     listed = []
     named = set()
     for name, policy in policies:
@@ -268,31 +267,23 @@ def routing(source: LedgerSource, *, window: Window, step: str = "hour",
                         "requests": by_rule.get("default", 0)})
         named |= {entry["name"] for entry in entries}
         listed.append({"policy": name, "strategy": policy.strategy, "rules": entries})
-    other = sorted(({"rule": rule, "tier": tier, "requests": values["requests"]}
-                    for (rule, tier), values in hits if rule not in named),
+    other = sorted(({"rule": rule, "tier": tier, "requests": requests}
+                    for (rule, tier), requests in answered.items() if rule not in named),
                    key=lambda r: (-r["requests"], r["rule"], r["tier"]))
     return {
         "object": "tlproxy.routing", "since": window.since, "until": window.until,
         "step": step,
         "series": sorted(({"bucket": int(b), "rule": rule, "tier": tier,
-                           "requests": values["requests"]}
-                          for (b, rule, tier), values in series),
+                           "requests": int(values[0])}
+                          for (b, rule, tier), values in series.items() if values[0]),
                          key=lambda r: (r["bucket"], r["rule"], r["tier"])),
         "policies": listed,
         "other": other,
     }
 
 
-# Race attempts (never shadow copies or classifier calls) by how they ended.
-_RACE = """
-    COALESCE(SUM(CASE WHEN kind IN ('chat', 'embedding') THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'embedding')
-                      AND status = 'error' THEN 1 ELSE 0 END), 0)
-"""
-
-
-def race(source: LedgerSource, *, window: Window, step: str = "hour") -> dict[str, Any]:
+def race(source: LedgerSource, *, window: Window, step: str = "hour",
+         exact_up_to: int | None = None) -> dict[str, Any]:
     """TTFT percentiles (client-seen, and per model), hedges, waste and errors over time.
 
     ``series``: per bucket, the requests, their errors and error rate, race
@@ -302,58 +293,104 @@ def race(source: LedgerSource, *, window: Window, step: str = "hour") -> dict[st
     percentiles. ``total``: the same for the whole window; its p50 and p95
     are `tlproxy report`'s ``client_ttft_*`` and ``upstream_ttft_*``.
     ``outcomes``: the window's attempts by status and role.
+
+    Percentiles are exact (nearest rank, in SQL) when the window holds at most
+    `exact_up_to` winners with a TTFT (`EXACT_TTFTS` by default), else read from
+    the roll-up's histograms, within `ledger_rollup.RELATIVE_ERROR` of the exact
+    ones; ``percentiles`` says which.
     """
     seconds = _step(step)
+    limit = EXACT_TTFTS if exact_up_to is None else exact_up_to
     with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        cursor = conn.cursor()
-        client = column_or_null(cursor, "client_ttft_ms")
-        bucket = bucket_sql(dialect, seconds)
-        money = dict(group_sums(conn, [bucket], where, params))
-        cursor.execute(f"SELECT {bucket}, {_RACE} FROM ledger WHERE {where} GROUP BY 1", params)
-        counts = {(row[0],): row[1:] for row in cursor.fetchall()}
-        seen = _percentiles(cursor, [bucket], client, where, params) if client != "NULL" else {}
-        models = _percentiles(cursor, [bucket, "model"], "ttft_ms", where, params)
-        total_money = group_sums(conn, [GROUPS["all"]], where, params)
-        cursor.execute(f"SELECT {_RACE} FROM ledger WHERE {where}", params)
-        total_counts = cursor.fetchone()
-        total_seen = (_percentiles(cursor, [], client, where, params).get(())
-                      if client != "NULL" else None)
-        total_upstream = _percentiles(cursor, [], "ttft_ms", where, params).get(())
-        cursor.execute(
-            "SELECT status, CASE WHEN winner THEN 'winner' WHEN hedge THEN 'hedge' "
-            "ELSE 'other' END, kind, COUNT(*), COALESCE(SUM(cost_usd), 0.0) "
-            f"FROM ledger WHERE {where} GROUP BY 1, 2, 3", params)
-        outcomes = cursor.fetchall()
+        since, until = window.since, window.until
+        per_bucket = window_sums(conn, dialect, since, until, [], seconds)
+        total = window_sums(conn, dialect, since, until)
+        outcomes = window_sums(conn, dialect, since, until, ["status", "role", "kind"])
+        ttfts = int(total[()][15]) if total else 0
+        if ttfts <= limit or not has_rollup(conn, dialect):
+            method = "exact"
+            seen, models, total_seen, total_upstream = _exact_ttfts(conn, dialect, window,
+                                                                     seconds)
+        else:
+            method = "histogram"
+            seen, models, total_seen, total_upstream = _histogram_ttfts(conn, dialect, window,
+                                                                         seconds)
 
-    def row(values: dict[str, Any], race_counts: Sequence[Any],
-            seen_ttft: dict[str, Any] | None) -> dict[str, Any]:
-        attempts, hedges, failed = (int(n) for n in race_counts)
-        requests, errors = values["requests"], values["errors"]
+    def row(values: Sequence[Any], seen_ttft: dict[str, Any] | None) -> dict[str, Any]:
+        spent = money(values)
+        attempts, hedges, failed = (int(n) for n in values[12:15])
+        requests, errors = spent["requests"], spent["errors"]
         return {
             "requests": requests, "errors": errors,
             "error_rate_pct": round(100 * errors / requests, 1) if requests else None,
             "attempts": attempts, "hedges": hedges, "failed_attempts": failed,
-            "wasted_usd": values["wasted_usd"],
+            "wasted_usd": spent["wasted_usd"],
             **_ttft_columns("client_ttft", seen_ttft),
         }
 
     return {
         "object": "tlproxy.race", "since": window.since, "until": window.until, "step": step,
-        "series": [{"bucket": int(b), **row(money[(b,)], counts[(b,)], seen.get((b,)))}
-                   for (b,) in sorted(money)],
+        "percentiles": method,
+        "series": [{"bucket": int(b), **row(per_bucket[(b,)], seen.get((b,)))}
+                   for (b,) in sorted(per_bucket)],
         "models": sorted(({"bucket": int(b), "model": model, "ttft_count": found["ttft_count"],
                            **{f"upstream_ttft_p{p}_ms": found[f"p{p}"] for p in QUANTILES}}
                           for (b, model), found in models.items()),
                          key=lambda r: (r["bucket"], r["model"])),
-        "total": ({**row(total_money[0][1], total_counts, total_seen),
+        "total": ({**row(total[()], total_seen),
                    **_ttft_columns("upstream_ttft", total_upstream)}
-                  if total_money else None),
+                  if total else None),
         "outcomes": sorted(({"status": status, "role": role, "kind": kind,
-                             "attempts": int(n), "cost_usd": round(cost, 6)}
-                            for status, role, kind, n, cost in outcomes),
+                             "attempts": int(values[1]), "cost_usd": round(values[5], 6)}
+                            for (status, role, kind), values in outcomes.items()),
                            key=lambda r: (r["kind"], r["role"], r["status"])),
     }
+
+
+_Found = dict[tuple[Any, ...], dict[str, Any]]
+_TTFTs = tuple[_Found, _Found, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def _exact_ttfts(conn: Any, dialect: Dialect, window: Window, seconds: int) -> _TTFTs:
+    """Client TTFTs per bucket, upstream per bucket and model, both over the window: exact."""
+    where, params = window.where(dialect)
+    cursor = conn.cursor()
+    client = column_or_null(cursor, "client_ttft_ms")
+    bucket = dialect.bucket("ts", seconds)
+    seen = _percentiles(cursor, [bucket], client, where, params) if client != "NULL" else {}
+    models = _percentiles(cursor, [bucket, "model"], "ttft_ms", where, params)
+    total_seen = (_percentiles(cursor, [], client, where, params).get(())
+                  if client != "NULL" else None)
+    total_upstream = _percentiles(cursor, [], "ttft_ms", where, params).get(())
+    return seen, models, total_seen, total_upstream
+
+
+def _histogram_ttfts(conn: Any, dialect: Dialect, window: Window, seconds: int) -> _TTFTs:
+    """`_exact_ttfts` from the roll-up's histograms: the totals merge the buckets'."""
+    since, until = window.since, window.until
+    seen = window_hists(conn, dialect, since, until, measure="client", bucket=seconds)
+    models = window_hists(conn, dialect, since, until, measure="upstream", bucket=seconds)
+    all_seen: Hist = {}
+    for hist in seen.values():
+        merge_into(all_seen, hist)
+    all_upstream: Hist = {}
+    for hist in models.values():
+        merge_into(all_upstream, hist)
+    return (_from_hists(seen), _from_hists(models), _from_hist(all_seen),
+            _from_hist(all_upstream))
+
+
+def _from_hists(hists: dict[tuple[Any, ...], Hist]) -> _Found:
+    return {names: found for names, hist in hists.items()
+            if (found := _from_hist(hist)) is not None}
+
+
+def _from_hist(hist: Hist) -> dict[str, Any] | None:
+    count = sum(hist.values())
+    if not count:
+        return None
+    return {"ttft_count": count,
+            **{f"p{p}": _round(hist_percentile(hist, p)) for p in QUANTILES}}
 
 
 def recent(source: LedgerSource, *, limit: int = 50,

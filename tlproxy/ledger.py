@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import msgspec
 import trio
 
+from . import ledger_rollup
 from .config import LedgerConfig
 from .shadow import ShadowPair, ShadowResult
 from .sqlite_wal import open_wal
@@ -132,8 +133,9 @@ class LedgerWriter(Protocol):
 
 # Each entry is one schema version: its statements, applied in order, in one
 # transaction. Append, never edit: a deployed ledger has run the old ones.
-# {id}, {real} and {bool} are the dialect's column types.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# {id}, {real}, {bool} and {bigint} are the dialect's column types.
+MigrationStep = str | Callable[[Any, str], None]
+MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         """CREATE TABLE ledger (
             id {id},
@@ -185,6 +187,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE ledger ADD COLUMN client_ttft_ms {real}",
     ),
+    # The hourly roll-up the reports read whole hours from, filled from the rows
+    # already there (a callable step runs with the cursor and the placeholder).
+    (*ledger_rollup.MIGRATION, ledger_rollup.backfill),
 )
 
 _ROW_COLUMNS = LedgerRow.__struct_fields__
@@ -221,7 +226,7 @@ class _ThreadWriter:
 
     _param: ClassVar[str] = "?"
     _types: ClassVar[Mapping[str, str]] = {
-        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER"}
+        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER", "bigint": "INTEGER"}
 
     def __init__(self) -> None:
         self._limiter = trio.CapacityLimiter(1)
@@ -295,7 +300,10 @@ class _ThreadWriter:
                 if version <= current:
                     continue
                 for step in steps:
-                    cursor.execute(step.format(**types))
+                    if callable(step):
+                        step(cursor, p)
+                    else:
+                        cursor.execute(step.format(**types))
                 cursor.execute(f"INSERT INTO schema_migrations VALUES ({p}, {p})",
                                (version, time.time()))
 
@@ -304,6 +312,9 @@ class _ThreadWriter:
             if rows:
                 cursor.executemany(self._insert_row,
                                    [msgspec.structs.astuple(row) for row in rows])
+                # The roll-up in the same transaction: a committed row is in both.
+                ledger_rollup.apply(cursor, self._param, ledger_rollup.rollup(
+                    [getattr(row, field) for field in ledger_rollup.FIELDS] for row in rows))
             if pairs:
                 cursor.executemany(self._insert_pair, [_pair_values(pair) for pair in pairs])
 
@@ -365,7 +376,7 @@ class PostgresWriter(_ThreadWriter):
     _param: ClassVar[str] = "%s"
     _types: ClassVar[Mapping[str, str]] = {
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION",
-        "bool": "BOOLEAN"}
+        "bool": "BOOLEAN", "bigint": "BIGINT"}
     # Any constant shared by every tlproxy: the advisory lock around migrations.
     _MIGRATION_LOCK = 0x746C70726F7879
 

@@ -182,6 +182,7 @@ async def test_race_total_is_the_reports(db: Path) -> None:  # noqa: F811
         assert total[column] == report[column], column
     assert race(db, window=Window(4e9, None)) | {"since": None} == {
         "object": "tlproxy.race", "since": None, "until": None, "step": "hour",
+        "percentiles": "exact",
         "series": [], "models": [], "total": None, "outcomes": []}
 
 

@@ -1,0 +1,264 @@
+"""The ledger's hourly roll-up: the report's sums per hour, kept by the ledger's writer.
+
+The problem. The dashboard and `tlproxy report` sum the ledger over a window.
+Over a year of rows (a million) every sum reads every row: 3 to 10 s per
+view. The sums are additive, so they can be kept as they are written.
+
+The shape chosen. One table, ``ledger_hourly``: per UTC hour and *grouping*
+(``grp``), one row per value of the grouping's dimensions (``a``, ``b``,
+``c``), holding the report's counts and dollars (`COLUMNS`). The groupings
+are what the readers group by (`GROUPINGS`): nothing (``all``), tier, model,
+key, rule, first token kind, rule and tier (routing), and status, role and
+kind (the race's outcomes). Each ledger row adds to one row of each grouping,
+so a year holds a few hundred thousand short rows, and a grouping's query
+reads only its own. Options rejected: one row per hour and every dimension at
+once (key x model x rule x outcome): with a hundred requests an hour, nearly
+every ledger row would be a roll-up row of its own, and nothing read less.
+
+Who keeps it: the ledger's writer (`tlproxy.ledger`), in the transaction of
+each batch (`apply`), so a committed row is always in the roll-up; the
+migration that creates the table fills it from the rows already there
+(`backfill`). Rows must therefore only be written through the writer.
+
+Percentiles cannot be summed. The rows of grouping ``all`` also hold a
+histogram of the winners' client-seen TTFTs, those of ``model`` one of the
+winning attempts' own TTFTs: counts per fixed logarithmic bin
+(`ttft_bin`), whose representative value (`bin_value`) is within
+`RELATIVE_ERROR` (1 %) of every value in the bin, so a nearest-rank
+percentile read from a merged histogram (`hist_percentile`) is within 1 %
+of the exact one. A histogram is a JSON object ``{"bin": count}``, merged by
+the writer (read, add, write back: the upsert before it holds the row's lock
+on PostgreSQL; SQLite's writer holds the database's).
+
+The readers (`tlproxy.report_sums`) take whole hours from here and the
+partial hours at a window's edges from the raw rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "COLUMNS",
+    "FIELDS",
+    "FLOATS",
+    "GROUPINGS",
+    "HIST_GROUPINGS",
+    "MIGRATION",
+    "RELATIVE_ERROR",
+    "TABLE",
+    "Hist",
+    "Rollup",
+    "apply",
+    "backfill",
+    "bin_value",
+    "decode_hist",
+    "hist_percentile",
+    "hour_of",
+    "merge_into",
+    "rebuild",
+    "rollup",
+    "ttft_bin",
+]
+
+TABLE = "ledger_hourly"
+HOUR = 3600
+
+# The ledger columns the roll-up reads, in this order (`rollup`'s tuples).
+FIELDS = ("ts", "key", "kind", "tier", "model", "rule", "prompt_tokens", "cached_tokens",
+          "completion_tokens", "cost_usd", "estimated", "ttft_ms", "status", "winner", "hedge",
+          "wasted", "reference_cost_usd", "first_token_kind", "client_ttft_ms")
+
+# The sums, in `tlproxy.report_sums`' order: the report's twelve, then the race's.
+# requests counts winner rows: a request has exactly one winner row.
+COLUMNS = ("requests", "attempts", "prompt_tokens", "cached_tokens", "completion_tokens",
+           "cost_usd", "reference_usd", "wasted_usd", "shadow_usd", "classifier_usd",
+           "estimated_usd", "errors", "race_attempts", "hedges", "failed_attempts",
+           "ttft_rows")
+FLOATS = frozenset({"cost_usd", "reference_usd", "wasted_usd", "shadow_usd",
+                     "classifier_usd", "estimated_usd"})
+
+# Grouping name -> the dimensions it holds in a, b, c (names `tlproxy.report_sums` knows).
+GROUPINGS: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "tier": ("tier",),
+    "model": ("model",),
+    "key": ("key",),
+    "rule": ("rule",),
+    "first_token": ("first_token",),
+    "rule_tier": ("rule", "tier"),
+    "outcome": ("status", "role", "kind"),
+}
+# The groupings whose rows carry TTFT histograms, and which: (client, upstream).
+HIST_GROUPINGS: dict[str, tuple[bool, bool]] = {"all": (True, False), "model": (False, True)}
+
+MIGRATION: tuple[str, ...] = (
+    f"""CREATE TABLE {TABLE} (
+        grp TEXT NOT NULL,
+        hour {{bigint}} NOT NULL,
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        c TEXT NOT NULL,
+        """ + ",\n        ".join(
+        f"{c} {{real}} NOT NULL" if c in FLOATS else f"{c} {{bigint}} NOT NULL"
+        for c in COLUMNS) + """,
+        client_hist TEXT,
+        upstream_hist TEXT,
+        PRIMARY KEY (grp, hour, a, b, c)
+    )""",
+)
+
+# -- TTFT histograms ----------------------------------------------------------------------
+
+RELATIVE_ERROR = 0.01
+_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+_LOG_GAMMA = math.log(_GAMMA)
+_SMALLEST = 0.001  # ms: a TTFT under a microsecond counts as one
+
+Hist = dict[int, int]
+_encode_hist = msgspec.json.Encoder().encode
+_decode_hist = msgspec.json.Decoder(dict[int, int]).decode
+
+
+def ttft_bin(ms: float) -> int:
+    """The bin of a TTFT: bin i holds (gamma^(i-1), gamma^i] milliseconds."""
+    return math.ceil(math.log(max(ms, _SMALLEST)) / _LOG_GAMMA)
+
+
+def bin_value(index: int) -> float:
+    """A bin's representative value, within `RELATIVE_ERROR` of each value in it."""
+    return 2 * _GAMMA ** index / (_GAMMA + 1)
+
+
+def hist_percentile(hist: Hist, percent: int) -> float | None:
+    """The nearest-rank percentile (rank ceil(p/100 * n), as `report.percentile`), from bins."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    seen = 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen * 100 >= percent * total:
+            return bin_value(index)
+    raise AssertionError("unreachable: the counts add up to the total")
+
+
+def merge_into(into: Hist, other: Hist) -> Hist:
+    for index, count in other.items():
+        into[index] = into.get(index, 0) + count
+    return into
+
+
+def decode_hist(text: str | None) -> Hist:
+    return _decode_hist(text) if text else {}
+
+
+# -- from rows to roll-up rows ----------------------------------------------------------
+
+Key = tuple[str, int, str, str, str]  # grp, hour, a, b, c
+
+
+class Rollup(msgspec.Struct):
+    """What a set of ledger rows adds to the roll-up, per row of it."""
+
+    sums: dict[Key, list[Any]]
+    hists: dict[Key, tuple[Hist, Hist]]  # client, upstream
+
+
+def hour_of(ts: float) -> int:
+    return int(ts // HOUR) * HOUR
+
+
+def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
+    """The roll-up of ledger rows given as tuples of `FIELDS` (pure)."""
+    sums: dict[Key, list[Any]] = {}
+    hists: dict[Key, tuple[Hist, Hist]] = {}
+    for (ts, key, kind, tier, model, rule, prompt, cached, completion, cost, estimated, ttft,
+         status, winner, hedge, wasted, reference, first_token, client) in rows:
+        winner, race = bool(winner), kind in ("chat", "embedding")
+        values = (
+            1 if winner else 0, 1, prompt, cached, completion, cost,
+            reference if winner else 0.0, cost if wasted else 0.0,
+            cost if kind == "shadow" else 0.0, cost if kind == "classifier" else 0.0,
+            cost if estimated else 0.0, 1 if winner and status != "ok" else 0,
+            1 if race else 0, 1 if hedge else 0,
+            1 if not winner and race and status == "error" else 0,
+            1 if winner and (ttft is not None or client is not None) else 0)
+        hour = hour_of(ts)
+        role = "winner" if winner else "hedge" if hedge else "other"
+        dims = {"tier": tier, "model": model, "key": "-" if key is None else key,
+                "rule": rule, "first_token": "-" if first_token is None else first_token,
+                "status": status, "role": role, "kind": kind}
+        for grp, names in GROUPINGS.items():
+            parts = [dims[name] for name in names]
+            parts += [""] * (3 - len(parts))
+            at: Key = (grp, hour, parts[0], parts[1], parts[2])
+            total = sums.get(at)
+            if total is None:
+                sums[at] = list(values)
+            else:
+                for i, value in enumerate(values):
+                    total[i] += value
+            wants = HIST_GROUPINGS.get(grp)
+            if wants and winner and (client is not None or ttft is not None):
+                pair = hists.setdefault(at, ({}, {}))
+                for wanted, value, hist in zip(wants, (client, ttft), pair, strict=True):
+                    if wanted and value is not None:
+                        index = ttft_bin(value)
+                        hist[index] = hist.get(index, 0) + 1
+    return Rollup(sums, hists)
+
+
+# -- writing (inside the writer's transaction) -------------------------------------------
+
+def _upsert(param: str) -> str:
+    names = ("grp", "hour", "a", "b", "c", *COLUMNS)
+    return (f"INSERT INTO {TABLE} ({', '.join(names)}) "
+            f"VALUES ({', '.join([param] * len(names))}) "
+            "ON CONFLICT (grp, hour, a, b, c) DO UPDATE SET "
+            + ", ".join(f"{c} = {TABLE}.{c} + excluded.{c}" for c in COLUMNS))
+
+
+def apply(cursor: Any, param: str, delta: Rollup) -> None:
+    """Add `delta` to the roll-up, inside the caller's transaction."""
+    if not delta.sums:
+        return
+    cursor.executemany(_upsert(param), [(*at, *values) for at, values in delta.sums.items()])
+    where = f"grp = {param} AND hour = {param} AND a = {param} AND b = {param} AND c = {param}"
+    for at, (client, upstream) in delta.hists.items():
+        # The upsert above holds this row's lock until the transaction ends.
+        cursor.execute(f"SELECT client_hist, upstream_hist FROM {TABLE} WHERE {where}", at)
+        old_client, old_upstream = cursor.fetchone()
+        cursor.execute(
+            f"UPDATE {TABLE} SET client_hist = {param}, upstream_hist = {param} WHERE {where}",
+            (_merged(old_client, client), _merged(old_upstream, upstream), *at))
+
+
+def _merged(old: str | None, new: Hist) -> str | None:
+    if not new:
+        return old
+    return _encode_hist(merge_into(decode_hist(old), new)).decode()
+
+
+def backfill(cursor: Any, param: str, *, chunk: int = 50_000) -> None:
+    """Roll up every row already in the ledger (the migration that creates the table)."""
+    reader = cursor.connection.cursor()
+    last = -1
+    while True:
+        reader.execute(f"SELECT id, {', '.join(FIELDS)} FROM ledger WHERE id > {param} "
+                       f"ORDER BY id LIMIT {int(chunk)}", (last,))
+        rows = reader.fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        apply(cursor, param, rollup(row[1:] for row in rows))
+
+
+def rebuild(cursor: Any, param: str) -> None:
+    """Empty the roll-up and fill it again from the ledger (rows written around the writer)."""
+    cursor.execute(f"DELETE FROM {TABLE}")
+    backfill(cursor, param)

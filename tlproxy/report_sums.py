@@ -1,0 +1,431 @@
+"""The report's sums: spend, savings and the cost of speed over a window, by the database.
+
+`tlproxy report` prints them (`tlproxy.report` renders), the dashboard's
+endpoints serve them (`tlproxy.dashboard`): one source of truth. Whole hours
+of a window are read from the ledger's hourly roll-up
+(`tlproxy.ledger_rollup`, kept by the writer in the transaction of each
+batch), the partial hours at its edges from the raw rows, and the two are
+added (`window_sums`): the same numbers as summing the raw rows, for any
+window, at the cost of a few thousand roll-up rows a year. A ledger of an
+older schema (no roll-up yet: a report only reads, it cannot migrate) is
+summed from the raw rows alone. The report's TTFT percentiles are exact, in
+Python over the winners' TTFTs of the window; `window_hists` gives the
+roll-up's TTFT histograms for long windows (`tlproxy.dashboard.race`).
+What the columns mean (docs/accounting.md has the long form):
+
+* ``requests``: distinct requests served (winner rows); ``attempts``: every
+  row, losers and shadow calls included;
+* tokens and ``spend_usd``: every row, since losers are billed too;
+* ``reference_usd``: the winners' usage priced on the premium reference
+  model; ``saving_usd`` = reference - spend: what routing saved against
+  sending everything to premium, after paying for the race's losers and
+  for shadow traffic;
+* ``wasted_usd``: spend of attempts that were billed but not used (race
+  losers, hedges, cancelled speculation): the price of speed;
+* ``shadow_usd``: spend of shadow calls; ``classifier_usd``: spend of the
+  task classifier's embedding calls; ``estimated_usd``: spend priced from
+  estimated usage rather than reported usage;
+* ``client_ttft_*``: from a streamed request's arrival at the proxy to the
+  first byte of its answer sent, what clients saw; ``upstream_ttft_*``: the
+  winning attempt's own time to first token, from its start. The difference
+  is the routing decision and the race. JSON answers have no first token and
+  are in neither.
+* ``ttft_kinds``: what the first tokens behind the TTFT columns carried
+  (``content``, ``reasoning``, ...; several joined by ``+``, most frequent
+  first), since a reasoning model's first thought comes long before its
+  first word; ``ttft_by_kind`` has the upstream percentiles of each kind
+  (JSON only), and ``by="first_token"`` groups by the kind.
+
+
+The admin endpoint serves `usage_json`; it does blocking I/O, so call it
+through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from . import ledger_rollup
+from .ledger_read import (
+    Dialect,
+    LedgerSource,
+    TimeArg,
+    column_or_null,
+    dialect_of,
+    parse_time,
+    reading_ledger,
+    table_exists,
+    time_window,
+)
+from .ledger_rollup import Hist, decode_hist, merge_into, ttft_bin
+
+__all__ = [
+    "DIMENSIONS",
+    "GROUPS",
+    "Bucket",
+    "Sums",
+    "has_rollup",
+    "money",
+    "percentile",
+    "summarize",
+    "usage_json",
+    "window_hists",
+    "window_sums",
+]
+
+# What `by` may be, and the SQL expression each groups on. Days are UTC; the
+# day's expression is SQLite's, `Dialect.day` is each database's (`_group_sql`).
+GROUPS = {
+    "tier": "tier",
+    "model": "model",
+    "key": "COALESCE(key, '-')",
+    "rule": "rule",
+    "day": "date(ts, 'unixepoch')",
+    "first_token": "COALESCE(first_token_kind, '-')",
+    "all": "'all'",
+}
+
+# SQL both databases run. A group has at least one row and these columns are
+# NOT NULL, so no SUM is NULL (COALESCE is a guard); the ELSE 0.0 keeps a sum
+# of dollars a float in SQLite even when no row of the group matches (SUM of
+# integer 0s is an integer there), as TOTAL did. Token sums are ints in both.
+_SUMS = """
+    COUNT(DISTINCT CASE WHEN winner THEN request_id END),
+    COUNT(*),
+    COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_tokens), 0),
+    COALESCE(SUM(completion_tokens), 0),
+    COALESCE(SUM(cost_usd), 0.0),
+    COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0),
+    COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)
+"""# The race's counts beside them: race attempts (never shadow copies or classifier
+# calls), hedges, attempts that failed and were replaced; then the winners with
+# a TTFT ({client} is the client-seen column, or NULL in an older ledger).
+_RACE_SUMS = """,
+    COALESCE(SUM(CASE WHEN kind IN ('chat', 'embedding') THEN 1 ELSE 0 END), 0),
+    COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0),
+    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'embedding')
+                      AND status = 'error' THEN 1 ELSE 0 END), 0),
+    COALESCE(SUM(CASE WHEN winner AND (ttft_ms IS NOT NULL OR {client} IS NOT NULL)
+                      THEN 1 ELSE 0 END), 0)
+"""
+
+# What a window's sums may be grouped by: the raw rows' SQL expression of each
+# dimension. The roll-up holds the groupings of `ledger_rollup.GROUPINGS`.
+DIMENSIONS = {
+    "tier": "tier",
+    "model": "model",
+    "key": "COALESCE(key, '-')",
+    "rule": "rule",
+    "first_token": "COALESCE(first_token_kind, '-')",
+    "status": "status",
+    "role": "CASE WHEN winner THEN 'winner' WHEN hedge THEN 'hedge' ELSE 'other' END",
+    "kind": "kind",
+}
+_GROUPING_OF = {dims: grp for grp, dims in ledger_rollup.GROUPINGS.items()}
+_ROLLUP_COLUMNS = ("a", "b", "c")
+_HOUR = 3600
+
+# A time bucket: seconds (the start of each UTC hour or day, an int) or the UTC
+# date as YYYY-MM-DD (`tlproxy report --by day`).
+Bucket = int | Literal["date"] | None
+Sums = dict[tuple[Any, ...], list[Any]]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile by nearest rank (as `tlproxy.stats` does); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _bucket(dialect: Dialect, column: str, bucket: Bucket) -> list[str]:
+    if bucket is None:
+        return []
+    if bucket == "date":
+        return [dialect.day_of(column)]
+    return [dialect.bucket(column, bucket)]
+
+
+class _Parts:
+    """A window cut where the roll-up can answer: its whole hours, and the raw edges."""
+
+    def __init__(self, cursor: Any, dialect: Dialect, since: float | None,
+                 until: float | None) -> None:
+        self.dialect = dialect
+        self.hours: tuple[float | None, float | None] | None = None
+        self.raw: list[tuple[float | None, float | None]] = [(since, until)]
+        if not table_exists(cursor, dialect, ledger_rollup.TABLE):
+            return
+        low = None if since is None else math.ceil(since / _HOUR) * _HOUR
+        high = None if until is None else math.floor(until / _HOUR) * _HOUR
+        if low is not None and high is not None and low >= high:
+            return  # within one hour, or two partial ones: raw rows only
+        self.hours = (low, high)
+        self.raw = []
+        if since is not None and low is not None and since < low:
+            self.raw.append((since, low))
+        if until is not None and high is not None and high < until:
+            self.raw.append((high, until))
+
+    def raw_where(self) -> tuple[str, list[float]]:
+        p = self.dialect.param
+        clauses, params = [], []
+        for since, until in self.raw:
+            where, bounds = time_window(since, until, p)
+            clauses.append(f"({where})")
+            params += bounds
+        return " OR ".join(clauses), params
+
+    def hours_where(self) -> tuple[str, list[float]]:
+        assert self.hours is not None
+        p = self.dialect.param
+        clauses, params = [], []
+        for op, bound in ((">=", self.hours[0]), ("<", self.hours[1])):
+            if bound is not None:
+                clauses.append(f" AND hour {op} {p}")
+                params.append(bound)
+        return "".join(clauses), params
+
+
+def _add(found: Sums, rows: Sequence[Sequence[Any]], width: int) -> None:
+    for row in rows:
+        names, values = tuple(row[:width]), list(row[width:])
+        total = found.get(names)
+        if total is None:
+            found[names] = values
+        else:
+            for i, value in enumerate(values):
+                total[i] += value
+
+
+def window_sums(conn: Any, dialect: Dialect, since: float | None, until: float | None,
+                dims: Sequence[str] = (), bucket: Bucket = None) -> Sums:
+    """The report's sums per time bucket and value of `dims`, for since <= ts < until.
+
+    Keys are (bucket, *dims' values) (no bucket when None); values, the twelve
+    sums `money` reads, then race attempts, hedges, failed attempts and the
+    winners with a TTFT. Whole hours come from the roll-up, the edges from
+    the raw rows. `dims` are `DIMENSIONS` names; with a roll-up, they must be
+    one of its groupings.
+    """
+    cursor = conn.cursor()
+    parts = _Parts(cursor, dialect, since, until)
+    found: Sums = {}
+    names = [*_bucket(dialect, "ts", bucket), *(DIMENSIONS[d] for d in dims)]
+    width = len(names)
+    if parts.raw:
+        client = column_or_null(cursor, "client_ttft_ms")
+        names = [n.replace("first_token_kind", column_or_null(cursor, "first_token_kind"))
+                 for n in names]
+        where, params = parts.raw_where()
+        positions = ", ".join(str(i + 1) for i in range(width))
+        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{_SUMS}"
+                       f"{_RACE_SUMS.format(client=client)} FROM ledger WHERE {where}"
+                       + (f" GROUP BY {positions}" if width else ""), params)
+        # Without groups the database answers one row even for no rows: not a group.
+        _add(found, [r for r in cursor.fetchall() if r[width + 1]], width)
+    if parts.hours is not None:
+        grp = _GROUPING_OF[tuple(dims)]
+        columns = [*_bucket(dialect, "hour", bucket), *_ROLLUP_COLUMNS[:len(dims)]]
+        sums = ", ".join(f"SUM({c})" if c in ledger_rollup.FLOATS else
+                         f"CAST(SUM({c}) AS BIGINT)" for c in ledger_rollup.COLUMNS)
+        where, params = parts.hours_where()
+        group_by = ", ".join(str(i + 1) for i in range(width))
+        cursor.execute(f"SELECT {''.join(c + ', ' for c in columns)}{sums} "
+                       f"FROM {ledger_rollup.TABLE} WHERE grp = {dialect.param}{where}"
+                       + (f" GROUP BY {group_by}" if width else ""), [grp, *params])
+        _add(found, [r for r in cursor.fetchall() if r[width + 1]], width)
+    return found
+
+
+def window_hists(conn: Any, dialect: Dialect, since: float | None, until: float | None, *,
+                 measure: Literal["client", "upstream"],
+                 bucket: Bucket = None) -> dict[tuple[Any, ...], Hist]:
+    """The winners' TTFT histograms (`ledger_rollup.ttft_bin`), for since <= ts < until.
+
+    ``client``: the client-seen TTFTs per bucket; ``upstream``: the winning
+    attempts' own per bucket and model (keys without the bucket when None).
+    Whole hours from the roll-up's histograms, the edges' TTFTs binned here.
+    Only for a ledger with a roll-up (`has_rollup`).
+    """
+    cursor = conn.cursor()
+    parts = _Parts(cursor, dialect, since, until)
+    by_model = measure == "upstream"
+    found: dict[tuple[Any, ...], Hist] = {}
+    column = "ttft_ms" if by_model else "client_ttft_ms"
+    width = (bucket is not None) + by_model
+    if parts.raw:
+        names = [*_bucket(dialect, "ts", bucket), *(["model"] if by_model else [])]
+        where, params = parts.raw_where()
+        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{column} FROM ledger "
+                       f"WHERE ({where}) AND winner AND {column} IS NOT NULL", params)
+        for row in cursor.fetchall():
+            hist = found.setdefault(tuple(row[:width]), {})
+            index = ttft_bin(row[width])
+            hist[index] = hist.get(index, 0) + 1
+    if parts.hours is not None:
+        names = [*_bucket(dialect, "hour", bucket), *(["a"] if by_model else [])]
+        where, params = parts.hours_where()
+        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{measure}_hist "
+                       f"FROM {ledger_rollup.TABLE} WHERE grp = {dialect.param}{where} "
+                       f"AND {measure}_hist IS NOT NULL",
+                       ["model" if by_model else "all", *params])
+        for row in cursor.fetchall():
+            merge_into(found.setdefault(tuple(row[:width]), {}), decode_hist(row[width]))
+    return found
+
+
+def has_rollup(conn: Any, dialect: Dialect) -> bool:
+    return table_exists(conn.cursor(), dialect, ledger_rollup.TABLE)
+
+
+def money(values: Sequence[Any]) -> dict[str, Any]:
+    """The report's counts and dollars from a row of `window_sums`, rounded as it prints them."""
+    (requests, attempts, prompt, cached, completion, spend, reference, wasted, shadow,
+     classifier, estimated, errors) = values[:12]
+    saving = reference - spend
+    return {
+        "requests": int(requests),
+        "attempts": int(attempts),
+        "prompt_tokens": int(prompt),
+        "cached_tokens": int(cached),
+        "completion_tokens": int(completion),
+        "spend_usd": round(spend, 6),
+        "reference_usd": round(reference, 6),
+        "saving_usd": round(saving, 6),
+        "saving_pct": round(100 * saving / reference, 1) if reference > 0 else None,
+        "wasted_usd": round(wasted, 6),
+        "shadow_usd": round(shadow, 6),
+        "classifier_usd": round(classifier, 6),
+        "estimated_usd": round(estimated, 6),
+        "errors": int(errors),
+    }
+
+
+# -- tlproxy report --------------------------------------------------------------------------
+
+def _report_group(by: str) -> tuple[list[str], Bucket]:
+    if by not in GROUPS:
+        raise ValueError(f"by must be one of {', '.join(GROUPS)}, not {by!r}")
+    if by == "day":
+        return [], "date"
+    return ([] if by == "all" else [by]), None
+
+
+def summarize(
+    db_path: LedgerSource,
+    *,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    by: str = "tier",
+) -> list[dict[str, Any]]:
+    """Spend and savings per group (`GROUPS`); by day in date order, else most spend first.
+
+    `db_path` is a ledger source: a SQLite path or a PostgreSQL URL (`connect_ledger`).
+    """
+    _report_group(by)
+    dialect_of(db_path)
+    now = time.time()
+    low, high = parse_time(since, now=now), parse_time(until, now=now)
+    with reading_ledger(db_path) as (conn, dialect):
+        return _summarize(conn, dialect, by, low, high)
+
+
+def _summarize(conn: Any, dialect: Dialect, by: str, since: float | None,
+               until: float | None) -> list[dict[str, Any]]:
+    dims, bucket = _report_group(by)
+    sums = window_sums(conn, dialect, since, until, dims, bucket)
+    if by == "all":
+        sums = {("all",): sums[()]} if sums else {}
+    # Per group: the winners' own TTFTs with their first token's kind, and what
+    # their clients saw (a ledger written before a column was kept lacks it).
+    cursor = conn.cursor()
+    kind = column_or_null(cursor, "first_token_kind")
+    client_column = column_or_null(cursor, "client_ttft_ms")
+    group = (dialect.day_of("ts") if by == "day" else
+             "'all'" if by == "all" else DIMENSIONS[by])
+    group = group.replace("first_token_kind", kind)
+    where, params = time_window(since, until, dialect.param)
+    upstream: dict[str, list[tuple[float, str]]] = {}
+    client: dict[str, list[float]] = {}
+    cursor.execute(f"SELECT {group}, ttft_ms, COALESCE({kind}, '-'), {client_column} "
+                   f"FROM ledger WHERE {where} AND winner "
+                   f"AND (ttft_ms IS NOT NULL OR {client_column} IS NOT NULL)", params)
+    for name, ttft, first_token, client_ttft in cursor.fetchall():
+        if ttft is not None:
+            upstream.setdefault(name, []).append((ttft, first_token))
+        if client_ttft is not None:
+            client.setdefault(name, []).append(client_ttft)
+    rows = [_summary_row(by, names[0], values, upstream.get(names[0], []),
+                         client.get(names[0], []))
+            for names, values in sums.items()]
+    if by == "day":
+        return sorted(rows, key=lambda r: r["day"])
+    return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[by])))
+
+
+def _summary_row(by: str, name: Any, values: Sequence[Any], ttfts: list[tuple[float, str]],
+                 client: list[float]) -> dict[str, Any]:
+    by_kind: dict[str, list[float]] = {}
+    for ttft, kind in ttfts:
+        by_kind.setdefault(kind, []).append(ttft)
+    # Most frequent first; ties by name, so the order is stable.
+    kinds = sorted(by_kind, key=lambda k: (-len(by_kind[k]), k))
+    times = [ttft for ttft, _ in ttfts]
+    return {
+        by: name,
+        **money(values),
+        "client_ttft_p50_ms": _round(percentile(client, 0.50)),
+        "client_ttft_p95_ms": _round(percentile(client, 0.95)),
+        "upstream_ttft_p50_ms": _round(percentile(times, 0.50)),
+        "upstream_ttft_p95_ms": _round(percentile(times, 0.95)),
+        "ttft_kinds": "+".join(kinds) or None,
+        "ttft_by_kind": {
+            kind: {"requests": len(by_kind[kind]),
+                   "upstream_ttft_p50_ms": _round(percentile(by_kind[kind], 0.50)),
+                   "upstream_ttft_p95_ms": _round(percentile(by_kind[kind], 0.95))}
+            for kind in kinds},
+    }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def usage_json(db_path: LedgerSource, **filters: Any) -> dict[str, Any]:
+    """The ``GET /v1/tlproxy/usage`` body: the groups and the total for the same window.
+
+    `db_path` is a ledger source: a SQLite path or a PostgreSQL URL. `filters`
+    are `summarize`'s (``since``, ``until``, ``by``). Raises ValueError on a
+    bad filter, FileNotFoundError with no SQLite ledger, LedgerReadError when
+    the database cannot be reached or read.
+    """
+    by = filters.pop("by", "tier") or "tier"
+    now = time.time()
+    # Relative bounds ("24h") are fixed once, so groups and total share a window.
+    since = parse_time(filters.pop("since", None), now=now)
+    until = parse_time(filters.pop("until", None), now=now)
+    if filters:
+        raise ValueError(f"unknown filter(s): {', '.join(sorted(filters))}")
+    _report_group(by)
+    dialect_of(db_path)
+    # One connection, one snapshot: the groups add up to the total.
+    with reading_ledger(db_path) as (conn, dialect):
+        groups = _summarize(conn, dialect, by, since, until)
+        total = _summarize(conn, dialect, "all", since, until)
+    return {
+        "object": "tlproxy.usage",
+        "by": by,
+        "since": since,
+        "until": until,
+        "groups": groups,
+        "total": total[0] if total else None,
+    }
