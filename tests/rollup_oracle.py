@@ -132,11 +132,12 @@ def assert_window_matches(conn: Any, dialect: Dialect, rows: Sequence[LedgerRow]
                         assert isinstance(have, float), column
                     else:
                         assert have == want and isinstance(have, int), (column, have, want)
-    for measure, column in (("client", "client_ttft_ms"), ("upstream", "ttft_ms")):
+    for measure, column, by_model in (("client", "client_ttft_ms", False),
+                                      ("upstream", "ttft_ms", False),
+                                      ("upstream", "ttft_ms", True)):
         for bucket in BUCKETS:
             got_hists = window_hists(conn, dialect, since, until,
                                      measure=measure,  # type: ignore[arg-type]
-                                     bucket=bucket)
-            expected_hist = expected_hists(rows, since, until, column,
-                                           measure == "upstream", bucket)
-            assert got_hists == expected_hist, (measure, bucket)
+                                     by_model=by_model, bucket=bucket)
+            assert got_hists == expected_hists(rows, since, until, column, by_model, bucket), (
+                measure, by_model, bucket)

@@ -133,7 +133,8 @@ class LedgerWriter(Protocol):
 
 # Each entry is one schema version: its statements, applied in order, in one
 # transaction. Append, never edit: a deployed ledger has run the old ones.
-# {id}, {real}, {bool} and {bigint} are the dialect's column types.
+# {id}, {real}, {bool} and {bigint} are the dialect's column types; {without_rowid},
+# SQLite's clause for a table stored in its primary key's order.
 MigrationStep = str | Callable[[Any, str], None]
 MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
@@ -226,7 +227,8 @@ class _ThreadWriter:
 
     _param: ClassVar[str] = "?"
     _types: ClassVar[Mapping[str, str]] = {
-        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER", "bigint": "INTEGER"}
+        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER", "bigint": "INTEGER",
+        "without_rowid": " WITHOUT ROWID"}
 
     def __init__(self) -> None:
         self._limiter = trio.CapacityLimiter(1)
@@ -313,8 +315,7 @@ class _ThreadWriter:
                 cursor.executemany(self._insert_row,
                                    [msgspec.structs.astuple(row) for row in rows])
                 # The roll-up in the same transaction: a committed row is in both.
-                ledger_rollup.apply(cursor, self._param, ledger_rollup.rollup(
-                    [getattr(row, field) for field in ledger_rollup.FIELDS] for row in rows))
+                ledger_rollup.add_rows(cursor, self._param, rows)
             if pairs:
                 cursor.executemany(self._insert_pair, [_pair_values(pair) for pair in pairs])
 
@@ -376,7 +377,7 @@ class PostgresWriter(_ThreadWriter):
     _param: ClassVar[str] = "%s"
     _types: ClassVar[Mapping[str, str]] = {
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION",
-        "bool": "BOOLEAN", "bigint": "BIGINT"}
+        "bool": "BOOLEAN", "bigint": "BIGINT", "without_rowid": ""}
     # Any constant shared by every tlproxy: the advisory lock around migrations.
     _MIGRATION_LOCK = 0x746C70726F7879
 

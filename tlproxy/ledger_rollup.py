@@ -20,9 +20,9 @@ each batch (`apply`), so a committed row is always in the roll-up; the
 migration that creates the table fills it from the rows already there
 (`backfill`). Rows must therefore only be written through the writer.
 
-Percentiles cannot be summed. The rows of grouping ``all`` also hold a
-histogram of the winners' client-seen TTFTs, those of ``model`` one of the
-winning attempts' own TTFTs: counts per fixed logarithmic bin
+Percentiles cannot be summed. The rows of grouping ``all`` also hold
+histograms of the winners' client-seen TTFTs and of the winning attempts'
+own, those of ``model`` of the latter: counts per fixed logarithmic bin
 (`ttft_bin`), whose representative value (`bin_value`) is within
 `RELATIVE_ERROR` (1 %) of every value in the bin, so a nearest-rank
 percentile read from a merged histogram (`hist_percentile`) is within 1 %
@@ -53,11 +53,13 @@ __all__ = [
     "TABLE",
     "Hist",
     "Rollup",
+    "add_rows",
     "apply",
     "backfill",
     "bin_value",
     "decode_hist",
     "hist_percentile",
+    "hist_percentiles",
     "hour_of",
     "merge_into",
     "rebuild",
@@ -94,7 +96,7 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "outcome": ("status", "role", "kind"),
 }
 # The groupings whose rows carry TTFT histograms, and which: (client, upstream).
-HIST_GROUPINGS: dict[str, tuple[bool, bool]] = {"all": (True, False), "model": (False, True)}
+HIST_GROUPINGS: dict[str, tuple[bool, bool]] = {"all": (True, True), "model": (False, True)}
 
 MIGRATION: tuple[str, ...] = (
     f"""CREATE TABLE {TABLE} (
@@ -109,7 +111,7 @@ MIGRATION: tuple[str, ...] = (
         client_hist TEXT,
         upstream_hist TEXT,
         PRIMARY KEY (grp, hour, a, b, c)
-    )""",
+    ){without_rowid}""",
 )
 
 # -- TTFT histograms ----------------------------------------------------------------------
@@ -136,15 +138,23 @@ def bin_value(index: int) -> float:
 
 def hist_percentile(hist: Hist, percent: int) -> float | None:
     """The nearest-rank percentile (rank ceil(p/100 * n), as `report.percentile`), from bins."""
+    return hist_percentiles(hist, (percent,))[0]
+
+
+def hist_percentiles(hist: Hist, percents: Sequence[int]) -> list[float | None]:
+    """`hist_percentile` for each of `percents` (ascending), in one pass over the bins."""
     total = sum(hist.values())
     if not total:
-        return None
-    seen = 0
-    for index in sorted(hist):
-        seen += hist[index]
-        if seen * 100 >= percent * total:
-            return bin_value(index)
-    raise AssertionError("unreachable: the counts add up to the total")
+        return [None] * len(percents)
+    bins = sorted(hist.items())
+    found: list[float | None] = []
+    seen, at = 0, -1
+    for percent in percents:
+        while seen * 100 < percent * total:
+            at += 1
+            seen += bins[at][1]
+        found.append(2 * _GAMMA ** bins[at][0] / (_GAMMA + 1))
+    return found
 
 
 def merge_into(into: Hist, other: Hist) -> Hist:
@@ -227,15 +237,23 @@ def apply(cursor: Any, param: str, delta: Rollup) -> None:
     """Add `delta` to the roll-up, inside the caller's transaction."""
     if not delta.sums:
         return
-    cursor.executemany(_upsert(param), [(*at, *values) for at, values in delta.sums.items()])
+    # In key order: two PostgreSQL writers upserting the same rows lock them in the
+    # same order, so they queue rather than deadlock.
+    cursor.executemany(_upsert(param), [(*at, *values)
+                                        for at, values in sorted(delta.sums.items())])
     where = f"grp = {param} AND hour = {param} AND a = {param} AND b = {param} AND c = {param}"
-    for at, (client, upstream) in delta.hists.items():
+    for at, (client, upstream) in sorted(delta.hists.items()):
         # The upsert above holds this row's lock until the transaction ends.
         cursor.execute(f"SELECT client_hist, upstream_hist FROM {TABLE} WHERE {where}", at)
         old_client, old_upstream = cursor.fetchone()
         cursor.execute(
             f"UPDATE {TABLE} SET client_hist = {param}, upstream_hist = {param} WHERE {where}",
             (_merged(old_client, client), _merged(old_upstream, upstream), *at))
+
+
+def add_rows(cursor: Any, param: str, rows: Iterable[Any]) -> None:
+    """Add ledger rows (objects with the attributes `FIELDS` names) to the roll-up."""
+    apply(cursor, param, rollup([getattr(row, field) for field in FIELDS] for row in rows))
 
 
 def _merged(old: str | None, new: Hist) -> str | None:

@@ -88,33 +88,35 @@ GROUPS = {
     "all": "'all'",
 }
 
-# SQL both databases run. A group has at least one row and these columns are
-# NOT NULL, so no SUM is NULL (COALESCE is a guard); the ELSE 0.0 keeps a sum
-# of dollars a float in SQLite even when no row of the group matches (SUM of
-# integer 0s is an integer there), as TOTAL did. Token sums are ints in both.
-_SUMS = """
-    COUNT(DISTINCT CASE WHEN winner THEN request_id END),
-    COUNT(*),
-    COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_tokens), 0),
-    COALESCE(SUM(completion_tokens), 0),
-    COALESCE(SUM(cost_usd), 0.0),
-    COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0),
-    COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0),
-    COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0),
-    COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0),
-    COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0),
-    COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)
-"""# The race's counts beside them: race attempts (never shadow copies or classifier
-# calls), hedges, attempts that failed and were replaced; then the winners with
-# a TTFT ({client} is the client-seen column, or NULL in an older ledger).
-_RACE_SUMS = """,
-    COALESCE(SUM(CASE WHEN kind IN ('chat', 'embedding') THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'embedding')
-                      AND status = 'error' THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN winner AND (ttft_ms IS NOT NULL OR {client} IS NOT NULL)
-                      THEN 1 ELSE 0 END), 0)
-"""
+# Each sum of the report (`ledger_rollup.COLUMNS`) over raw rows, in SQL both
+# databases run. A group has at least one row and these columns are NOT NULL,
+# so no SUM is NULL (COALESCE is a guard); the ELSE 0.0 keeps a sum of dollars
+# a float in SQLite even when no row of the group matches (SUM of integer 0s is
+# an integer there), as TOTAL did. Token sums are ints in both. Race attempts
+# are never shadow copies or classifier calls; {client} is the client-seen
+# TTFT's column, or NULL in an older ledger.
+_RAW_SUMS = {
+    "requests": "COUNT(DISTINCT CASE WHEN winner THEN request_id END)",
+    "attempts": "COUNT(*)",
+    "prompt_tokens": "COALESCE(SUM(prompt_tokens), 0)",
+    "cached_tokens": "COALESCE(SUM(cached_tokens), 0)",
+    "completion_tokens": "COALESCE(SUM(completion_tokens), 0)",
+    "cost_usd": "COALESCE(SUM(cost_usd), 0.0)",
+    "reference_usd": "COALESCE(SUM(CASE WHEN winner THEN reference_cost_usd ELSE 0.0 END), 0.0)",
+    "wasted_usd": "COALESCE(SUM(CASE WHEN wasted THEN cost_usd ELSE 0.0 END), 0.0)",
+    "shadow_usd": "COALESCE(SUM(CASE WHEN kind = 'shadow' THEN cost_usd ELSE 0.0 END), 0.0)",
+    "classifier_usd":
+        "COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0)",
+    "estimated_usd": "COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0)",
+    "errors": "COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)",
+    "race_attempts": "COALESCE(SUM(CASE WHEN kind IN ('chat', 'embedding') THEN 1 ELSE 0 END), 0)",
+    "hedges": "COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0)",
+    "failed_attempts": "COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'embedding') "
+                       "AND status = 'error' THEN 1 ELSE 0 END), 0)",
+    "ttft_rows": "COALESCE(SUM(CASE WHEN winner AND (ttft_ms IS NOT NULL OR {client} IS NOT NULL) "
+                 "THEN 1 ELSE 0 END), 0)",
+}
+assert tuple(_RAW_SUMS) == ledger_rollup.COLUMNS
 
 # What a window's sums may be grouped by: the raw rows' SQL expression of each
 # dimension. The roll-up holds the groupings of `ledger_rollup.GROUPINGS`.
@@ -207,60 +209,63 @@ def _add(found: Sums, rows: Sequence[Sequence[Any]], width: int) -> None:
 
 
 def window_sums(conn: Any, dialect: Dialect, since: float | None, until: float | None,
-                dims: Sequence[str] = (), bucket: Bucket = None) -> Sums:
+                dims: Sequence[str] = (), bucket: Bucket = None,
+                columns: Sequence[str] = ledger_rollup.COLUMNS) -> Sums:
     """The report's sums per time bucket and value of `dims`, for since <= ts < until.
 
-    Keys are (bucket, *dims' values) (no bucket when None); values, the twelve
-    sums `money` reads, then race attempts, hedges, failed attempts and the
-    winners with a TTFT. Whole hours come from the roll-up, the edges from
+    Keys are (bucket, *dims' values) (no bucket when None); values, the sums
+    named by `columns` (`ledger_rollup.COLUMNS`, all of them by default: the
+    twelve `money` reads, then race attempts, hedges, failed attempts and the
+    winners with a TTFT). Whole hours come from the roll-up, the edges from
     the raw rows. `dims` are `DIMENSIONS` names; with a roll-up, they must be
-    one of its groupings.
+    one of its groupings. Only groups with rows are keys.
     """
     cursor = conn.cursor()
     parts = _Parts(cursor, dialect, since, until)
     found: Sums = {}
     names = [*_bucket(dialect, "ts", bucket), *(DIMENSIONS[d] for d in dims)]
     width = len(names)
+    # Without groups the database answers one row even for no rows: not a group.
+    group_by = (f" GROUP BY {', '.join(str(i + 1) for i in range(width))}" if width
+                else " HAVING COUNT(*) > 0")
     if parts.raw:
         client = column_or_null(cursor, "client_ttft_ms")
         names = [n.replace("first_token_kind", column_or_null(cursor, "first_token_kind"))
                  for n in names]
+        sums = ", ".join(_RAW_SUMS[c].format(client=client) for c in columns)
         where, params = parts.raw_where()
-        positions = ", ".join(str(i + 1) for i in range(width))
-        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{_SUMS}"
-                       f"{_RACE_SUMS.format(client=client)} FROM ledger WHERE {where}"
-                       + (f" GROUP BY {positions}" if width else ""), params)
-        # Without groups the database answers one row even for no rows: not a group.
-        _add(found, [r for r in cursor.fetchall() if r[width + 1]], width)
+        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{sums} FROM ledger "
+                       f"WHERE {where}{group_by}", params)
+        _add(found, cursor.fetchall(), width)
     if parts.hours is not None:
         grp = _GROUPING_OF[tuple(dims)]
-        columns = [*_bucket(dialect, "hour", bucket), *_ROLLUP_COLUMNS[:len(dims)]]
+        names = [*_bucket(dialect, "hour", bucket), *_ROLLUP_COLUMNS[:len(dims)]]
         sums = ", ".join(f"SUM({c})" if c in ledger_rollup.FLOATS else
-                         f"CAST(SUM({c}) AS BIGINT)" for c in ledger_rollup.COLUMNS)
+                         f"CAST(SUM({c}) AS BIGINT)" for c in columns)
         where, params = parts.hours_where()
-        group_by = ", ".join(str(i + 1) for i in range(width))
-        cursor.execute(f"SELECT {''.join(c + ', ' for c in columns)}{sums} "
+        cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{sums} "
                        f"FROM {ledger_rollup.TABLE} WHERE grp = {dialect.param}{where}"
-                       + (f" GROUP BY {group_by}" if width else ""), [grp, *params])
-        _add(found, [r for r in cursor.fetchall() if r[width + 1]], width)
+                       f"{group_by}", [grp, *params])
+        _add(found, cursor.fetchall(), width)
     return found
 
 
 def window_hists(conn: Any, dialect: Dialect, since: float | None, until: float | None, *,
-                 measure: Literal["client", "upstream"],
+                 measure: Literal["client", "upstream"], by_model: bool = False,
                  bucket: Bucket = None) -> dict[tuple[Any, ...], Hist]:
     """The winners' TTFT histograms (`ledger_rollup.ttft_bin`), for since <= ts < until.
 
     ``client``: the client-seen TTFTs per bucket; ``upstream``: the winning
-    attempts' own per bucket and model (keys without the bucket when None).
-    Whole hours from the roll-up's histograms, the edges' TTFTs binned here.
-    Only for a ledger with a roll-up (`has_rollup`).
+    attempts' own per bucket, and model when `by_model` (keys without the
+    bucket when None). Whole hours from the roll-up's histograms, the edges'
+    TTFTs binned here. Only for a ledger with a roll-up (`has_rollup`).
     """
+    if by_model and measure == "client":
+        raise ValueError("the roll-up keeps client-seen TTFTs per hour only, not per model")
     cursor = conn.cursor()
     parts = _Parts(cursor, dialect, since, until)
-    by_model = measure == "upstream"
     found: dict[tuple[Any, ...], Hist] = {}
-    column = "ttft_ms" if by_model else "client_ttft_ms"
+    column = "client_ttft_ms" if measure == "client" else "ttft_ms"
     width = (bucket is not None) + by_model
     if parts.raw:
         names = [*_bucket(dialect, "ts", bucket), *(["model"] if by_model else [])]
@@ -279,7 +284,11 @@ def window_hists(conn: Any, dialect: Dialect, since: float | None, until: float 
                        f"AND {measure}_hist IS NOT NULL",
                        ["model" if by_model else "all", *params])
         for row in cursor.fetchall():
-            merge_into(found.setdefault(tuple(row[:width]), {}), decode_hist(row[width]))
+            key, hist = tuple(row[:width]), decode_hist(row[width])
+            if key in found:
+                merge_into(found[key], hist)
+            else:
+                found[key] = hist
     return found
 
 

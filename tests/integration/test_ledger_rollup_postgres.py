@@ -106,3 +106,32 @@ def _write_old(url: str, rows: list[LedgerRow]) -> None:
             f"INSERT INTO ledger ({', '.join(columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))})",
             [msgspec.structs.astuple(row) for row in rows])
+
+
+def test_writers_sharing_a_database_add_up(database: str) -> None:
+    """Several instances write batches that touch the same roll-up rows at once (rows
+    arriving in opposite orders): no sum and no histogram count is lost."""
+    query(database, f"TRUNCATE ledger, {ledger_rollup.TABLE}")
+    base = 1_767_225_600.0
+    batches = [[LedgerRow(request_id=f"w{writer}b{batch}r{i}", ts=base + i * 60,
+                          key=f"k{(i + writer) % 5}", tier="economy", model=f"m{i % 4}",
+                          provider="sim", rule=f"r{i % 3}", cost_usd=0.001,
+                          ttft_ms=100.0 + i, client_ttft_ms=120.0 + i)
+                for i in (range(40) if writer % 2 else reversed(range(40)))]
+               for writer in range(4) for batch in range(5)]
+
+    async def write(rows: list[list[LedgerRow]]) -> None:
+        writer = PostgresWriter(database)
+        for batch in rows:
+            await writer.write(batch)
+        await writer.aclose()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for writer in range(4):
+                nursery.start_soon(write, batches[writer * 5:(writer + 1) * 5])
+
+    trio.run(main)
+    rows = [row for batch in batches for row in batch]
+    with reading_ledger(database) as (conn, dialect):
+        matches(conn, dialect, rows, None, None)

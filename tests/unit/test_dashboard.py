@@ -22,7 +22,6 @@ from tlproxy.dashboard import (
     BY,
     QUANTILES,
     Window,
-    _percentiles,
     race,
     recent,
     routing,
@@ -30,6 +29,7 @@ from tlproxy.dashboard import (
     spend,
     spend_csv,
 )
+from tlproxy.dashboard_queries import _percentiles
 from tlproxy.report import percentile, summarize, to_csv, usage_json
 from tlproxy.shadow import shadow_report
 

@@ -169,4 +169,5 @@ def test_rollup_rows_are_few_next_to_the_ledger() -> None:
     assert len(delta.sums) == len(ledger_rollup.GROUPINGS)
     assert delta.sums[("all", int(BASE), "", "", "")][:2] == [100, 100]
     client, upstream = delta.hists[("all", int(BASE), "", "", "")]
-    assert (sum(client.values()), upstream) == (100, {})
+    assert (sum(client.values()), sum(upstream.values())) == (100, 100)
+    assert delta.hists[("model", int(BASE), "m", "", "")][0] == {}
