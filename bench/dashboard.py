@@ -19,7 +19,12 @@ Method
   runs each; the median and the slowest are reported. `tlproxy report`'s `usage_json`
   (whose TTFT percentiles are computed in Python) is timed beside them for comparison.
 * A page load is the view's one or two requests: spend, routing, race (the three charts
-  views) or requests and live; "page" rows add up the medians of what a view asks for.
+  views) or requests and live; "page" rows add up the medians of what a view asks for,
+  at the page's hour step and at its day step.
+* Beside the wall-clock times, the CPU time of the benchmark's own process (the median of
+  ``time.process_time``): for SQLite, which runs in the process, that is all the work, and
+  it does not grow when other processes compete for the cores; for PostgreSQL it leaves out
+  the server's share.
 * PostgreSQL: ``--postgres-url`` names an empty database to fill (its ``ledger`` table is
   dropped and made again); ``--start-postgres`` starts a throwaway server with
   ``tests/integration/postgres_server.py`` (the tests' helper: run from the repository).
@@ -158,8 +163,10 @@ def queries(config: Config) -> dict[str, Callable[[str, Window], Any]]:
     policies = [("default", config.policy)]
     return {
         "spend (hour, by tier)": lambda s, w: spend(s, window=w, step="hour", by="tier"),
+        "spend (day, by tier)": lambda s, w: spend(s, window=w, step="day", by="tier"),
         "spend (day, by model)": lambda s, w: spend(s, window=w, step="day", by="model"),
         "routing (hour)": lambda s, w: routing(s, window=w, step="hour", policies=policies),
+        "routing (day)": lambda s, w: routing(s, window=w, step="day", policies=policies),
         "race (hour)": lambda s, w: race(s, window=w, step="hour"),
         "race (day)": lambda s, w: race(s, window=w, step="day"),
         "requests (50 latest)": lambda s, w: recent(s, limit=50),
@@ -169,9 +176,15 @@ def queries(config: Config) -> dict[str, Callable[[str, Window], Any]]:
     }
 
 
-# What each view of the page asks for on a load (the live view also asks /live, no SQL).
-PAGES = {"spend view": ["spend (hour, by tier)"], "routing view": ["routing (hour)"],
-         "race view": ["race (hour)"], "live view": ["requests (50 latest)"]}
+# What each view of the page asks for on a load (the live view also asks /live, no SQL),
+# with the page's step at hour (its default) and at day.
+PAGES = {"spend view, hour step": ["spend (hour, by tier)"],
+         "routing view, hour step": ["routing (hour)"],
+         "race view, hour step": ["race (hour)"],
+         "spend view, day step": ["spend (day, by tier)"],
+         "routing view, day step": ["routing (day)"],
+         "race view, day step": ["race (day)"],
+         "live view": ["requests (50 latest)"]}
 
 
 def measure(source: str, now: float, repeat: int) -> dict[str, dict[str, Any]]:
@@ -179,17 +192,20 @@ def measure(source: str, now: float, repeat: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for window_name, window in windows.items():
         for name, fn in queries(Config()).items():
-            times = []
+            times, cpu = [], []
             for _ in range(repeat):
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 fn(source, window)
                 times.append(time.perf_counter() - started)
+                cpu.append(time.process_time() - started_cpu)
             results[f"{window_name} | {name}"] = {
-                "median_s": statistics.median(times), "max_s": max(times)}
+                "median_s": statistics.median(times), "max_s": max(times),
+                "cpu_s": statistics.median(cpu)}
         for page, parts in PAGES.items():
             results[f"{window_name} | page: {page}"] = {
                 "median_s": sum(results[f"{window_name} | {p}"]["median_s"] for p in parts),
-                "max_s": None}
+                "max_s": None,
+                "cpu_s": sum(results[f"{window_name} | {p}"]["cpu_s"] for p in parts)}
     return results
 
 
@@ -198,9 +214,9 @@ def print_markdown(result: dict[str, Any]) -> None:
     print(f"rows: {result['rows']:,}; repeat: {result['repeat']}; load average before: "
           f"{result['loadavg_before']}, after: {result['loadavg_after']}")
     print()
-    print("| window | query | " + " | ".join(f"{d} median s | {d} max s" for d in databases)
-          + " |")
-    print("|---|---|" + "---:|---:|" * len(databases))
+    print("| window | query | " + " | ".join(f"{d} median s | {d} max s | {d} CPU s"
+                                            for d in databases) + " |")
+    print("|---|---|" + "---:|---:|---:|" * len(databases))
     for key in result["databases"][databases[0]]:
         window, name = key.split(" | ", 1)
         cells = []
@@ -208,6 +224,7 @@ def print_markdown(result: dict[str, Any]) -> None:
             timing = result["databases"][database][key]
             cells.append(f"{timing['median_s']:.3f}")
             cells.append("-" if timing["max_s"] is None else f"{timing['max_s']:.3f}")
+            cells.append(f"{timing['cpu_s']:.3f}")
         print(f"| {window} | {name} | " + " | ".join(cells) + " |")
 
 

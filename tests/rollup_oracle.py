@@ -20,9 +20,10 @@ from tlproxy.ledger_read import Dialect
 from tlproxy.ledger_rollup import COLUMNS, FLOATS, GROUPINGS, Hist, ttft_bin
 from tlproxy.report_sums import Bucket, window_hists, window_sums
 
-# Three hours before a UTC midnight: the rows span six hours and two days.
+# Three hours before a UTC midnight: the rows span three days and four dates, so a
+# window has whole days, whole hours around them and partial hours at its edges.
 BASE = 1_767_225_600.0 - 3 * 3600
-SPAN = 6 * 3600
+SPAN = 3 * 86400
 BUCKETS: tuple[Bucket, ...] = (None, 3600, 86400, "date")
 STATUSES: list[Literal["ok", "error", "cancelled", "cut"]] = [
     "ok", "ok", "error", "cancelled", "cut"]
@@ -60,8 +61,10 @@ def ledger_rows(draw: st.DrawFn) -> list[LedgerRow]:
 
 
 def window_bounds() -> st.SearchStrategy[float | None]:
-    """None, a whole hour, or any time, around the rows."""
-    return st.one_of(st.none(), st.integers(-1, 7).map(lambda h: BASE + h * 3600),
+    """None, a whole day, a whole hour, or any time, around the rows."""
+    midnight = BASE + 3 * 3600
+    return st.one_of(st.none(), st.integers(-1, 4).map(lambda d: midnight + d * 86400),
+                     st.integers(-1, 73).map(lambda h: BASE + h * 3600),
                      st.floats(-3600, SPAN + 3600).map(lambda s: BASE + s))
 
 

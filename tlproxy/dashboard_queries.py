@@ -318,6 +318,7 @@ def race(source: LedgerSource, *, window: Window, step: str = "hour",
 _RACE = ("requests", "errors", "wasted_usd", "race_attempts", "hedges", "failed_attempts",
          "ttft_rows")
 _Found = dict[tuple[Any, ...], dict[str, Any]]
+_P_NAMES = tuple(f"p{p}" for p in QUANTILES)
 _TTFTs = tuple[_Found, _Found, dict[str, Any] | None, dict[str, Any] | None]
 
 
@@ -353,12 +354,13 @@ def _from_hists(hists: dict[tuple[Any, ...], Hist]) -> _Found:
 
 
 def _from_hist(hist: Hist) -> dict[str, Any] | None:
-    count = sum(hist.values())
-    if not count:
+    """What `_percentiles` finds, from a histogram: a year's hours make tens of thousands."""
+    if not hist:
         return None
-    found = hist_percentiles(hist, QUANTILES)
-    return {"ttft_count": count,
-            **{f"p{p}": _round(v) for p, v in zip(QUANTILES, found, strict=True)}}
+    found: dict[str, Any] = {"ttft_count": sum(hist.values())}
+    for name, value in zip(_P_NAMES, hist_percentiles(hist, QUANTILES), strict=True):
+        found[name] = None if value is None else round(value, 1)
+    return found
 
 
 def recent(source: LedgerSource, *, limit: int = 50,

@@ -1,17 +1,20 @@
-"""The ledger's hourly roll-up: the report's sums per hour, kept by the ledger's writer.
+"""The ledger's roll-up: the report's sums per hour and per day, kept by the ledger's writer.
 
 The problem. The dashboard and `tlproxy report` sum the ledger over a window.
 Over a year of rows (a million) every sum reads every row: 3 to 10 s per
 view. The sums are additive, so they can be kept as they are written.
 
-The shape chosen. One table, ``ledger_hourly``: per UTC hour and *grouping*
-(``grp``), one row per value of the grouping's dimensions (``a``, ``b``,
+The shape chosen. One table, ``ledger_rollup``: per *grouping* (``grp``),
+per UTC hour and per UTC day (``span`` 3600 or 86400 seconds, from
+``start``), one row per value of the grouping's dimensions (``a``, ``b``,
 ``c``), holding the report's counts and dollars (`COLUMNS`). The groupings
 are what the readers group by (`GROUPINGS`): nothing (``all``), tier, model,
 key, rule, first token kind, rule and tier (routing), and status, role and
-kind (the race's outcomes). Each ledger row adds to one row of each grouping,
-so a year holds a few hundred thousand short rows, and a grouping's query
-reads only its own. Options rejected: one row per hour and every dimension at
+kind (the race's outcomes). Each ledger row adds to one hour row and one day
+row of each grouping, so a year holds a few hundred thousand short rows, and
+a grouping's query reads only its own: a year's totals read the days (a few
+thousand rows), its hourly series the hours. Options rejected: one row per
+hour and every dimension at
 once (key x model x rule x outcome): with a hundred requests an hour, nearly
 every ledger row would be a roll-up row of its own, and nothing read less.
 
@@ -30,12 +33,13 @@ of the exact one. A histogram is a JSON object ``{"bin": count}``, merged by
 the writer (read, add, write back: the upsert before it holds the row's lock
 on PostgreSQL; SQLite's writer holds the database's).
 
-The readers (`tlproxy.report_sums`) take whole hours from here and the
-partial hours at a window's edges from the raw rows.
+The readers (`tlproxy.report_sums`) take whole days and whole hours from
+here and the partial hours at a window's edges from the raw rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -44,12 +48,15 @@ import msgspec
 
 __all__ = [
     "COLUMNS",
+    "DAY",
     "FIELDS",
     "FLOATS",
     "GROUPINGS",
     "HIST_GROUPINGS",
+    "HOUR",
     "MIGRATION",
     "RELATIVE_ERROR",
+    "SPANS",
     "TABLE",
     "Hist",
     "Rollup",
@@ -60,15 +67,17 @@ __all__ = [
     "decode_hist",
     "hist_percentile",
     "hist_percentiles",
-    "hour_of",
     "merge_into",
     "rebuild",
     "rollup",
+    "start_of",
     "ttft_bin",
 ]
 
-TABLE = "ledger_hourly"
+TABLE = "ledger_rollup"
 HOUR = 3600
+DAY = 86400
+SPANS = (HOUR, DAY)
 
 # The ledger columns the roll-up reads, in this order (`rollup`'s tuples).
 FIELDS = ("ts", "key", "kind", "tier", "model", "rule", "prompt_tokens", "cached_tokens",
@@ -101,7 +110,8 @@ HIST_GROUPINGS: dict[str, tuple[bool, bool]] = {"all": (True, True), "model": (F
 MIGRATION: tuple[str, ...] = (
     f"""CREATE TABLE {TABLE} (
         grp TEXT NOT NULL,
-        hour {{bigint}} NOT NULL,
+        span INTEGER NOT NULL,
+        start {{bigint}} NOT NULL,
         a TEXT NOT NULL,
         b TEXT NOT NULL,
         c TEXT NOT NULL,
@@ -110,7 +120,7 @@ MIGRATION: tuple[str, ...] = (
         for c in COLUMNS) + """,
         client_hist TEXT,
         upstream_hist TEXT,
-        PRIMARY KEY (grp, hour, a, b, c)
+        PRIMARY KEY (grp, span, start, a, b, c)
     ){without_rowid}""",
 )
 
@@ -119,6 +129,7 @@ MIGRATION: tuple[str, ...] = (
 RELATIVE_ERROR = 0.01
 _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 _LOG_GAMMA = math.log(_GAMMA)
+_SCALE = 2 / (_GAMMA + 1)  # bin i's value: the harmonic middle of gamma^(i-1) and gamma^i
 _SMALLEST = 0.001  # ms: a TTFT under a microsecond counts as one
 
 Hist = dict[int, int]
@@ -133,7 +144,7 @@ def ttft_bin(ms: float) -> int:
 
 def bin_value(index: int) -> float:
     """A bin's representative value, within `RELATIVE_ERROR` of each value in it."""
-    return 2 * _GAMMA ** index / (_GAMMA + 1)
+    return _SCALE * _GAMMA ** index
 
 
 def hist_percentile(hist: Hist, percent: int) -> float | None:
@@ -143,17 +154,17 @@ def hist_percentile(hist: Hist, percent: int) -> float | None:
 
 def hist_percentiles(hist: Hist, percents: Sequence[int]) -> list[float | None]:
     """`hist_percentile` for each of `percents` (ascending), in one pass over the bins."""
-    total = sum(hist.values())
+    bins = sorted(hist.items())
+    total = sum(count for _, count in bins)
     if not total:
         return [None] * len(percents)
-    bins = sorted(hist.items())
     found: list[float | None] = []
     seen, at = 0, -1
     for percent in percents:
         while seen * 100 < percent * total:
             at += 1
             seen += bins[at][1]
-        found.append(2 * _GAMMA ** bins[at][0] / (_GAMMA + 1))
+        found.append(_SCALE * _GAMMA ** bins[at][0])
     return found
 
 
@@ -169,7 +180,7 @@ def decode_hist(text: str | None) -> Hist:
 
 # -- from rows to roll-up rows ----------------------------------------------------------
 
-Key = tuple[str, int, str, str, str]  # grp, hour, a, b, c
+Key = tuple[str, int, int, str, str, str]  # grp, span, start, a, b, c
 
 
 class Rollup(msgspec.Struct):
@@ -179,8 +190,9 @@ class Rollup(msgspec.Struct):
     hists: dict[Key, tuple[Hist, Hist]]  # client, upstream
 
 
-def hour_of(ts: float) -> int:
-    return int(ts // HOUR) * HOUR
+def start_of(ts: float, span: int) -> int:
+    """The start of the UTC hour or day (`span` seconds) `ts` falls in."""
+    return int(ts // span) * span
 
 
 def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
@@ -198,15 +210,15 @@ def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
             1 if race else 0, 1 if hedge else 0,
             1 if not winner and race and status == "error" else 0,
             1 if winner and (ttft is not None or client is not None) else 0)
-        hour = hour_of(ts)
+        starts = [(span, start_of(ts, span)) for span in SPANS]
         role = "winner" if winner else "hedge" if hedge else "other"
         dims = {"tier": tier, "model": model, "key": "-" if key is None else key,
                 "rule": rule, "first_token": "-" if first_token is None else first_token,
                 "status": status, "role": role, "kind": kind}
-        for grp, names in GROUPINGS.items():
+        for (grp, names), (span, start) in itertools.product(GROUPINGS.items(), starts):
             parts = [dims[name] for name in names]
             parts += [""] * (3 - len(parts))
-            at: Key = (grp, hour, parts[0], parts[1], parts[2])
+            at: Key = (grp, span, start, parts[0], parts[1], parts[2])
             total = sums.get(at)
             if total is None:
                 sums[at] = list(values)
@@ -226,10 +238,10 @@ def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
 # -- writing (inside the writer's transaction) -------------------------------------------
 
 def _upsert(param: str) -> str:
-    names = ("grp", "hour", "a", "b", "c", *COLUMNS)
+    names = ("grp", "span", "start", "a", "b", "c", *COLUMNS)
     return (f"INSERT INTO {TABLE} ({', '.join(names)}) "
             f"VALUES ({', '.join([param] * len(names))}) "
-            "ON CONFLICT (grp, hour, a, b, c) DO UPDATE SET "
+            "ON CONFLICT (grp, span, start, a, b, c) DO UPDATE SET "
             + ", ".join(f"{c} = {TABLE}.{c} + excluded.{c}" for c in COLUMNS))
 
 
@@ -241,7 +253,7 @@ def apply(cursor: Any, param: str, delta: Rollup) -> None:
     # same order, so they queue rather than deadlock.
     cursor.executemany(_upsert(param), [(*at, *values)
                                         for at, values in sorted(delta.sums.items())])
-    where = f"grp = {param} AND hour = {param} AND a = {param} AND b = {param} AND c = {param}"
+    where = " AND ".join(f"{c} = {param}" for c in ("grp", "span", "start", "a", "b", "c"))
     for at, (client, upstream) in sorted(delta.hists.items()):
         # The upsert above holds this row's lock until the transaction ends.
         cursor.execute(f"SELECT client_hist, upstream_hist FROM {TABLE} WHERE {where}", at)

@@ -132,7 +132,6 @@ DIMENSIONS = {
 }
 _GROUPING_OF = {dims: grp for grp, dims in ledger_rollup.GROUPINGS.items()}
 _ROLLUP_COLUMNS = ("a", "b", "c")
-_HOUR = 3600
 
 # A time bucket: seconds (the start of each UTC hour or day, an int) or the UTC
 # date as YYYY-MM-DD (`tlproxy report --by day`).
@@ -156,26 +155,47 @@ def _bucket(dialect: Dialect, column: str, bucket: Bucket) -> list[str]:
     return [dialect.bucket(column, bucket)]
 
 
+Span = tuple[int, float | None, float | None]  # seconds, first start, end (None: open)
+
+
+def _whole(since: float | None, until: float | None,
+           span: int) -> tuple[float | None, float | None] | None:
+    """The whole `span`s within since <= t < until (None: open), or None when none fit."""
+    low = None if since is None else math.ceil(since / span) * span
+    high = None if until is None else math.floor(until / span) * span
+    return None if low is not None and high is not None and low >= high else (low, high)
+
+
 class _Parts:
-    """A window cut where the roll-up can answer: its whole hours, and the raw edges."""
+    """A window cut where the roll-up can answer: whole days (when `days`), the whole
+    hours around them, and the raw rows of the partial hours at the edges."""
 
     def __init__(self, cursor: Any, dialect: Dialect, since: float | None,
-                 until: float | None) -> None:
+                 until: float | None, *, days: bool) -> None:
         self.dialect = dialect
-        self.hours: tuple[float | None, float | None] | None = None
+        self.spans: list[Span] = []
         self.raw: list[tuple[float | None, float | None]] = [(since, until)]
         if not table_exists(cursor, dialect, ledger_rollup.TABLE):
             return
-        low = None if since is None else math.ceil(since / _HOUR) * _HOUR
-        high = None if until is None else math.floor(until / _HOUR) * _HOUR
-        if low is not None and high is not None and low >= high:
+        hours = _whole(since, until, ledger_rollup.HOUR)
+        if hours is None:
             return  # within one hour, or two partial ones: raw rows only
-        self.hours = (low, high)
+        low, high = hours
         self.raw = []
         if since is not None and low is not None and since < low:
             self.raw.append((since, low))
         if until is not None and high is not None and high < until:
             self.raw.append((high, until))
+        whole_days = _whole(low, high, ledger_rollup.DAY) if days else None
+        if whole_days is None:
+            self.spans.append((ledger_rollup.HOUR, low, high))
+            return
+        first, last = whole_days
+        self.spans.append((ledger_rollup.DAY, first, last))
+        if low is not None and first is not None and low < first:
+            self.spans.append((ledger_rollup.HOUR, low, first))
+        if high is not None and last is not None and last < high:
+            self.spans.append((ledger_rollup.HOUR, last, high))
 
     def raw_where(self) -> tuple[str, list[float]]:
         p = self.dialect.param
@@ -186,23 +206,33 @@ class _Parts:
             params += bounds
         return " OR ".join(clauses), params
 
-    def hours_where(self) -> tuple[str, list[float]]:
-        assert self.hours is not None
+    def span_where(self, grp: str, span: Span) -> tuple[str, list[Any]]:
+        """The roll-up rows of grouping `grp` in one of `spans`."""
         p = self.dialect.param
-        clauses, params = [], []
-        for op, bound in ((">=", self.hours[0]), ("<", self.hours[1])):
+        seconds, low, high = span
+        clauses, params = [f"grp = {p} AND span = {p}"], [grp, seconds]
+        for op, bound in ((">=", low), ("<", high)):
             if bound is not None:
-                clauses.append(f" AND hour {op} {p}")
+                clauses.append(f"start {op} {p}")
                 params.append(bound)
-        return "".join(clauses), params
+        return " AND ".join(clauses), params
+
+
+def _days_serve(bucket: Bucket) -> bool:
+    """Whether day rows can answer for `bucket`: not for hourly buckets."""
+    return bucket is None or bucket == "date" or bucket % ledger_rollup.DAY == 0
 
 
 def _add(found: Sums, rows: Sequence[Sequence[Any]], width: int) -> None:
+    """Add one query's rows (distinct groups: GROUP BY) to the sums found so far."""
+    if not found:
+        found.update((tuple(row[:width]), list(row[width:])) for row in rows)
+        return
     for row in rows:
-        names, values = tuple(row[:width]), list(row[width:])
+        names, values = tuple(row[:width]), row[width:]
         total = found.get(names)
         if total is None:
-            found[names] = values
+            found[names] = list(values)
         else:
             for i, value in enumerate(values):
                 total[i] += value
@@ -221,7 +251,7 @@ def window_sums(conn: Any, dialect: Dialect, since: float | None, until: float |
     one of its groupings. Only groups with rows are keys.
     """
     cursor = conn.cursor()
-    parts = _Parts(cursor, dialect, since, until)
+    parts = _Parts(cursor, dialect, since, until, days=_days_serve(bucket))
     found: Sums = {}
     names = [*_bucket(dialect, "ts", bucket), *(DIMENSIONS[d] for d in dims)]
     width = len(names)
@@ -237,15 +267,14 @@ def window_sums(conn: Any, dialect: Dialect, since: float | None, until: float |
         cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{sums} FROM ledger "
                        f"WHERE {where}{group_by}", params)
         _add(found, cursor.fetchall(), width)
-    if parts.hours is not None:
-        grp = _GROUPING_OF[tuple(dims)]
-        names = [*_bucket(dialect, "hour", bucket), *_ROLLUP_COLUMNS[:len(dims)]]
-        sums = ", ".join(f"SUM({c})" if c in ledger_rollup.FLOATS else
-                         f"CAST(SUM({c}) AS BIGINT)" for c in columns)
-        where, params = parts.hours_where()
+    grp = _GROUPING_OF[tuple(dims)] if parts.spans else ""
+    names = [*_bucket(dialect, "start", bucket), *_ROLLUP_COLUMNS[:len(dims)]]
+    sums = ", ".join(f"SUM({c})" if c in ledger_rollup.FLOATS else
+                     f"CAST(SUM({c}) AS BIGINT)" for c in columns)
+    for span in parts.spans:
+        where, params = parts.span_where(grp, span)
         cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{sums} "
-                       f"FROM {ledger_rollup.TABLE} WHERE grp = {dialect.param}{where}"
-                       f"{group_by}", [grp, *params])
+                       f"FROM {ledger_rollup.TABLE} WHERE {where}{group_by}", params)
         _add(found, cursor.fetchall(), width)
     return found
 
@@ -257,13 +286,13 @@ def window_hists(conn: Any, dialect: Dialect, since: float | None, until: float 
 
     ``client``: the client-seen TTFTs per bucket; ``upstream``: the winning
     attempts' own per bucket, and model when `by_model` (keys without the
-    bucket when None). Whole hours from the roll-up's histograms, the edges'
-    TTFTs binned here. Only for a ledger with a roll-up (`has_rollup`).
+    bucket when None). Whole days and hours from the roll-up's histograms,
+    the edges' TTFTs binned here. Only for a ledger with a roll-up (`has_rollup`).
     """
     if by_model and measure == "client":
-        raise ValueError("the roll-up keeps client-seen TTFTs per hour only, not per model")
+        raise ValueError("the roll-up keeps client-seen TTFTs per hour and day, not per model")
     cursor = conn.cursor()
-    parts = _Parts(cursor, dialect, since, until)
+    parts = _Parts(cursor, dialect, since, until, days=_days_serve(bucket))
     found: dict[tuple[Any, ...], Hist] = {}
     column = "client_ttft_ms" if measure == "client" else "ttft_ms"
     width = (bucket is not None) + by_model
@@ -276,13 +305,12 @@ def window_hists(conn: Any, dialect: Dialect, since: float | None, until: float 
             hist = found.setdefault(tuple(row[:width]), {})
             index = ttft_bin(row[width])
             hist[index] = hist.get(index, 0) + 1
-    if parts.hours is not None:
-        names = [*_bucket(dialect, "hour", bucket), *(["a"] if by_model else [])]
-        where, params = parts.hours_where()
+    names = [*_bucket(dialect, "start", bucket), *(["a"] if by_model else [])]
+    for span in parts.spans:
+        where, params = parts.span_where("model" if by_model else "all", span)
         cursor.execute(f"SELECT {''.join(n + ', ' for n in names)}{measure}_hist "
-                       f"FROM {ledger_rollup.TABLE} WHERE grp = {dialect.param}{where} "
-                       f"AND {measure}_hist IS NOT NULL",
-                       ["model" if by_model else "all", *params])
+                       f"FROM {ledger_rollup.TABLE} WHERE {where} AND {measure}_hist IS NOT NULL",
+                       params)
         for row in cursor.fetchall():
             key, hist = tuple(row[:width]), decode_hist(row[width])
             if key in found:

@@ -53,7 +53,7 @@ def _ledger(rows: list[LedgerRow], batches: int) -> Iterator[Path]:
 def _table(path: Path) -> list[tuple[object, ...]]:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute(f"SELECT * FROM {ledger_rollup.TABLE} "
-                            "ORDER BY grp, hour, a, b, c").fetchall()
+                            "ORDER BY grp, span, start, a, b, c").fetchall()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,10 +78,10 @@ def test_backfill_builds_what_the_writer_kept(rows: list[LedgerRow], batches: in
             rebuild(conn.cursor(), SQLITE.param)
             conn.execute("COMMIT")
         rebuilt = _table(path)
-    assert [r[:5] for r in rebuilt] == [r[:5] for r in kept]
-    width = 5 + len(ledger_rollup.COLUMNS)
+    assert [r[:6] for r in rebuilt] == [r[:6] for r in kept]
+    width = 6 + len(ledger_rollup.COLUMNS)
     for old, new in zip(kept, rebuilt, strict=True):
-        assert new[5:width] == pytest.approx(old[5:width], rel=1e-12)
+        assert new[6:width] == pytest.approx(old[6:width], rel=1e-12)
         assert ([decode_hist(str(h)) if h else {} for h in new[width:]]
                 == [decode_hist(str(h)) if h else {} for h in old[width:]])
 
@@ -102,7 +102,8 @@ async def test_an_older_ledger_is_rolled_up_when_it_is_migrated(
                                 cost_usd=0.0002, reference_cost_usd=0.003))
         await ledger.aclose()
     rows = _table(path)
-    assert ("all", 1_699_999_200, "", "", "") in [r[:5] for r in rows]
+    assert {("all", 3600, 1_699_999_200, "", "", ""), ("all", 86400, 1_699_920_000, "", "", "")
+            } <= {r[:6] for r in rows}
     after = usage_json(path, by="model")
     assert before["groups"][0]["requests"] == 1
     # The row written before the roll-up existed and the one after, both summed from it.
@@ -159,15 +160,18 @@ def test_race_from_histograms_is_the_exact_race_within_the_error(
 
 
 def test_rollup_rows_are_few_next_to_the_ledger() -> None:
-    """A hundred rows in one hour of one model, key and rule: one roll-up row a grouping."""
+    """A hundred rows in one hour of one model, key and rule: one roll-up row a grouping
+    for the hour, and one for the day."""
     rows = [LedgerRow(request_id=f"r{i}", ts=BASE + i, tier="economy", model="m",
                       provider="sim", rule="default", key="a", ttft_ms=100.0 + i,
                       client_ttft_ms=120.0 + i, first_token_kind="content")
             for i in range(100)]
     delta = ledger_rollup.rollup(
         [getattr(row, f) for f in ledger_rollup.FIELDS] for row in rows)
-    assert len(delta.sums) == len(ledger_rollup.GROUPINGS)
-    assert delta.sums[("all", int(BASE), "", "", "")][:2] == [100, 100]
-    client, upstream = delta.hists[("all", int(BASE), "", "", "")]
+    assert len(delta.sums) == 2 * len(ledger_rollup.GROUPINGS)
+    day = ledger_rollup.start_of(BASE, 86400)
+    assert delta.sums[("all", 3600, int(BASE), "", "", "")][:2] == [100, 100]
+    assert delta.sums[("all", 86400, day, "", "", "")][:2] == [100, 100]
+    client, upstream = delta.hists[("all", 3600, int(BASE), "", "", "")]
     assert (sum(client.values()), sum(upstream.values())) == (100, 100)
-    assert delta.hists[("model", int(BASE), "m", "", "")][0] == {}
+    assert delta.hists[("model", 86400, day, "m", "", "")][0] == {}
