@@ -10,7 +10,7 @@ Method
   with an upstream and a client-seen TTFT, a few errors and cut streams. The rows are made
   by a seeded generator and written with the ledger's own schema (`SQLiteWriter` and
   `PostgresWriter` migrations, so its indexes), in bulk (``executemany`` in SQLite,
-  ``COPY`` in PostgreSQL); then the hourly roll-up is built from them as the migration
+  ``COPY`` in PostgreSQL); then the roll-up is built from them as the migration
   that creates it does (`tlproxy.ledger_rollup.rebuild`), its time printed: the writing
   is set-up, not measured.
 * Each query function the endpoints run (`tlproxy.dashboard`: spend, routing, race,

@@ -2,7 +2,7 @@
 
 The oracle the roll-up is held to (`tests/unit/test_ledger_rollup.py` on SQLite,
 `tests/integration/test_ledger_rollup_postgres.py` on PostgreSQL): whatever the
-window, the sums `report_sums.window_sums` reads (roll-up hours plus raw edges)
+window, the sums `report_sums.window_sums` reads (roll-up days and hours plus raw edges)
 must be these, computed row by row with no SQL at all.
 """
 

@@ -6,8 +6,8 @@ one read-only connection (one snapshot), so they run in a worker thread.
 One source of truth: money comes from `report_sums.window_sums` and
 `report_sums.money`, the very sums and rounding `tlproxy report` prints,
 grouped by a time bucket as well; the CSV export *is* `tlproxy report
---format csv`. Everything is aggregated by the database: whole hours from
-the ledger's hourly roll-up, the window's edges from the raw rows, so a year
+--format csv`. Everything is aggregated by the database: whole days and hours
+from the ledger's roll-up, the window's edges from the raw rows, so a year
 of rows costs the page a few thousand roll-up rows, not a million ledger
 rows. TTFT percentiles (nearest rank, as `report_sums.percentile`) are exact,
 with window functions both SQLite and PostgreSQL run, up to `EXACT_TTFTS`

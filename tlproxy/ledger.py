@@ -188,7 +188,7 @@ MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         "ALTER TABLE ledger ADD COLUMN client_ttft_ms {real}",
     ),
-    # The hourly roll-up the reports read whole hours from, filled from the rows
+    # The roll-up the reports read whole days and hours from, filled from the rows
     # already there (a callable step runs with the cursor and the placeholder).
     (*ledger_rollup.MIGRATION, ledger_rollup.backfill),
 )

@@ -14,9 +14,9 @@ kind (the race's outcomes). Each ledger row adds to one hour row and one day
 row of each grouping, so a year holds a few hundred thousand short rows, and
 a grouping's query reads only its own: a year's totals read the days (a few
 thousand rows), its hourly series the hours. Options rejected: one row per
-hour and every dimension at
-once (key x model x rule x outcome): with a hundred requests an hour, nearly
-every ledger row would be a roll-up row of its own, and nothing read less.
+hour and every dimension at once (key x model x rule x outcome): with a
+hundred requests an hour, nearly every ledger row would be a roll-up row of
+its own, and nothing read less.
 
 Who keeps it: the ledger's writer (`tlproxy.ledger`), in the transaction of
 each batch (`apply`), so a committed row is always in the roll-up; the

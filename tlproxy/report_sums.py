@@ -1,10 +1,10 @@
 """The report's sums: spend, savings and the cost of speed over a window, by the database.
 
 `tlproxy report` prints them (`tlproxy.report` renders), the dashboard's
-endpoints serve them (`tlproxy.dashboard`): one source of truth. Whole hours
-of a window are read from the ledger's hourly roll-up
+endpoints serve them (`tlproxy.dashboard`): one source of truth. Whole days
+and hours of a window are read from the ledger's roll-up
 (`tlproxy.ledger_rollup`, kept by the writer in the transaction of each
-batch), the partial hours at its edges from the raw rows, and the two are
+batch), the partial hours at its edges from the raw rows, and the parts are
 added (`window_sums`): the same numbers as summing the raw rows, for any
 window, at the cost of a few thousand roll-up rows a year. A ledger of an
 older schema (no roll-up yet: a report only reads, it cannot migrate) is

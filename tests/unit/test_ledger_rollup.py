@@ -1,4 +1,4 @@
-"""The hourly roll-up: kept by the writer, filled on migration, equal to the raw rows' sums."""
+"""The roll-up: kept by the writer, filled on migration, equal to the raw rows' sums."""
 
 from __future__ import annotations
 
