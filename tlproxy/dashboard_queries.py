@@ -299,10 +299,10 @@ def race(source: LedgerSource, *, window: Window, step: str = "hour",
         "percentiles": method,
         "series": [{"bucket": int(b), **row(per_bucket[(b,)], seen.get((b,)))}
                    for (b,) in sorted(per_bucket)],
-        "models": sorted(({"bucket": int(b), "model": model, "ttft_count": found["ttft_count"],
-                           **{f"upstream_ttft_p{p}_ms": found[f"p{p}"] for p in QUANTILES}}
-                          for (b, model), found in models.items()),
-                         key=lambda r: (r["bucket"], r["model"])),
+        # Tens of thousands of rows for a year by hour: named once, sorted as tuples.
+        "models": [{"bucket": int(b), "model": model, "ttft_count": found["ttft_count"],
+                    **{column: found[p] for column, p in _UPSTREAM_COLUMNS}}
+                   for (b, model), found in sorted(models.items())],
         "total": ({**row(total[()], total_seen),
                    **_ttft_columns("upstream_ttft", total_upstream)}
                   if total else None),
@@ -319,6 +319,7 @@ _RACE = ("requests", "errors", "wasted_usd", "race_attempts", "hedges", "failed_
          "ttft_rows")
 _Found = dict[tuple[Any, ...], dict[str, Any]]
 _P_NAMES = tuple(f"p{p}" for p in QUANTILES)
+_UPSTREAM_COLUMNS = tuple((f"upstream_ttft_p{p}_ms", f"p{p}") for p in QUANTILES)
 _TTFTs = tuple[_Found, _Found, dict[str, Any] | None, dict[str, Any] | None]
 
 

@@ -154,10 +154,10 @@ def hist_percentile(hist: Hist, percent: int) -> float | None:
 
 def hist_percentiles(hist: Hist, percents: Sequence[int]) -> list[float | None]:
     """`hist_percentile` for each of `percents` (ascending), in one pass over the bins."""
-    bins = sorted(hist.items())
-    total = sum(count for _, count in bins)
+    total = sum(hist.values())
     if not total:
         return [None] * len(percents)
+    bins = sorted(hist.items())
     found: list[float | None] = []
     seen, at = 0, -1
     for percent in percents:
