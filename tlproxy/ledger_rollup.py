@@ -39,8 +39,8 @@ here and the partial hours at a window's edges from the raw rows.
 
 from __future__ import annotations
 
-import itertools
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -195,10 +195,26 @@ def start_of(ts: float, span: int) -> int:
     return int(ts // span) * span
 
 
+# A row's dimensions in this order (then "" for a grouping's unused values), and for
+# each grouping the positions of its a, b and c (always three: a tuple comes back).
+_DIMENSIONS = ("tier", "model", "key", "rule", "first_token", "status", "role", "kind")
+_PICKS = tuple(
+    (grp, operator.itemgetter(*(_DIMENSIONS.index(d) for d in dims),
+                              *[len(_DIMENSIONS)] * (3 - len(dims))), HIST_GROUPINGS.get(grp))
+    for grp, dims in GROUPINGS.items())
+
+
 def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
-    """The roll-up of ledger rows given as tuples of `FIELDS` (pure)."""
-    sums: dict[Key, list[Any]] = {}
-    hists: dict[Key, tuple[Hist, Hist]] = {}
+    """The roll-up of ledger rows given as tuples of `FIELDS` (pure).
+
+    The writer runs it in its worker thread, holding the GIL, so it is written
+    for speed: rows are first added up per hour and combination of dimensions
+    (a batch of one busy hour repeats a few of them), then each combination
+    into its row of every grouping, for the hour and for the day.
+    """
+    add = operator.add
+    combos: dict[tuple[int, tuple[Any, ...]], list[Any]] = {}
+    combo_hists: dict[tuple[int, tuple[Any, ...]], tuple[Hist, Hist]] = {}
     for (ts, key, kind, tier, model, rule, prompt, cached, completion, cost, estimated, ttft,
          status, winner, hedge, wasted, reference, first_token, client) in rows:
         winner, race = bool(winner), kind in ("chat", "embedding")
@@ -210,28 +226,32 @@ def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
             1 if race else 0, 1 if hedge else 0,
             1 if not winner and race and status == "error" else 0,
             1 if winner and (ttft is not None or client is not None) else 0)
-        starts = [(span, start_of(ts, span)) for span in SPANS]
         role = "winner" if winner else "hedge" if hedge else "other"
-        dims = {"tier": tier, "model": model, "key": "-" if key is None else key,
-                "rule": rule, "first_token": "-" if first_token is None else first_token,
-                "status": status, "role": role, "kind": kind}
-        for (grp, names), (span, start) in itertools.product(GROUPINGS.items(), starts):
-            parts = [dims[name] for name in names]
-            parts += [""] * (3 - len(parts))
-            at: Key = (grp, span, start, parts[0], parts[1], parts[2])
-            total = sums.get(at)
-            if total is None:
-                sums[at] = list(values)
-            else:
-                for i, value in enumerate(values):
-                    total[i] += value
-            wants = HIST_GROUPINGS.get(grp)
-            if wants and winner and (client is not None or ttft is not None):
-                pair = hists.setdefault(at, ({}, {}))
-                for wanted, value, hist in zip(wants, (client, ttft), pair, strict=True):
-                    if wanted and value is not None:
-                        index = ttft_bin(value)
-                        hist[index] = hist.get(index, 0) + 1
+        combo = (start_of(ts, HOUR), (tier, model, "-" if key is None else key, rule,
+                                      "-" if first_token is None else first_token, status,
+                                      role, kind, ""))
+        total = combos.get(combo)
+        combos[combo] = list(values) if total is None else list(map(add, total, values))
+        if winner and (client is not None or ttft is not None):
+            pair = combo_hists.setdefault(combo, ({}, {}))
+            for value, hist in ((client, pair[0]), (ttft, pair[1])):
+                if value is not None:
+                    index = ttft_bin(value)
+                    hist[index] = hist.get(index, 0) + 1
+    sums: dict[Key, list[Any]] = {}
+    hists: dict[Key, tuple[Hist, Hist]] = {}
+    for (hour, dims), summed in combos.items():
+        timed = combo_hists.get((hour, dims))
+        for span, start in ((HOUR, hour), (DAY, start_of(hour, DAY))):
+            for grp, pick, wants in _PICKS:
+                at: Key = (grp, span, start, *pick(dims))
+                total = sums.get(at)
+                sums[at] = list(summed) if total is None else list(map(add, total, summed))
+                if wants and timed:
+                    pair = hists.setdefault(at, ({}, {}))
+                    for wanted, new, hist in zip(wants, timed, pair, strict=True):
+                        if wanted:
+                            merge_into(hist, new)
     return Rollup(sums, hists)
 
 
