@@ -12,7 +12,9 @@ Method
   `PostgresWriter` migrations, so its indexes), in bulk (``executemany`` in SQLite,
   ``COPY`` in PostgreSQL); then the roll-up is built from them as the migration
   that creates it does (`tlproxy.ledger_rollup.rebuild`), its time printed: the writing
-  is set-up, not measured.
+  is set-up, not measured. What the roll-up costs the writer is measured apart: the CPU
+  time of `ledger_rollup.rollup` per row, over 50,000 of these rows moved into one busy hour
+  and rolled up in batches of 256 (printed, and ``rollup_us_per_row`` in the JSON).
 * Each query function the endpoints run (`tlproxy.dashboard`: spend, routing, race,
   requests, shadow) is timed on a fresh read-only connection, as an endpoint opens one,
   over two windows: the whole year and the last 7 days (the page's default). ``--repeat``
@@ -60,7 +62,7 @@ import trio
 from tlproxy.config import Config
 from tlproxy.dashboard import Window, race, recent, routing, shadow_pairs, spend
 from tlproxy.ledger import LedgerRow, PostgresWriter, SQLiteWriter
-from tlproxy.ledger_rollup import TABLE, rebuild
+from tlproxy.ledger_rollup import FIELDS, TABLE, rebuild, rollup
 from tlproxy.report import usage_json
 
 YEAR = 365 * 86400
@@ -113,6 +115,18 @@ def make_rows(count: int, *, now: float, seed: int = 2026) -> Iterator[tuple[Any
             yield msgspec.structs.astuple(loser)
             i += 1
         request += 1
+
+
+def rollup_cost(now: float, count: int = 50_000) -> float:
+    """The writer's CPU time for the roll-up, in µs per ledger row: `count` of the rows
+    above, moved into one busy hour (a row every 30 ms), rolled up in batches of 256."""
+    rows = [msgspec.structs.replace(LedgerRow(**dict(zip(COLUMNS, values, strict=True))),
+                                    ts=now + i * 0.03)
+            for i, values in enumerate(make_rows(count, now=now))]
+    started = time.process_time()
+    for first in range(0, count, 256):
+        rollup([getattr(row, field) for field in FIELDS] for row in rows[first:first + 256])
+    return (time.process_time() - started) / count * 1e6
 
 
 def fill_sqlite(path: Path, count: int, now: float) -> None:
@@ -259,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": args.rows, "repeat": args.repeat, "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "loadavg_before": os.getloadavg(), "databases": {}}
+    result["rollup_us_per_row"] = rollup_cost(now)
+    print(f"roll-up: {result['rollup_us_per_row']:.1f} µs of CPU per row", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory, _postgres(args) as url:
         path = Path(directory) / "ledger.db"
         started = time.perf_counter()
