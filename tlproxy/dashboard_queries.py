@@ -51,7 +51,6 @@ __all__ = [
     "QUANTILES",
     "STEPS",
     "Window",
-    "bucket_sql",
     "parse_bound",
     "race",
     "recent",
@@ -75,11 +74,6 @@ _RECENT_COLUMNS = ("request_id", "ts", "key", "kind", "tier", "model", "provider
                    "ttft_ms", "client_ttft_ms", "first_token_kind", "prompt_tokens",
                    "completion_tokens", "cost_usd", "status")
 _PAIR_SIDE = ("model", "text", "ttft_ms", "duration_ms", "cost_usd", "ok", "error")
-
-
-def bucket_sql(dialect: Dialect, seconds: int) -> str:
-    """The start (unix seconds, an integer) of the UTC hour or day ``ts`` falls in."""
-    return dialect.bucket("ts", seconds)
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:

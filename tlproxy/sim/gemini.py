@@ -4,7 +4,9 @@
 ``streamGenerateContent?alt=sse`` streams whole GenerateContentResponse objects
 (events separated by CRLF CRLF, as Google's servers do), text a token per
 event and each ``functionCall`` part whole, the last event with
-``finishReason`` and the full ``usageMetadata``; ``embedContent`` and
+``finishReason`` and the full ``usageMetadata`` (with the ``reasoning_content``
+habit, a thinking model: ``thought: true`` parts first, counted in
+``thoughtsTokenCount``); ``embedContent`` and
 ``batchEmbedContents`` answer vectors. The key comes in ``x-goog-api-key`` (or
 ``?key=``). Errors are ``{"error": {"code", "message", "status"}}``; a missing
 key is 403 ``PERMISSION_DENIED`` and a wrong one 400 ``INVALID_ARGUMENT`` with
