@@ -336,11 +336,21 @@ class SQLiteWriter(_ThreadWriter):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
-                 open_timeout: float = 30.0) -> None:
+                 open_timeout: float = 30.0, migrate_timeout: float = 600.0) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.open_timeout = open_timeout
+        self.migrate_timeout = migrate_timeout
+
+    def _migrate_sync(self) -> None:
+        # Another worker may hold the lock for long, filling the roll-up of a large ledger.
+        self._connection().execute(f"PRAGMA busy_timeout = {round(self.migrate_timeout * 1000)}")
+        try:
+            super()._migrate_sync()
+        finally:
+            if self._conn is not None:
+                self._conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -6,6 +6,7 @@ import contextlib
 import math
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,31 @@ async def test_an_older_ledger_is_rolled_up_when_it_is_migrated(
     assert (group["requests"], group["spend_usd"]) == (2, 0.0003)
     hour = usage_json(path, by="model", since=1_699_999_200, until=1_700_002_800)
     assert hour["groups"] == after["groups"] and hour["total"] == after["total"]
+
+
+def test_a_worker_waits_while_another_migrates_a_large_ledger(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filling the roll-up of a large ledger holds SQLite's write lock for longer than a
+    write waits (`busy_timeout`): a worker starting meanwhile waits for it, not fails."""
+    path = tmp_path / "l.db"
+    trio.run(ledger_of_version, path, ROLLUP_VERSION - 1, monkeypatch)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another worker, migrating
+    release = threading.Timer(0.2, holder.execute, ("COMMIT",))
+    release.start()
+    writer = SQLiteWriter(path, busy_timeout=0.01)
+    try:
+        trio.run(writer.migrate)
+        trio.run(writer.aclose)
+    finally:
+        release.join()
+        holder.close()
+    assert (ledger_rollup.TABLE,) in _tables(path)
+
+
+def _tables(path: Path) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
 
 
 # -- histograms ---------------------------------------------------------------------------
