@@ -10,14 +10,23 @@ Method
   with an upstream and a client-seen TTFT, a few errors and cut streams. The rows are made
   by a seeded generator and written with the ledger's own schema (`SQLiteWriter` and
   `PostgresWriter` migrations, so its indexes), in bulk (``executemany`` in SQLite,
-  ``COPY`` in PostgreSQL): the writing is set-up, not measured.
+  ``COPY`` in PostgreSQL); then the roll-up is built from them as the migration
+  that creates it does (`tlproxy.ledger_rollup.rebuild`), its time printed: the writing
+  is set-up, not measured. What the roll-up costs the writer is measured apart: the CPU
+  time of `ledger_rollup.rollup` per row, over 50,000 of these rows moved into one busy hour
+  and rolled up in batches of 256 (printed, and ``rollup_us_per_row`` in the JSON).
 * Each query function the endpoints run (`tlproxy.dashboard`: spend, routing, race,
   requests, shadow) is timed on a fresh read-only connection, as an endpoint opens one,
   over two windows: the whole year and the last 7 days (the page's default). ``--repeat``
   runs each; the median and the slowest are reported. `tlproxy report`'s `usage_json`
   (whose TTFT percentiles are computed in Python) is timed beside them for comparison.
 * A page load is the view's one or two requests: spend, routing, race (the three charts
-  views) or requests and live; "page" rows add up the medians of what a view asks for.
+  views) or requests and live; "page" rows add up the medians of what a view asks for,
+  at the page's hour step and at its day step.
+* Beside the wall-clock times, the CPU time of the benchmark's own process (the median of
+  ``time.process_time``): for SQLite, which runs in the process, that is all the work, and
+  it does not grow when other processes compete for the cores; for PostgreSQL it leaves out
+  the server's share.
 * PostgreSQL: ``--postgres-url`` names an empty database to fill (its ``ledger`` table is
   dropped and made again); ``--start-postgres`` starts a throwaway server with
   ``tests/integration/postgres_server.py`` (the tests' helper: run from the repository).
@@ -53,6 +62,7 @@ import trio
 from tlproxy.config import Config
 from tlproxy.dashboard import Window, race, recent, routing, shadow_pairs, spend
 from tlproxy.ledger import LedgerRow, PostgresWriter, SQLiteWriter
+from tlproxy.ledger_rollup import FIELDS, TABLE, rebuild, rollup
 from tlproxy.report import usage_json
 
 YEAR = 365 * 86400
@@ -107,6 +117,18 @@ def make_rows(count: int, *, now: float, seed: int = 2026) -> Iterator[tuple[Any
         request += 1
 
 
+def rollup_cost(now: float, count: int = 50_000) -> float:
+    """The writer's CPU time for the roll-up, in µs per ledger row: `count` of the rows
+    above, moved into one busy hour (a row every 30 ms), rolled up in batches of 256."""
+    rows = [msgspec.structs.replace(LedgerRow(**dict(zip(COLUMNS, values, strict=True))),
+                                    ts=now + i * 0.03)
+            for i, values in enumerate(make_rows(count, now=now))]
+    started = time.process_time()
+    for first in range(0, count, 256):
+        rollup([getattr(row, field) for field in FIELDS] for row in rows[first:first + 256])
+    return (time.process_time() - started) / count * 1e6
+
+
 def fill_sqlite(path: Path, count: int, now: float) -> None:
     writer = SQLiteWriter(path)
     trio.run(writer.migrate)
@@ -117,31 +139,48 @@ def fill_sqlite(path: Path, count: int, now: float) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executemany(f"INSERT INTO ledger ({', '.join(COLUMNS)}) "
                          f"VALUES ({placeholders})", make_rows(count, now=now))
+    rollup_sqlite(path)
+
+
+def rollup_sqlite(path: Path) -> None:
+    """The roll-up of the rows written around the writer, as the migration builds it."""
+    import sqlite3
+
+    started = time.perf_counter()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        rebuild(conn.cursor(), "?")
         conn.execute("ANALYZE")
+    print(f"sqlite: roll-up built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def fill_postgres(url: str, count: int, now: float) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS ledger, shadow_pairs, schema_migrations")
+        conn.execute(f"DROP TABLE IF EXISTS ledger, shadow_pairs, {TABLE}, schema_migrations")
     writer = PostgresWriter(url)
     trio.run(writer.migrate)
     trio.run(writer.aclose)
+    with psycopg.connect(url) as conn, conn.cursor() as cursor, cursor.copy(
+            f"COPY ledger ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        for row in make_rows(count, now=now):
+            copy.write_row(row)
+    started = time.perf_counter()
     with psycopg.connect(url) as conn:
-        with conn.cursor() as cursor, cursor.copy(
-                f"COPY ledger ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for row in make_rows(count, now=now):
-                copy.write_row(row)
-        conn.execute("ANALYZE ledger")
+        rebuild(conn.cursor(), "%s")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ANALYZE ledger; ANALYZE {TABLE}")
+    print(f"postgresql: roll-up built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def queries(config: Config) -> dict[str, Callable[[str, Window], Any]]:
     policies = [("default", config.policy)]
     return {
         "spend (hour, by tier)": lambda s, w: spend(s, window=w, step="hour", by="tier"),
+        "spend (day, by tier)": lambda s, w: spend(s, window=w, step="day", by="tier"),
         "spend (day, by model)": lambda s, w: spend(s, window=w, step="day", by="model"),
         "routing (hour)": lambda s, w: routing(s, window=w, step="hour", policies=policies),
+        "routing (day)": lambda s, w: routing(s, window=w, step="day", policies=policies),
         "race (hour)": lambda s, w: race(s, window=w, step="hour"),
         "race (day)": lambda s, w: race(s, window=w, step="day"),
         "requests (50 latest)": lambda s, w: recent(s, limit=50),
@@ -151,9 +190,15 @@ def queries(config: Config) -> dict[str, Callable[[str, Window], Any]]:
     }
 
 
-# What each view of the page asks for on a load (the live view also asks /live, no SQL).
-PAGES = {"spend view": ["spend (hour, by tier)"], "routing view": ["routing (hour)"],
-         "race view": ["race (hour)"], "live view": ["requests (50 latest)"]}
+# What each view of the page asks for on a load (the live view also asks /live, no SQL),
+# with the page's step at hour (its default) and at day.
+PAGES = {"spend view, hour step": ["spend (hour, by tier)"],
+         "routing view, hour step": ["routing (hour)"],
+         "race view, hour step": ["race (hour)"],
+         "spend view, day step": ["spend (day, by tier)"],
+         "routing view, day step": ["routing (day)"],
+         "race view, day step": ["race (day)"],
+         "live view": ["requests (50 latest)"]}
 
 
 def measure(source: str, now: float, repeat: int) -> dict[str, dict[str, Any]]:
@@ -161,17 +206,20 @@ def measure(source: str, now: float, repeat: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for window_name, window in windows.items():
         for name, fn in queries(Config()).items():
-            times = []
+            times, cpu = [], []
             for _ in range(repeat):
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 fn(source, window)
                 times.append(time.perf_counter() - started)
+                cpu.append(time.process_time() - started_cpu)
             results[f"{window_name} | {name}"] = {
-                "median_s": statistics.median(times), "max_s": max(times)}
+                "median_s": statistics.median(times), "max_s": max(times),
+                "cpu_s": statistics.median(cpu)}
         for page, parts in PAGES.items():
             results[f"{window_name} | page: {page}"] = {
                 "median_s": sum(results[f"{window_name} | {p}"]["median_s"] for p in parts),
-                "max_s": None}
+                "max_s": None,
+                "cpu_s": sum(results[f"{window_name} | {p}"]["cpu_s"] for p in parts)}
     return results
 
 
@@ -180,9 +228,9 @@ def print_markdown(result: dict[str, Any]) -> None:
     print(f"rows: {result['rows']:,}; repeat: {result['repeat']}; load average before: "
           f"{result['loadavg_before']}, after: {result['loadavg_after']}")
     print()
-    print("| window | query | " + " | ".join(f"{d} median s | {d} max s" for d in databases)
-          + " |")
-    print("|---|---|" + "---:|---:|" * len(databases))
+    print("| window | query | " + " | ".join(f"{d} median s | {d} max s | {d} CPU s"
+                                            for d in databases) + " |")
+    print("|---|---|" + "---:|---:|---:|" * len(databases))
     for key in result["databases"][databases[0]]:
         window, name = key.split(" | ", 1)
         cells = []
@@ -190,6 +238,7 @@ def print_markdown(result: dict[str, Any]) -> None:
             timing = result["databases"][database][key]
             cells.append(f"{timing['median_s']:.3f}")
             cells.append("-" if timing["max_s"] is None else f"{timing['max_s']:.3f}")
+            cells.append(f"{timing['cpu_s']:.3f}")
         print(f"| {window} | {name} | " + " | ".join(cells) + " |")
 
 
@@ -224,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": args.rows, "repeat": args.repeat, "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "loadavg_before": os.getloadavg(), "databases": {}}
+    result["rollup_us_per_row"] = rollup_cost(now)
+    print(f"roll-up: {result['rollup_us_per_row']:.1f} µs of CPU per row", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory, _postgres(args) as url:
         path = Path(directory) / "ledger.db"
         started = time.perf_counter()

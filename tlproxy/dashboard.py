@@ -5,28 +5,18 @@ ledger (`ledger.py`) and the running app's live statistics, for admin keys
 only (the edge checks them for every ``/v1/tlproxy/`` path). The page at
 ``/ui`` reads them; so can anyone with an admin key and curl.
 
-One source of truth: money comes from `report.group_sums`, the very sums
-and rounding `tlproxy report` prints, grouped by a time bucket as well;
-the CSV export *is* `tlproxy report --format csv`. Everything is
-aggregated by the database, percentiles included (nearest rank, as
-`report.percentile`, with window functions both SQLite and PostgreSQL
-run), so a year of rows costs the page a few result rows, not a million
-Python tuples. The only difference between the databases is the time
-bucket's SQL (`bucket_sql`); the tests hold both to the same answers.
-
-What is never in an answer: a client key (rows carry a key's *name*), a
-prompt or an answer outside the shadow pairs that shadow mode recorded on
-purpose, a database password (`report.LedgerReadError` is redacted).
-
-The query functions do blocking I/O on one read-only connection (one
-snapshot); `Dashboard` runs them in a worker thread.
+The questions asked of the ledger (`dashboard_queries`: the report's sums by
+time bucket, TTFT percentiles, routing hits, shadow pairs) do blocking I/O
+on one read-only connection (one snapshot); `Dashboard` runs them in a
+worker thread. What is never in an answer: a client key, a prompt or an
+answer outside the shadow pairs that shadow mode recorded on purpose, a
+database password.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,25 +25,24 @@ from urllib.parse import parse_qsl
 import msgspec
 import trio
 
-from .errors import InvalidRequest, NotFound, ProxyError
-from .explain import describe_condition, describe_plan
-from .policy import DEFAULT_RULES
-from .report import (
-    GROUPS,
-    POSTGRES,
-    Dialect,
-    LedgerReadError,
-    LedgerSource,
-    column_or_null,
-    group_sums,
-    parse_time,
-    reading_ledger,
-    time_window,
-    to_csv,
-    usage_json,
+from .dashboard_queries import (
+    BY,
+    EXACT_TTFTS,
+    QUANTILES,
+    STEPS,
+    Window,
+    parse_bound,
+    race,
+    recent,
+    routing,
+    shadow_pairs,
+    spend,
+    spend_csv,
 )
+from .errors import InvalidRequest, NotFound, ProxyError
+from .explain import describe_plan
+from .ledger_read import LedgerReadError
 from .router import Router
-from .shadow import shadow_report
 from .stats import StatsBook
 from .wire import decode_chat_request
 
@@ -78,13 +67,13 @@ class ProxyState(Protocol):
 
 __all__ = [
     "BY",
+    "EXACT_TTFTS",
     "QUANTILES",
     "ROUTES",
     "STEPS",
     "UI_FILES",
     "Dashboard",
     "Window",
-    "bucket_sql",
     "race",
     "recent",
     "routing",
@@ -95,317 +84,11 @@ __all__ = [
 
 _encode = msgspec.json.Encoder().encode
 
-STEPS = {"hour": 3600, "day": 86400}
-BY = ("tier", "model", "key", "rule")
-QUANTILES = (50, 90, 95, 99)  # percent; p95 is the report's
-_TOP = 10
-_UNIX = re.compile(r"\d+(\.\d+)?")
 _MAX_LIMIT = 500
-
-# What a recent request shows: what it was, never what it said.
-_RECENT_COLUMNS = ("request_id", "ts", "key", "kind", "tier", "model", "provider", "rule",
-                   "ttft_ms", "client_ttft_ms", "first_token_kind", "prompt_tokens",
-                   "completion_tokens", "cost_usd", "status")
-_PAIR_SIDE = ("model", "text", "ttft_ms", "duration_ms", "cost_usd", "ok", "error")
-
-
-def bucket_sql(dialect: Dialect, seconds: int) -> str:
-    """The start (unix seconds, an integer) of the UTC hour or day ``ts`` falls in."""
-    if dialect is POSTGRES:
-        return f"CAST(floor(ts / {seconds}) AS BIGINT) * {seconds}"
-    return f"CAST(ts / {seconds} AS INTEGER) * {seconds}"  # truncation: ts is never negative
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def _percentiles(cursor: Any, groups: Sequence[str], column: str, where: str,
-                 params: Sequence[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Nearest-rank percentiles of `column` over the winners, per value of `groups`.
-
-    The q-quantile of n values is the value of rank ceil(q * n), in integers:
-    the smallest rank r with 100 * r >= p * n. Exactly `report.percentile`.
-    """
-    names = [f"g{i}" for i in range(len(groups))]
-    partition = f"PARTITION BY {', '.join(groups)} " if groups else ""
-    picks = ", ".join(f"MIN(CASE WHEN rn * 100 >= {p} * n THEN v END)" for p in QUANTILES)
-    selected = "".join(f"{g} AS {name}, " for g, name in zip(groups, names, strict=True))
-    outer = "".join(f"{name}, " for name in names)
-    group_by = f" GROUP BY {', '.join(names)}" if names else ""
-    cursor.execute(
-        f"SELECT {outer}COUNT(*), {picks} FROM ("
-        f"SELECT {selected}{column} AS v, "
-        f"ROW_NUMBER() OVER ({partition}ORDER BY {column}) AS rn, "
-        f"COUNT(*) OVER ({partition.strip()}) AS n "
-        f"FROM ledger WHERE {where} AND winner AND {column} IS NOT NULL) AS ranked{group_by}",
-        params)
-    found = {}
-    for row in cursor.fetchall():
-        values = row[len(names):]
-        if not values[0]:
-            continue  # no rows at all (the ungrouped query still answers one)
-        found[tuple(row[:len(names)])] = {
-            "ttft_count": int(values[0]),
-            **{f"p{p}": _round(v) for p, v in zip(QUANTILES, values[1:], strict=True)}}
-    return found
-
-
-def _ttft_columns(prefix: str, found: dict[str, Any] | None) -> dict[str, Any]:
-    found = found or {}
-    return {f"{prefix}_p{p}_ms": found.get(f"p{p}") for p in QUANTILES}
-
-
-class Window(msgspec.Struct, frozen=True):
-    """A half-open time window, fixed once so every query of an answer shares it."""
-
-    since: float | None
-    until: float | None
-
-    @classmethod
-    def parse(cls, since: Any, until: Any) -> Window:
-        now = time.time()
-        return cls(_time(since, now), _time(until, now))
-
-    def where(self, dialect: Dialect) -> tuple[str, list[float]]:
-        return time_window(self.since, self.until, dialect.param)
-
-
-def _time(value: Any, now: float) -> float | None:
-    """A bound from a query string: unix seconds, as the answers give them back (what a
-    poller has at hand), or what `report.parse_time` reads (ISO 8601, ``24h``)."""
-    if isinstance(value, str) and _UNIX.fullmatch(value.strip()):
-        return float(value)
-    return parse_time(value, now=now)
-
-
-def _step(step: str) -> int:
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
-    return STEPS[step]
-
-
-def _by(by: str) -> str:
-    if by not in BY:
-        raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
-    return by
-
-
-def _top(sums: list[tuple[tuple[Any, ...], dict[str, Any]]], name: str) -> list[dict[str, Any]]:
-    rows = [{name: names[0], **values} for names, values in sums]
-    return sorted(rows, key=lambda r: (-r["spend_usd"], str(r[name])))
-
-
-# -- the queries (blocking; one connection each) -------------------------------------------
-
-def spend(source: LedgerSource, *, window: Window, step: str = "hour",
-          by: str = "tier") -> dict[str, Any]:
-    """Spend, the all-premium counterfactual and the saving per time bucket and group.
-
-    ``series`` has one row per (bucket, group) with rows; ``groups``, the
-    window's totals per group (`tlproxy report --by` without its TTFT
-    columns), most spend first; ``keys`` and ``rules``, the top spenders;
-    ``total``, the window's (None when it has no rows).
-    """
-    seconds, by = _step(step), _by(by)
-    with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        bucket = bucket_sql(dialect, seconds)
-        series = group_sums(conn, [bucket, GROUPS[by]], where, params)
-        groups = group_sums(conn, [GROUPS[by]], where, params)
-        keys = group_sums(conn, [GROUPS["key"]], where, params)
-        rules = group_sums(conn, [GROUPS["rule"]], where, params)
-        total = group_sums(conn, [GROUPS["all"]], where, params)
-    return {
-        "object": "tlproxy.spend", "since": window.since, "until": window.until,
-        "step": step, "by": by,
-        "series": sorted(({"bucket": int(names[0]), by: names[1], **values}
-                          for names, values in series),
-                         key=lambda r: (r["bucket"], str(r[by]))),
-        "groups": _top(groups, by),
-        "keys": _top(keys, "key")[:_TOP],
-        "rules": _top(rules, "rule")[:_TOP],
-        "total": total[0][1] if total else None,
-    }
-
-
-def spend_csv(source: LedgerSource, *, window: Window, by: str = "tier",
-              step: str = "hour") -> str:
-    """`tlproxy report --by <by> --format csv` for the window, byte for byte (`step`,
-    which the report has no use for, is checked and ignored)."""
-    _step(step)
-    return to_csv(usage_json(source, since=window.since, until=window.until,
-                             by=_by(by))["groups"])
-
-
-def routing(source: LedgerSource, *, window: Window, step: str = "hour",
-            policies: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
-    """Requests per rule and tier over time, and each policy's rules in order with their hits.
-
-    A rule's hits are the window's requests the ledger records under its
-    name; the ledger does not say which policy decided, so two policies'
-    rules of one name share their hits. Rules the ledger names that no
-    policy has (``pinned``, ``default-embedding``, a rule since removed) are
-    listed under ``other``.
-    """
-    seconds = _step(step)
-    with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        winners = f"{where} AND winner"
-        series = group_sums(conn, [bucket_sql(dialect, seconds), "rule", "tier"], winners,
-                            params)
-        hits = group_sums(conn, ["rule", "tier"], winners, params)
-    by_rule: dict[str, int] = {}
-    for (rule, _), values in hits:
-        by_rule[rule] = by_rule.get(rule, 0) + values["requests"]
-    listed = []
-    named = set()
-    for name, policy in policies:
-        rules = DEFAULT_RULES if policy.rules is None else policy.rules
-        entries = [{"name": r.name, "tier": r.tier, "when": describe_condition(r.when),
-                    "requests": by_rule.get(r.name, 0)} for r in rules]
-        entries.append({"name": "default", "tier": policy.default_tier, "when": "no rule matched",
-                        "requests": by_rule.get("default", 0)})
-        named |= {entry["name"] for entry in entries}
-        listed.append({"policy": name, "strategy": policy.strategy, "rules": entries})
-    other = sorted(({"rule": rule, "tier": tier, "requests": values["requests"]}
-                    for (rule, tier), values in hits if rule not in named),
-                   key=lambda r: (-r["requests"], r["rule"], r["tier"]))
-    return {
-        "object": "tlproxy.routing", "since": window.since, "until": window.until,
-        "step": step,
-        "series": sorted(({"bucket": int(b), "rule": rule, "tier": tier,
-                           "requests": values["requests"]}
-                          for (b, rule, tier), values in series),
-                         key=lambda r: (r["bucket"], r["rule"], r["tier"])),
-        "policies": listed,
-        "other": other,
-    }
-
-
-# Race attempts (never shadow copies or classifier calls) by how they ended.
-_RACE = """
-    COALESCE(SUM(CASE WHEN kind IN ('chat', 'responses', 'embedding') THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN NOT winner AND kind IN ('chat', 'responses', 'embedding')
-                      AND status = 'error' THEN 1 ELSE 0 END), 0)
-"""
-
-
-def race(source: LedgerSource, *, window: Window, step: str = "hour") -> dict[str, Any]:
-    """TTFT percentiles (client-seen, and per model), hedges, waste and errors over time.
-
-    ``series``: per bucket, the requests, their errors and error rate, race
-    attempts, hedges, attempts that failed before an answer (the fallbacks'
-    causes), the wasted dollars, and the client-seen TTFT p50/p90/p95/p99.
-    ``models``: per bucket and model, the winning attempts' own TTFT
-    percentiles. ``total``: the same for the whole window; its p50 and p95
-    are `tlproxy report`'s ``client_ttft_*`` and ``upstream_ttft_*``.
-    ``outcomes``: the window's attempts by status and role.
-    """
-    seconds = _step(step)
-    with reading_ledger(source) as (conn, dialect):
-        where, params = window.where(dialect)
-        cursor = conn.cursor()
-        client = column_or_null(cursor, "client_ttft_ms")
-        bucket = bucket_sql(dialect, seconds)
-        money = dict(group_sums(conn, [bucket], where, params))
-        cursor.execute(f"SELECT {bucket}, {_RACE} FROM ledger WHERE {where} GROUP BY 1", params)
-        counts = {(row[0],): row[1:] for row in cursor.fetchall()}
-        seen = _percentiles(cursor, [bucket], client, where, params) if client != "NULL" else {}
-        models = _percentiles(cursor, [bucket, "model"], "ttft_ms", where, params)
-        total_money = group_sums(conn, [GROUPS["all"]], where, params)
-        cursor.execute(f"SELECT {_RACE} FROM ledger WHERE {where}", params)
-        total_counts = cursor.fetchone()
-        total_seen = (_percentiles(cursor, [], client, where, params).get(())
-                      if client != "NULL" else None)
-        total_upstream = _percentiles(cursor, [], "ttft_ms", where, params).get(())
-        cursor.execute(
-            "SELECT status, CASE WHEN winner THEN 'winner' WHEN hedge THEN 'hedge' "
-            "ELSE 'other' END, kind, COUNT(*), COALESCE(SUM(cost_usd), 0.0) "
-            f"FROM ledger WHERE {where} GROUP BY 1, 2, 3", params)
-        outcomes = cursor.fetchall()
-
-    def row(values: dict[str, Any], race_counts: Sequence[Any],
-            seen_ttft: dict[str, Any] | None) -> dict[str, Any]:
-        attempts, hedges, failed = (int(n) for n in race_counts)
-        requests, errors = values["requests"], values["errors"]
-        return {
-            "requests": requests, "errors": errors,
-            "error_rate_pct": round(100 * errors / requests, 1) if requests else None,
-            "attempts": attempts, "hedges": hedges, "failed_attempts": failed,
-            "wasted_usd": values["wasted_usd"],
-            **_ttft_columns("client_ttft", seen_ttft),
-        }
-
-    return {
-        "object": "tlproxy.race", "since": window.since, "until": window.until, "step": step,
-        "series": [{"bucket": int(b), **row(money[(b,)], counts[(b,)], seen.get((b,)))}
-                   for (b,) in sorted(money)],
-        "models": sorted(({"bucket": int(b), "model": model, "ttft_count": found["ttft_count"],
-                           **{f"upstream_ttft_p{p}_ms": found[f"p{p}"] for p in QUANTILES}}
-                          for (b, model), found in models.items()),
-                         key=lambda r: (r["bucket"], r["model"])),
-        "total": ({**row(total_money[0][1], total_counts, total_seen),
-                   **_ttft_columns("upstream_ttft", total_upstream)}
-                  if total_money else None),
-        "outcomes": sorted(({"status": status, "role": role, "kind": kind,
-                             "attempts": int(n), "cost_usd": round(cost, 6)}
-                            for status, role, kind, n, cost in outcomes),
-                           key=lambda r: (r["kind"], r["role"], r["status"])),
-    }
-
-
-def recent(source: LedgerSource, *, limit: int = 50,
-           after: float | None = None) -> dict[str, Any]:
-    """The latest answered requests, newest first: what ran and how, never what was said."""
-    with reading_ledger(source) as (conn, dialect):
-        cursor = conn.cursor()
-        columns = [column_or_null(cursor, c) for c in _RECENT_COLUMNS]
-        where, params = "winner", []
-        if after is not None:
-            where += f" AND ts > {dialect.param}"
-            params.append(after)
-        cursor.execute(f"SELECT {', '.join(columns)} FROM ledger WHERE {where} "
-                       f"ORDER BY ts DESC, id DESC LIMIT {int(limit)}", params)
-        rows = cursor.fetchall()
-    return {"object": "tlproxy.requests",
-            "data": [dict(zip(_RECENT_COLUMNS, r, strict=True)) for r in rows]}
-
-
-def shadow_pairs(source: LedgerSource, *, window: Window, rule: str | None = None,
-                 limit: int = 20) -> dict[str, Any]:
-    """`tlproxy shadow report`'s summary per rule, and the latest pairs side by side.
-
-    The texts are what shadow mode recorded on purpose (its config decides
-    whether prompts are kept); a pair's prompt is shown only if it was.
-    """
-    summary = [r for r in shadow_report(source, since=window.since, until=window.until,
-                                        examples=0)
-               if rule is None or r["rule"] == rule]
-    sides = [f"{side}_{c}" for side in ("primary", "shadow") for c in _PAIR_SIDE]
-    with reading_ledger(source) as (conn, dialect):
-        where, bounds = window.where(dialect)
-        params: list[object] = [*bounds]
-        if rule is not None:
-            where += f" AND rule = {dialect.param}"
-            params.append(rule)
-        cursor = conn.cursor()
-        cursor.execute(f"SELECT request_id, ts, key, rule, prompt, {', '.join(sides)} "
-                       f"FROM shadow_pairs WHERE {where} ORDER BY ts DESC, id DESC "
-                       f"LIMIT {int(limit)}", params)
-        rows = cursor.fetchall()
-    pairs = []
-    for r in rows:
-        values = dict(zip(sides, r[5:], strict=True))
-        pairs.append({
-            "request_id": r[0], "ts": r[1], "key": r[2], "rule": r[3], "prompt": r[4],
-            **{side: {c: (bool(values[f"{side}_{c}"]) if c == "ok" else values[f"{side}_{c}"])
-                      for c in _PAIR_SIDE} for side in ("primary", "shadow")}})
-    for summary_row in summary:
-        summary_row.pop("examples", None)
-    return {"object": "tlproxy.shadow", "since": window.since, "until": window.until,
-            "rule": rule, "summary": summary, "pairs": pairs}
 
 
 # -- the endpoints ---------------------------------------------------------------------------
@@ -550,7 +233,7 @@ class Dashboard:
     async def _requests(self, request: Request) -> None:
         query = _query(request, ("limit", "after"))
         try:
-            after = _time(query["after"], time.time()) if "after" in query else None
+            after = parse_bound(query["after"], time.time()) if "after" in query else None
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="after", code="invalid_value") from None
         body = await self._read(recent, limit=_limit(query, 50), after=after)

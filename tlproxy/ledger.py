@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import msgspec
 import trio
 
+from . import ledger_rollup
 from .config import LedgerConfig
 from .shadow import ShadowPair, ShadowResult
 from .sqlite_wal import open_wal
@@ -137,8 +138,10 @@ class LedgerWriter(Protocol):
 
 # Each entry is one schema version: its statements, applied in order, in one
 # transaction. Append, never edit: a deployed ledger has run the old ones.
-# {id}, {real} and {bool} are the dialect's column types.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# {id}, {real}, {bool} and {bigint} are the dialect's column types; {without_rowid},
+# SQLite's clause for a table stored in its primary key's order.
+MigrationStep = str | Callable[[Any, str], None]
+MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         """CREATE TABLE ledger (
             id {id},
@@ -194,6 +197,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE ledger ADD COLUMN continuation TEXT",
     ),
+    # The roll-up the reports read whole days and hours from, filled from the rows
+    # already there (a callable step runs with the cursor and the placeholder).
+    (*ledger_rollup.MIGRATION, ledger_rollup.backfill),
 )
 
 _ROW_COLUMNS = LedgerRow.__struct_fields__
@@ -230,7 +236,8 @@ class _ThreadWriter:
 
     _param: ClassVar[str] = "?"
     _types: ClassVar[Mapping[str, str]] = {
-        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER"}
+        "id": "INTEGER PRIMARY KEY", "real": "REAL", "bool": "INTEGER", "bigint": "INTEGER",
+        "without_rowid": " WITHOUT ROWID"}
 
     def __init__(self) -> None:
         self._limiter = trio.CapacityLimiter(1)
@@ -304,7 +311,10 @@ class _ThreadWriter:
                 if version <= current:
                     continue
                 for step in steps:
-                    cursor.execute(step.format(**types))
+                    if callable(step):
+                        step(cursor, p)
+                    else:
+                        cursor.execute(step.format(**types))
                 cursor.execute(f"INSERT INTO schema_migrations VALUES ({p}, {p})",
                                (version, time.time()))
 
@@ -313,6 +323,8 @@ class _ThreadWriter:
             if rows:
                 cursor.executemany(self._insert_row,
                                    [msgspec.structs.astuple(row) for row in rows])
+                # The roll-up in the same transaction: a committed row is in both.
+                ledger_rollup.add_rows(cursor, self._param, rows)
             if pairs:
                 cursor.executemany(self._insert_pair, [_pair_values(pair) for pair in pairs])
 
@@ -333,11 +345,21 @@ class SQLiteWriter(_ThreadWriter):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
-                 open_timeout: float = 30.0) -> None:
+                 open_timeout: float = 30.0, migrate_timeout: float = 600.0) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.open_timeout = open_timeout
+        self.migrate_timeout = migrate_timeout
+
+    def _migrate_sync(self) -> None:
+        # Another worker may hold the lock for long, filling the roll-up of a large ledger.
+        self._connection().execute(f"PRAGMA busy_timeout = {round(self.migrate_timeout * 1000)}")
+        try:
+            super()._migrate_sync()
+        finally:
+            if self._conn is not None:
+                self._conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -374,7 +396,7 @@ class PostgresWriter(_ThreadWriter):
     _param: ClassVar[str] = "%s"
     _types: ClassVar[Mapping[str, str]] = {
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION",
-        "bool": "BOOLEAN"}
+        "bool": "BOOLEAN", "bigint": "BIGINT", "without_rowid": ""}
     # Any constant shared by every tlproxy: the advisory lock around migrations.
     _MIGRATION_LOCK = 0x746C70726F7879
 

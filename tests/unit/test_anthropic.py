@@ -594,10 +594,13 @@ def test_tool_use_stream_from_the_docs() -> None:
     assert chunks[-1]["usage"] == usage(472, 89)
 
 
-def test_thinking_is_not_forwarded() -> None:
+def test_thinking_is_forwarded_as_reasoning_content() -> None:
     chunks = translate("stream_thinking.sse", include_usage=False)
     assert_stream_shape(chunks, include_usage=False)
-    assert deltas(chunks) == [ROLE, {"content": "27 * 453 = 12,231"}, {}]
+    thinking = [d["reasoning_content"] for d in deltas(chunks) if "reasoning_content" in d]
+    assert "".join(thinking).endswith("6. 10,800 + 1,350 + 81 = 12,231")
+    assert [d for d in deltas(chunks) if "reasoning_content" not in d] == [
+        ROLE, {"content": "27 * 453 = 12,231"}, {}]
 
 
 def test_tool_calls_are_numbered_among_tool_calls_only() -> None:

@@ -22,7 +22,6 @@ from tlproxy.dashboard import (
     BY,
     QUANTILES,
     Window,
-    _percentiles,
     race,
     recent,
     routing,
@@ -30,6 +29,7 @@ from tlproxy.dashboard import (
     spend,
     spend_csv,
 )
+from tlproxy.dashboard_queries import _percentiles
 from tlproxy.report import percentile, summarize, to_csv, usage_json
 from tlproxy.shadow import shadow_report
 
@@ -182,6 +182,7 @@ async def test_race_total_is_the_reports(db: Path) -> None:  # noqa: F811
         assert total[column] == report[column], column
     assert race(db, window=Window(4e9, None)) | {"since": None} == {
         "object": "tlproxy.race", "since": None, "until": None, "step": "hour",
+        "percentiles": "exact",
         "series": [], "models": [], "total": None, "outcomes": []}
 
 

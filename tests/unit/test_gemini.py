@@ -452,7 +452,7 @@ def test_finish_reasons(reason: str, finish: str) -> None:
     assert from_gemini_response(resp, model="m", created=0)["choices"][0]["finish_reason"] == finish
 
 
-def test_several_candidates_are_several_choices_and_thoughts_are_dropped() -> None:
+def test_several_candidates_are_several_choices_and_thoughts_are_reasoning() -> None:
     resp = {
         "candidates": [
             {"index": 1, "content": {"parts": [{"text": "b"}]}, "finishReason": "MAX_TOKENS"},
@@ -470,6 +470,7 @@ def test_several_candidates_are_several_choices_and_thoughts_are_dropped() -> No
         (0, "a", "stop"),
         (1, "b", "length"),
     ]
+    assert [c["message"].get("reasoning_content") for c in out["choices"]] == ["plan", None]
 
 
 def test_blocked_prompt_is_a_content_filter_finish() -> None:
@@ -513,7 +514,10 @@ def test_function_call_stream() -> None:
     chunks = translate("stream_function_call.sse")
     assert_stream_shape(chunks)
     calls = [d["tool_calls"][0] for d in deltas(chunks) if "tool_calls" in d]
-    assert deltas(chunks)[:3] == [ROLE, {"content": "Let me check "}, {"content": "that for you."}]
+    assert deltas(chunks)[:4] == [
+        ROLE, {"reasoning_content": "**Checking the weather**\n\nThe user wants the weather in "
+                                    "Boston."},
+        {"content": "Let me check "}, {"content": "that for you."}]
     assert [(c["index"], c["type"], c["function"]) for c in calls] == [
         (0, "function", {"name": "get_current_weather", "arguments": '{"location":"Boston, MA"}'}),
         (1, "function", {"name": "get_current_weather", "arguments": '{"location":"Paris"}'}),

@@ -7,7 +7,10 @@ planner reads (`to_plan_request`), and the plan is rendered as a Message or as
 the typed event stream: ``message_start``, ``ping``, per content block
 ``content_block_start`` / ``content_block_delta`` (``text_delta`` or
 ``input_json_delta``) / ``content_block_stop``, ``message_delta`` (stop reason
-and ``usage.output_tokens``), ``message_stop``. Errors are
+and ``usage.output_tokens``), ``message_stop``. With the ``reasoning_content``
+habit, a model that thinks (extended thinking) first: a ``thinking`` block
+(``thinking_delta`` events, then a ``signature_delta``), counted in
+``output_tokens`` as Anthropic counts it. Errors are
 ``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses.
 
 Automatic prompt caching (a top-level ``cache_control``) is billed as Anthropic
@@ -45,6 +48,10 @@ _ERRORS = {
 }
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                  "content_filter": "refusal"}
+# What a thinking model (the reasoning_content habit) thinks before each answer, and
+# the signature Anthropic seals a thinking block with (opaque to the client).
+THINKING = ("Let", " me", " think", " about", " this", ".")
+SIGNATURE = "c2ltLXNpZ25hdHVyZQ=="
 
 
 class WireError(ValueError):
@@ -180,10 +187,10 @@ class AnthropicWire(core.Wire):
         return (b'event: content_block_delta\n'
                 b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n')
 
-    def _usage(self, answer: Answer) -> dict[str, Any]:
+    def _usage(self, answer: Answer, habits: core.Habits) -> dict[str, Any]:
         read, written = self._cache_reads_and_writes(answer.prompt_tokens)
         return {"input_tokens": answer.prompt_tokens - read - written,
-                "output_tokens": answer.completion_tokens,
+                "output_tokens": answer.completion_tokens + _thought_tokens(habits),
                 "cache_creation_input_tokens": written, "cache_read_input_tokens": read,
                 "service_tier": "standard"}
 
@@ -197,26 +204,30 @@ class AnthropicWire(core.Wire):
             self._cache_use = read, prompt_tokens - read
         return self._cache_use
 
-    def _envelope(self, answer: Answer, content: list[Any], stop_reason: str | None) -> Any:
+    def _envelope(self, answer: Answer, content: list[Any], stop_reason: str | None,
+                  habits: core.Habits) -> Any:
         return {"id": self.message_id, "type": "message", "role": "assistant",
                 "model": self.model, "content": content, "stop_reason": stop_reason,
-                "stop_sequence": None, "usage": self._usage(answer)}
+                "stop_sequence": None, "usage": self._usage(answer, habits)}
 
     def message(self, answer: Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
         content: list[dict[str, Any]] = []
+        if _thought_tokens(habits):
+            content.append({"type": "thinking", "thinking": "".join(THINKING),
+                            "signature": SIGNATURE})
         if plan.tokens or not plan.tool_calls:
             content.append({"type": "text", "text": "".join(plan.tokens)})
         for call_id, name, arguments in plan.tool_calls:
             content.append({"type": "tool_use", "id": _tool_id(call_id), "name": name,
                             "input": msgspec.json.decode(arguments)})
-        return self._envelope(answer, content, _STOP_REASONS[plan.finish_reason])
+        return self._envelope(answer, content, _STOP_REASONS[plan.finish_reason], habits)
 
     def stream(
         self, answer: Answer, habits: core.Habits = frozenset()
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         plan = answer.choices[0]
-        start = self._envelope(answer, [], None)
+        start = self._envelope(answer, [], None, habits)
         start["usage"] = {**start["usage"], "output_tokens": 1}
         head = [_event("message_start", {"message": start}), _event("ping", {})]
         steps: list[bytes] = []
@@ -229,6 +240,13 @@ class AnthropicWire(core.Wire):
             return close + _event("content_block_start", {"index": blocks - 1,
                                                           "content_block": block})
 
+        if _thought_tokens(habits):
+            for position, thought in enumerate(THINKING):
+                opened = (open_block({"type": "thinking", "thinking": "", "signature": ""})
+                          if position == 0 else b"")
+                steps.append(opened + _delta(blocks - 1, {"type": "thinking_delta",
+                                                          "thinking": thought}))
+            steps[-1] += _delta(blocks - 1, {"type": "signature_delta", "signature": SIGNATURE})
         for position, token in enumerate(plan.tokens):
             opened = open_block({"type": "text", "text": ""}) if position == 0 else b""
             steps.append(opened + _delta(blocks - 1, {"type": "text_delta", "text": token}))
@@ -244,13 +262,17 @@ class AnthropicWire(core.Wire):
             _event("content_block_stop", {"index": blocks - 1}),
             _event("message_delta", {
                 "delta": {"stop_reason": _STOP_REASONS[plan.finish_reason], "stop_sequence": None},
-                "usage": {"output_tokens": answer.completion_tokens}}),
+                "usage": {"output_tokens": answer.completion_tokens + _thought_tokens(habits)}}),
             _event("message_stop", {}),
         ]
         if "pings" in habits:
             # Anthropic's keep-alive: a ping may come between any two events.
             steps = [step + _event("ping", {}) for step in steps]
         return head, steps, tail
+
+
+def _thought_tokens(habits: core.Habits) -> int:
+    return len(THINKING) if "reasoning_content" in habits else 0
 
 
 def _pieces(text: str, size: int) -> list[str]:

@@ -4,7 +4,9 @@
 ``streamGenerateContent?alt=sse`` streams whole GenerateContentResponse objects
 (events separated by CRLF CRLF, as Google's servers do), text a token per
 event and each ``functionCall`` part whole, the last event with
-``finishReason`` and the full ``usageMetadata``; ``embedContent`` and
+``finishReason`` and the full ``usageMetadata`` (with the ``reasoning_content``
+habit, a thinking model: ``thought: true`` parts first, counted in
+``thoughtsTokenCount``); ``embedContent`` and
 ``batchEmbedContents`` answer vectors. The key comes in ``x-goog-api-key`` (or
 ``?key=``). Errors are ``{"error": {"code", "message", "status"}}``; a missing
 key is 403 ``PERMISSION_DENIED`` and a wrong one 400 ``INVALID_ARGUMENT`` with
@@ -48,6 +50,9 @@ _ERRORS = {
     504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
 }
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+# What a thinking model (the reasoning_content habit) thinks before each answer: thought
+# summaries, as Gemini sends them with thinkingConfig.includeThoughts.
+THINKING = ("Let", " me", " think", " about", " this", ".")
 # What a candidate stopped by the `safety_stop` habit carries instead of content.
 _SAFETY_RATINGS = [
     {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
@@ -192,9 +197,9 @@ class GeminiWire(core.Wire):
             return "RECITATION" if "recitation_stop" in habits else "SAFETY"
         return _FINISH[reason]
 
-    def _stopped(self, answer: Answer, finish: str) -> dict[str, Any]:
+    def _stopped(self, answer: Answer, finish: str, habits: core.Habits) -> dict[str, Any]:
         """The last event of a candidate the filters stopped: no content, the reason why."""
-        response = self._response(answer, [], finish)
+        response = self._response(answer, [], finish, habits)
         candidate = response["candidates"][0]
         del candidate["content"]
         if finish == "SAFETY":
@@ -205,52 +210,65 @@ class GeminiWire(core.Wire):
         return response
 
     def _response(
-        self, answer: Answer, parts: list[dict[str, Any]], finish: str | None
+        self, answer: Answer, parts: list[dict[str, Any]], finish: str | None,
+        habits: core.Habits,
     ) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         usage: dict[str, Any] = {"promptTokenCount": answer.prompt_tokens}
         if finish is not None:
             candidate["finishReason"] = finish
             usage["candidatesTokenCount"] = answer.completion_tokens
-        usage["totalTokenCount"] = answer.prompt_tokens + usage.get("candidatesTokenCount", 0)
+            if _thinks(habits):
+                # Counted apart from the candidates' tokens, and in the total.
+                usage["thoughtsTokenCount"] = len(THINKING)
+        usage["totalTokenCount"] = (answer.prompt_tokens + usage.get("candidatesTokenCount", 0)
+                                    + usage.get("thoughtsTokenCount", 0))
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
         return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": self.model,
                 "responseId": self.response_id}
 
-    def _parts(self, answer: Answer) -> list[dict[str, Any]]:
-        """One part per streamed event: text tokens, then whole function calls."""
+    def _parts(self, answer: Answer, habits: core.Habits) -> list[dict[str, Any]]:
+        """One part per streamed event: thoughts, text tokens, then whole function calls."""
         plan = answer.choices[0]
-        parts: list[dict[str, Any]] = [{"text": token} for token in plan.tokens]
+        parts: list[dict[str, Any]] = [
+            {"text": thought, "thought": True} for thought in THINKING if _thinks(habits)]
+        parts += [{"text": token} for token in plan.tokens]
         parts += [{"functionCall": {"name": name, "args": msgspec.json.decode(arguments)}}
                   for _, name, arguments in plan.tool_calls]
         return parts
 
     def message(self, answer: Answer, habits: core.Habits = frozenset()) -> Any:
         plan = answer.choices[0]
-        parts = self._parts(answer)
+        parts = self._parts(answer, frozenset())
         if plan.tokens:
             parts = [{"text": "".join(plan.tokens)}, *parts[len(plan.tokens):]]
+        if _thinks(habits):
+            parts.insert(0, {"text": "".join(THINKING), "thought": True})
         finish = self._finish(answer, habits)
-        response = self._response(answer, parts or [{"text": ""}], finish)
+        response = self._response(answer, parts or [{"text": ""}], finish, habits)
         if finish in ("SAFETY", "RECITATION"):
-            stopped = self._stopped(answer, finish)["candidates"][0]
+            stopped = self._stopped(answer, finish, habits)["candidates"][0]
             response["candidates"][0].update({k: v for k, v in stopped.items()})
         return response
 
     def stream(
         self, answer: Answer, habits: core.Habits = frozenset()
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        parts = self._parts(answer) or [{"text": ""}]
+        parts = self._parts(answer, habits) or [{"text": ""}]
         finish = self._finish(answer, habits)
         if finish in ("SAFETY", "RECITATION"):
             # The text so far, then an event with the reason and no content.
-            steps = [_event(self._response(answer, [part], None)) for part in parts]
-            return [], steps, [_event(self._stopped(answer, finish))]
+            steps = [_event(self._response(answer, [part], None, habits)) for part in parts]
+            return [], steps, [_event(self._stopped(answer, finish, habits))]
         steps = [
-            _event(self._response(answer, [part], finish if last else None))
+            _event(self._response(answer, [part], finish if last else None, habits))
             for last, part in ((k == len(parts) - 1, p) for k, p in enumerate(parts))
         ]
         return [], steps, []
+
+
+def _thinks(habits: core.Habits) -> bool:
+    return "reasoning_content" in habits
 
 
 def _event(payload: dict[str, Any]) -> bytes:

@@ -7,6 +7,12 @@ are numbered across text and tool use; OpenAI numbers tool calls alone, so the
 translator keeps its own count. A stream that ends before its stop reason
 (``message_delta``) was cut, and says so; one that ends after it, without
 ``message_stop``, lost nothing. Non-2xx answers and stream ``error`` events become `UpstreamError`.
+
+Extended thinking (``thinking`` blocks, ``thinking_delta`` events) is
+forwarded as OpenAI-compatible servers (vLLM, DeepSeek) forward reasoning:
+``reasoning_content`` in a chunk's delta, ``message.reasoning_content`` in a
+completion. Signatures and ``redacted_thinking`` blocks (encrypted) are not:
+an OpenAI client has nowhere to send them back.
 """
 
 from __future__ import annotations
@@ -68,24 +74,30 @@ def from_anthropic_response(resp: JSON, *, model: str, created: int) -> JSON:
 
     Text blocks are joined; ``tool_use`` blocks become ``tool_calls`` (the key
     is omitted when there are none, and ``content`` is null when only tool
-    calls came back). Thinking blocks are not forwarded. Raises
+    calls came back). The text of ``thinking`` blocks, joined, becomes
+    ``message.reasoning_content`` (absent when there is none). Raises
     `UpstreamError` (502) when the answer is not a Message.
     """
     content = resp.get("content")
     if not isinstance(content, list):
         raise UpstreamError("the upstream provider sent an unexpected answer", status=502)
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[JSON] = []
     for block in content:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
+            thoughts.append(block["thinking"])
         elif block.get("type") == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             fn = {"name": str(block.get("name", "")), "arguments": arguments}
             calls.append({"id": str(block.get("id", "")), "type": "function", "function": fn})
     message = assistant_message("".join(texts), calls)
+    if any(thoughts):
+        message["reasoning_content"] = "".join(thoughts)
     finish = finish_reason(_FINISH_REASONS, resp.get("stop_reason"))
     return chat_completion(
         _completion_id(resp.get("id")),
@@ -118,12 +130,14 @@ class AnthropicStreamTranslator:
     """Turns Messages stream events into OpenAI ``chat.completion.chunk`` dicts.
 
     Feed it each event's name and decoded data in order. It emits the role
-    chunk at ``message_start``, one chunk per text or tool-argument delta, and
+    chunk at ``message_start``, one chunk per text, thinking (as
+    ``reasoning_content``) or tool-argument delta, and
     at ``message_stop`` (or at `close`, after the stop reason) the chunk
     carrying ``finish_reason`` and, when
     ``include_usage``, a last chunk with ``choices: []`` and the usage. Tool
-    calls are numbered 0, 1, ... among tool calls only. ``ping``, thinking and
-    unknown events produce nothing; an ``error`` event raises `UpstreamError`.
+    calls are numbered 0, 1, ... among tool calls only. ``ping``, signatures,
+    redacted thinking and unknown events produce nothing; an ``error`` event
+    raises `UpstreamError`.
     """
 
     def __init__(self, *, model: str, created: int, include_usage: bool = True) -> None:
@@ -204,6 +218,9 @@ class AnthropicStreamTranslator:
             return
         if block.get("type") == "text" and block.get("text"):
             out.append(self._chunk({"content": block["text"]}))
+        elif block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
+            if block["thinking"]:
+                out.append(self._chunk({"reasoning_content": block["thinking"]}))
         elif block.get("type") == "tool_use":
             tool = [len(self._tools), False]
             self._tools[data.get("index", -1)] = tool
@@ -221,11 +238,14 @@ class AnthropicStreamTranslator:
             return
         if delta.get("type") == "text_delta" and delta.get("text"):
             out.append(self._chunk({"content": delta["text"]}))
+        elif delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str):
+            if delta["thinking"]:
+                out.append(self._chunk({"reasoning_content": delta["thinking"]}))
         elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             tool = self._tools.get(data.get("index", -1))
             if tool is not None:
                 out.append(self._chunk(self._arguments(tool, delta["partial_json"])))
-        # thinking_delta, signature_delta and citations are not forwarded.
+        # signature_delta and citations are not forwarded.
 
     def _arguments(self, tool: list[Any], fragment: str) -> JSON:
         tool[1] = True

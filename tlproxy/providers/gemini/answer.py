@@ -66,7 +66,8 @@ _FINISH_REASONS = {
 def from_gemini_response(resp: JSON, *, model: str, created: int) -> JSON:
     """Translate a GenerateContentResponse into an OpenAI ``chat.completion``.
 
-    One choice per candidate. Thought parts are not forwarded. A prompt
+    One choice per candidate. Thought parts (``thought: true``, sent with
+    ``includeThoughts``) become ``message.reasoning_content``, joined. A prompt
     blocked before any candidate gives one empty choice with finish reason
     ``content_filter``. Raises `UpstreamError` (502) for a non-object answer.
     """
@@ -77,13 +78,16 @@ def from_gemini_response(resp: JSON, *, model: str, created: int) -> JSON:
     for position, candidate in _candidates(resp):
         index = _index(candidate, position)
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[JSON] = []
         for part in _parts(candidate):
-            if isinstance(part.get("text"), str) and not part.get("thought"):
-                texts.append(part["text"])
+            if isinstance(part.get("text"), str):
+                (thoughts if part.get("thought") else texts).append(part["text"])
             elif isinstance(part.get("functionCall"), dict):
                 calls.append(_tool_call(part["functionCall"], completion_id, index, len(calls)))
         message = assistant_message("".join(texts), calls)
+        if any(thoughts):
+            message["reasoning_content"] = "".join(thoughts)
         finish = _finish_reason(candidate.get("finishReason"), bool(calls))
         choices.append(choice(index, message, finish))
     if not choices:
@@ -165,7 +169,8 @@ class GeminiStreamTranslator:
 
     Each event is a whole GenerateContentResponse (``event`` names are unused).
     `feed` emits a role chunk when a candidate first appears, a chunk per text
-    part, and for each function call one chunk carrying its id, name and full
+    part (``reasoning_content`` for a thought part, ``content`` otherwise),
+    and for each function call one chunk carrying its id, name and full
     arguments. `close`, at end of input, emits the finish chunk of each choice
     and (with ``include_usage``) the ``choices: []`` usage chunk. `finished`
     says whether every candidate has reported a finish reason (or the prompt
@@ -209,8 +214,10 @@ class GeminiStreamTranslator:
                 state = self._choices[index] = [0, None]
                 out.append(self._chunk(index, dict(ROLE_DELTA)))
             for part in _parts(candidate):
-                if isinstance(part.get("text"), str) and part["text"] and not part.get("thought"):
-                    out.append(self._chunk(index, {"content": part["text"]}))
+                if isinstance(part.get("text"), str) and part["text"]:
+                    # A thought summary is reasoning, as OpenAI-compatible servers send it.
+                    field = "reasoning_content" if part.get("thought") else "content"
+                    out.append(self._chunk(index, {field: part["text"]}))
                 elif isinstance(part.get("functionCall"), dict):
                     call = _tool_call(part["functionCall"], self._id, index, state[0])
                     out.append(self._chunk(index, {"tool_calls": [{"index": state[0], **call}]}))
