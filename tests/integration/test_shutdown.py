@@ -155,12 +155,22 @@ async def test_workers_of_a_killed_server_drain_and_exit(tmp_path: Path) -> None
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
-    """Send one request; read until its answer ends (h11 frames it) or the server closes."""
+    """Send one request; read until its answer ends (h11 frames it) or the server closes.
+
+    A close in the middle of an answer is returned as what came: a request that
+    lands on an idle connection the instant the drain begins races hypercorn's
+    closing of idle connections, which may close it after the answer's head
+    (the app sees the client leave and cancels its work; the client sees a
+    connection error it may retry). What matters here is that nothing waits.
+    """
     sock.sendall(request)
     reader = h11.Connection(h11.CLIENT)
     data = b""
     while True:
-        event = reader.next_event()
+        try:
+            event = reader.next_event()
+        except h11.RemoteProtocolError:
+            return data
         if event is h11.NEED_DATA:
             piece = sock.recv(65536)
             data += piece
