@@ -26,7 +26,7 @@ import trio
 from .asgi import Receive, Send
 from .config import ClientKey, LimitsConfig
 from .engine import Answer, Engine, Reply
-from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body, leaves
+from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body, lone_errors
 from .metrics import Metrics
 from .router import Route
 from .shapes import repair_chunk, repair_completion
@@ -316,16 +316,11 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
     The body's own exception leaves as itself, not wrapped in a group, so the
     edge renders it like any other error.
     """
-    try:
+    with lone_errors():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_listen_for_disconnect, request, nursery.cancel_scope)
             yield
             nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        found = leaves(group)
-        if len(found) == 1 and isinstance(found[0], Exception):
-            raise found[0] from None
-        raise
 
 
 

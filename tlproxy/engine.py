@@ -44,7 +44,7 @@ from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .continuation import Delivered, continue_body, form_for
-from .errors import ProxyError, UpstreamError, leaves
+from .errors import ProxyError, UpstreamError, lone_errors
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, StreamFailure, Winner, WinnerChunks, race
@@ -616,17 +616,12 @@ _CONTINUATION_BUFFER = 64
 async def _nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery for a stream's continuation; leaving it cancels what is in it, and
     the body's own exception leaves as itself, not in a group."""
-    try:
+    with lone_errors():
         async with trio.open_nursery() as nursery:
             try:
                 yield nursery
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        found = leaves(group)
-        if len(found) == 1 and isinstance(found[0], Exception):
-            raise found[0] from found[0].__cause__
-        raise
 
 
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]

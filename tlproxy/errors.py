@@ -24,7 +24,9 @@ Messages never contain a key: upstream error bodies are passed through
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -38,6 +40,7 @@ __all__ = [
     "UpstreamError",
     "error_body",
     "leaves",
+    "lone_errors",
     "param_from_validation_error",
     "redact",
 ]
@@ -187,3 +190,17 @@ def leaves(exc: BaseException) -> list[BaseException]:
     if not isinstance(exc, BaseExceptionGroup):
         return [exc]
     return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+
+
+@contextlib.contextmanager
+def lone_errors() -> Iterator[None]:
+    """Around a nursery: a group holding one error (however nested) leaves as that
+    error, with its cause, so callers catch and render it like any other; a group of
+    several, or of a cancellation, leaves as it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        found = leaves(group)
+        if len(found) == 1 and isinstance(found[0], Exception):
+            raise found[0] from found[0].__cause__
+        raise

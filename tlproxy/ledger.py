@@ -54,7 +54,7 @@ import trio
 from . import ledger_rollup
 from .config import LedgerConfig
 from .shadow import ShadowPair, ShadowResult
-from .sqlite_wal import open_wal
+from .sqlite_wal import immediate, open_wal
 
 __all__ = [
     "MIGRATIONS",
@@ -374,15 +374,9 @@ class SQLiteWriter(_ThreadWriter):
 
     @contextlib.contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        # IMMEDIATE takes the write lock up front, so two processes migrating
-        # at once queue instead of both reading version 0.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        # Two processes migrating at once queue instead of both reading version 0.
+        with immediate(conn):
             yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 class PostgresWriter(_ThreadWriter):

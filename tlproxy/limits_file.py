@@ -27,7 +27,7 @@ import msgspec
 import trio
 
 from .limits import KeyLimits, KeyState, Verdict, _Counting, admit_state, settle_state
-from .sqlite_wal import open_wal
+from .sqlite_wal import immediate, open_wal
 
 __all__ = ["SharedFileLimiter"]
 
@@ -56,17 +56,12 @@ class SharedFileLimiter(_Counting):
 
     def _update(self, key: str, change: Callable[[KeyState], Verdict | None]) -> Verdict | None:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             row = conn.execute("SELECT state FROM key_state WHERE key = ?", (key,)).fetchone()
             state = _decode(row[0]) if row else KeyState()
             result = change(state)
             conn.execute("INSERT OR REPLACE INTO key_state (key, state) VALUES (?, ?)",
                          (key, _encode(state)))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return result
 
     async def admit(

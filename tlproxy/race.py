@@ -93,7 +93,7 @@ from .attempts import (
     Winner,
     WinnerChunks,
 )
-from .errors import UpstreamError, leaves
+from .errors import UpstreamError, lone_errors
 
 __all__ = [
     "AttemptRecord",
@@ -582,19 +582,15 @@ async def race(
     # out still gets its attempts, once the decision names it.
     state.speculate = None if speculate is None else frozenset(speculate)
     try:
-        async with trio.open_nursery() as nursery:
-            state.nursery = nursery
-            try:
-                winner = await state.run(decide)
-                if winner is not None:
-                    yield winner
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        found = leaves(group)
-        if len(found) == 1 and isinstance(found[0], Exception):
-            raise found[0] from found[0].__cause__
-        raise
+        with lone_errors():
+            async with trio.open_nursery() as nursery:
+                state.nursery = nursery
+                try:
+                    winner = await state.run(decide)
+                    if winner is not None:
+                        yield winner
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         state.close()
     if state.failure is not None:

@@ -12,10 +12,12 @@ until ``open_timeout`` has passed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 log = logging.getLogger(__name__)
@@ -57,3 +59,21 @@ def open_wal(path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
         if str(mode).lower() != "wal" and os.fspath(path) != ":memory:":
             log.warning("%s: WAL mode refused (journal_mode=%s)", os.fspath(path), mode)
         return conn
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on a connection in autocommit mode, its lock taken up front.
+
+    ``BEGIN IMMEDIATE`` takes the write lock before the first read, so two
+    processes that read then write (a migration's version, a key's counter)
+    queue for the lock instead of both reading the old value; the busy
+    timeout makes the second wait. Rolled back if the body raises.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -28,6 +28,8 @@ import hypercorn.typing
 import msgspec
 import trio
 
+from tlproxy.asgi import lifespan
+
 __all__ = ["bare_hop", "hello", "main"]
 
 Scope = dict[str, Any]
@@ -50,16 +52,6 @@ class _Peek(msgspec.Struct):
 _peek = msgspec.json.Decoder(_Peek).decode
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def _body(receive: Receive) -> bytes:
     parts = []
     while True:
@@ -74,7 +66,7 @@ def hello() -> App:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         await _body(receive)
         await send({"type": "http.response.start", "status": 200,
@@ -90,7 +82,7 @@ def bare_hop(upstream: str, pool: httpcore2.AsyncConnectionPool) -> App:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         body = await _body(receive)
         if body:  # a GET (the readiness probe's /v1/models) has none

@@ -33,7 +33,7 @@ import trio
 
 from ..config import LedgerConfig
 from ..errors import ProxyError
-from ..sqlite_wal import open_wal
+from ..sqlite_wal import immediate, open_wal
 
 __all__ = ["ResponseStore", "StoredResponse"]
 
@@ -141,13 +141,8 @@ class ResponseStore:
             with conn.transaction():
                 yield
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _save(self, row: tuple[Any, ...], now: float, conn: Any) -> None:
         with self._transaction(conn):
