@@ -25,9 +25,10 @@ import trio
 
 from .asgi import Receive, Send
 from .config import ClientKey, LimitsConfig
-from .engine import Answer, Engine, Reply
+from .engine import Engine
 from .errors import PayloadTooLarge, ProxyError, UpstreamError, error_body, lone_errors
 from .metrics import Metrics
+from .reply import Answer, Reply
 from .router import Route
 from .shapes import repair_chunk, repair_completion
 from .sse import DONE, encode_data

@@ -48,16 +48,17 @@ from .errors import ProxyError, UpstreamError, lone_errors
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, StreamFailure, Winner, WinnerChunks, race
+from .reply import Answer, Batches, Reply, Stream
 from .resume import ChunkSource, ResumableChunks
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
 from .tracecontext import attempt_started, span_key
 
+# The reply's values (`reply.py`) are named here too: they are what `Engine.chat` yields.
 __all__ = [
     "Admit", "Answer", "Batches", "ChunkSource", "Engine", "Gated", "Reply", "Stream",
 ]
-
 log = logging.getLogger("tlproxy")
 
 # Attempts the race cut before their first token: their TTFT is longer than
@@ -73,70 +74,6 @@ Admit = Callable[[ChatCall, Tab], Awaitable[None]]
 # Whether a request has anything for that gate to check (a key with limits):
 # one without is decided at once, with no task and no nursery spent on it.
 Gated = Callable[[ChatCall], bool]
-
-
-class Answer(msgspec.Struct, frozen=True):
-    """A complete answer: a ``chat.completion`` or an embeddings ``list``, as the
-    upstream gave it (OpenAI-shaped, not yet repaired), and where it came from."""
-
-    route: Route
-    body: dict[str, Any]
-
-
-class Batches:
-    """A streamed answer's chunks, in the batches the edge writes them in.
-
-    The first batch is everything held back until the decision was final and
-    the winner had its first token; each later one is a chunk and whatever
-    else had already arrived, so one read of the upstream is one write to the
-    client. `ended` turns true with the last batch of a stream that ended
-    whole (the edge sends ``[DONE]`` with it). An upstream failure after the
-    first token is raised from the iteration as `UpstreamError`.
-    """
-
-    __slots__ = ("_chunks", "_first", "_on_error", "_tap", "ended")
-
-    def __init__(self, first: list[Chunk], chunks: ChunkSource, *,
-                 tap: Callable[[Chunk], None],
-                 on_error: Callable[[UpstreamError], None]) -> None:
-        self._first: list[Chunk] | None = first
-        self._chunks = chunks
-        self._tap = tap
-        self._on_error = on_error
-        self.ended = False
-
-    def __aiter__(self) -> Batches:
-        return self
-
-    async def __anext__(self) -> list[Chunk]:
-        batch: list[Chunk] = []
-        if self._first is not None:
-            batch, self._first = self._first, None
-        # A first batch all held back (a tool call not yet whole) is no batch.
-        while not batch:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                self.ended = True
-                raise
-            except UpstreamError as exc:
-                self._on_error(exc)
-                raise
-            batch = [chunk, *self._chunks.buffered()]
-            self.ended = self._chunks.ended
-        for chunk in batch:
-            self._tap(chunk)
-        return batch
-
-
-class Stream(msgspec.Struct, frozen=True):
-    """A streamed answer: where it comes from and its chunks (`Batches`)."""
-
-    route: Route
-    batches: Batches
-
-
-Reply = Answer | Stream
 
 
 class Engine:

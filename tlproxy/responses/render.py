@@ -29,9 +29,10 @@ import msgspec
 import trio
 
 from ..edge import CUT_MID_STREAM, Request, StreamSlots, cancelled_on_disconnect, route_headers
-from ..engine import Answer, Engine, Reply
+from ..engine import Engine
 from ..errors import UpstreamError
 from ..metrics import Metrics
+from ..reply import Answer, Reply
 from .events import ResponseEvents, completion_chunk, response_base
 from .request import Turn, new_id
 
