@@ -43,8 +43,9 @@ from .engine import Engine
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, ProxyError
 from .keys import KeyStore
 from .ledger import Ledger
-from .limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter
+from .limits import KeyLimits, Limiter, MemoryLimiter
 from .limits_file import SharedFileLimiter
+from .limits_redis import RedisLimiter
 from .metrics import AccessLog, Metrics
 from .providers import build_providers
 from .providers.base import Provider

@@ -21,13 +21,8 @@ import trio
 
 from tests.unit.test_limits import EPOCHS, SCENARIOS, matches_memory_limiter
 from tlproxy.errors import ProxyError
-from tlproxy.limits import (
-    KeyLimits,
-    RedisLimiter,
-    Verdict,
-    budget_window,
-    redis_client,
-)
+from tlproxy.limits import KeyLimits, Verdict, budget_window
+from tlproxy.limits_redis import RedisLimiter, redis_client
 
 from .redis_servers import RedisServer, free_port, redis_cluster, redis_server, requires_redis
 

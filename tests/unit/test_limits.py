@@ -21,11 +21,11 @@ from tlproxy.limits import (
     KeyLimits,
     Limiter,
     MemoryLimiter,
-    RedisLimiter,
     Verdict,
     budget_window,
     openai_duration,
 )
+from tlproxy.limits_redis import RedisLimiter
 
 
 def scenario_epoch(today: float, *, years_back: int = 0) -> float:
