@@ -27,10 +27,9 @@ The guarantee
 -------------
 `RedisLimiter` (`limits_redis.py`) runs each admission as one Lua script (one
 round trip, atomic on the server): all checks, then all increments only if
-every check passed,
-so a refused request consumes nothing. Proxy processes sharing one Redis
-share a key's limit exactly: with rpm = N, N of a burst are allowed and the
-rest get 429, however the requests are spread. The script reads the time
+every check passed, so a refused request consumes nothing. Proxy processes
+sharing one Redis share a key's limit exactly: with rpm = N, N of a burst are
+allowed and the rest get 429, however the requests are spread. The script reads the time
 from Redis (``TIME``) so skewed clocks share one timeline (``clock="caller"``
 uses `now`; tests compare that with `MemoryLimiter` step by step). A key's
 counters are named ``{tlproxy:<key>}:...``: the hash tag keeps them in one
