@@ -218,7 +218,12 @@ class Engine:
             tier, rule = self.router.finish(plan, semantic[0])
             if trace is not None:
                 trace.decided(trio.current_time(), tier, rule)
-            return booking.decide(tier, rule)
+            decided = booking.decide(tier, rule)
+            if not plan.by_tier.get(tier) and tier in plan.refusals:
+                # No model of the decided tier could take it: the request's own
+                # limits (a 400 naming them) or the tier's health (a 503).
+                raise plan.refusals[tier]
+            return decided
 
         if slow and not speculate:
             # Decide first, then race only inside the decided tier.

@@ -58,6 +58,9 @@ class Plan(msgspec.Struct, kw_only=True):
     # Set when the tier may still change once slow signals are in (see `Router.finish`).
     policy: Policy | None = None
     allowed: list[Tier] | None = None
+    # Why a tier still possible has no candidate (no model of it could serve the
+    # request, or none is healthy): the error to answer with if it is decided.
+    refusals: dict[str, ProxyError] = {}
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -144,16 +147,19 @@ class Router:
             tiers = {t for t in tiers if t in allowed} | {tier}
         candidates, excluded = self.candidates(tier, facts, signals, policy, now)
         by_tier: dict[str, list[ModelConfig]] = {tier: candidates}
+        refusals: dict[str, ProxyError] = {}
         for other in tiers - {tier}:
             try:
                 by_tier[other] = self.candidates(other, facts, signals, policy, now)[0]
-            except (InvalidRequest, UpstreamError):
+            except (InvalidRequest, UpstreamError) as refused:
                 by_tier[other] = []
+                refusals[other] = refused
         open_policy = policy if len(tiers) > 1 else None
         return Plan(requested=requested, via=resolution.via, tier=tier, rule=rule,
                     signals=signals, trace=decision.trace, possible_tiers=sorted(tiers),
                     candidates=candidates, excluded=excluded, by_tier=by_tier,
-                    policy=open_policy, allowed=sorted(allowed) if allowed else None)
+                    policy=open_policy, allowed=sorted(allowed) if allowed else None,
+                    refusals=refusals)
 
     def finish(self, plan: Plan, semantic_task: str | None) -> tuple[str, str]:
         """The final (tier, rule) once the slow signals are in.

@@ -22,7 +22,14 @@ import trio.testing
 from tests.unit.test_ledger import MemoryWriter
 from tlproxy.accounting import Accounting, Tab
 from tlproxy.call import ChatCall, ChatFacts
-from tlproxy.config import ClassifierConfig, Config, ModelConfig, Policy, ProviderConfig
+from tlproxy.config import (
+    Capabilities,
+    ClassifierConfig,
+    Config,
+    ModelConfig,
+    Policy,
+    ProviderConfig,
+)
 from tlproxy.edge import Request, StreamSlots, serve_chat
 from tlproxy.engine import Admit, Engine, Gated
 from tlproxy.errors import ProxyError, UpstreamError
@@ -484,3 +491,24 @@ async def test_a_failure_after_the_first_token_ends_with_an_error_event_and_no_d
     assert client.body_times()[-1] == 0.5
     (row,) = await harness.rows()
     assert (row.status, row.winner) == ("cut", True)
+
+
+async def test_a_tier_the_classifier_picks_that_cannot_fit_the_request_is_the_clients_400(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Both tiers are possible until the classifier answers (summarization: economy);
+    no economy model takes a prompt this long. That is the request's doing, said as a
+    400 naming the limit, as when the tier is known at once; not a 503."""
+    tiny = Capabilities(max_context=2)
+    models = [m if m.tier != "economy" else msgspec.structs.replace(m, capabilities=tiny)
+              for m in MODELS]
+    upstream = FakeUpstream({"p1": [0.25, *answer_stream("An", " answer")]},
+                            embed_delay=0.5, prompt_vector=SUMMARY)
+    harness = Harness(upstream, models=models, speculate_tiers=["premium", "economy"],
+                      hedge_tiers=[])
+    with pytest.raises(ProxyError) as refused:
+        await harness.chat(Client(), messages=QUESTION, stream=True)
+    assert refused.value.status == 400
+    assert refused.value.code == "no_eligible_model"
+    # Refused as soon as the decision named the tier.
+    assert trio.current_time() == 1.0
