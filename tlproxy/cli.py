@@ -117,10 +117,12 @@ def _raise_open_files_limit() -> None:
     as Go's runtime does for every program.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        wanted = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY:
+        return  # nothing to raise
+    wanted = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
+    if wanted > soft:
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 # Where the soft limit goes when the hard one is unlimited.
