@@ -241,6 +241,8 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "A
      "http://egress:3128"),
     ("https://api.openai.com/v1", None, {"ALL_PROXY": "http://egress:3128"},
      "http://egress:3128"),
+    # Without a scheme, as many set it: an http proxy, as curl reads it.
+    ("https://api.openai.com/v1", None, {"HTTPS_PROXY": "egress:3128"}, "http://egress:3128"),
     # NO_PROXY excepts a host, a domain, everything.
     ("https://api.openai.com/v1", None,
      {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": "api.openai.com"}, None),

@@ -332,6 +332,8 @@ def proxy_url(config: ProviderConfig) -> str | None:
     if urllib.request.proxy_bypass(host):
         return None
     found = proxies.get(parts.scheme) or proxies.get("all")
+    if found is not None and "://" not in found:
+        found = "http://" + found  # ``host:port``, as curl reads it
     if found is None or urlsplit(found).scheme not in ("http", "https"):
         # A SOCKS proxy (socks5://) is not spoken: said once at start-up.
         if found is not None:
