@@ -28,7 +28,7 @@ import hypercorn.typing
 import msgspec
 import trio
 
-from tlproxy.asgi import lifespan
+from tlproxy.asgi import lifespan, read_body
 
 __all__ = ["bare_hop", "hello", "main"]
 
@@ -52,15 +52,6 @@ class _Peek(msgspec.Struct):
 _peek = msgspec.json.Decoder(_Peek).decode
 
 
-async def _body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(parts)
-
-
 def hello() -> App:
     """Every request answered with the same small JSON body."""
 
@@ -68,7 +59,7 @@ def hello() -> App:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        await _body(receive)
+        await read_body(receive)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_JSON, (b"content-length", b"%d" % len(_HELLO))]})
         await send({"type": "http.response.body", "body": _HELLO})
@@ -84,7 +75,7 @@ def bare_hop(upstream: str, pool: httpcore2.AsyncConnectionPool) -> App:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        body = await _body(receive)
+        body = await read_body(receive)
         if body:  # a GET (the readiness probe's /v1/models) has none
             _peek(body)  # what a router would read, and nothing more
         url = base + scope["path"].removeprefix("/v1")

@@ -19,6 +19,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tlproxy.asgi import lifespan, read_body
 from tlproxy.config import ProviderConfig
 
 # ("sleep", seconds) | ("chunk", an SSE event's JSON) | ("answer", a JSON completion)
@@ -35,17 +36,9 @@ class ScriptedUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
         if not scope["path"].endswith("/chat/completions"):
             await _respond(send, 404, {"error": {"message": "not scripted"}})
             return

@@ -26,6 +26,7 @@ from hypercorn.trio import serve
 
 from tests.integration.conftest import start_proxy
 from tests.openai_schema import validate
+from tlproxy.asgi import lifespan, read_body
 from tlproxy.config import Config, LedgerConfig, ModelConfig, ProviderConfig
 from tlproxy.responses.events import ResponseEvents, response_base
 from tlproxy.responses.request import decode_responses_request, translate
@@ -46,16 +47,9 @@ class FakeResponsesAPI:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.paths.append(scope["path"])
         if scope["path"] != "/v1/responses":
             await _send_json(send, 404, {"error": {"message": "not here"}})

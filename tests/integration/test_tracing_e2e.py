@@ -29,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tests.integration.conftest import CLIENT_KEY, fast_config, start_proxy
+from tlproxy.asgi import lifespan, read_body
 from tlproxy.config import ClientKey, Config, TracingConfig
 from tlproxy.server import Running
 from tlproxy.tracecontext import format_traceparent, parse_traceparent
@@ -49,17 +50,9 @@ class Collector:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
         self.paths.append(scope["path"])
         self.teams.update(v.decode() for k, v in scope["headers"] if k == b"x-team")
         request = ExportTraceServiceRequest()

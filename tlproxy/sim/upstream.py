@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..asgi import lifespan
+from ..asgi import lifespan, read_body
 from . import anthropic, gemini, openai
 from .core import SimRequest, Simulator
 
@@ -34,12 +34,7 @@ class SimUpstream(Simulator):
             return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.stats.requests += 1
