@@ -55,6 +55,7 @@ __all__ = [
     "HIST_GROUPINGS",
     "HOUR",
     "MIGRATION",
+    "RACE_KINDS",
     "RELATIVE_ERROR",
     "SPANS",
     "TABLE",
@@ -73,6 +74,11 @@ __all__ = [
     "start_of",
     "ttft_bin",
 ]
+
+# The kinds of ledger rows that are a race's attempts (a client's request, however
+# it came), as opposed to shadow copies and the classifier's calls: what the
+# roll-up and the reports count as race attempts.
+RACE_KINDS = ("chat", "responses", "embedding")
 
 TABLE = "ledger_rollup"
 HOUR = 3600
@@ -217,7 +223,7 @@ def rollup(rows: Iterable[Sequence[Any]]) -> Rollup:
     combo_hists: dict[tuple[int, tuple[Any, ...]], tuple[Hist, Hist]] = {}
     for (ts, key, kind, tier, model, rule, prompt, cached, completion, cost, estimated, ttft,
          status, winner, hedge, wasted, reference, first_token, client) in rows:
-        winner, race = bool(winner), kind in ("chat", "responses", "embedding")
+        winner, race = bool(winner), kind in RACE_KINDS
         values = (
             1 if winner else 0, 1, prompt, cached, completion, cost,
             reference if winner else 0.0, cost if wasted else 0.0,

@@ -276,6 +276,11 @@ class _Counting:
         setattr(self._stats, field, getattr(self._stats, field) + 1)
         return verdict
 
+    async def _unlimited(self) -> Verdict:
+        """The admission of a key without limits: nothing to check or store."""
+        await trio.lowlevel.checkpoint()
+        return self._count(Verdict(allowed=True))
+
 
 class KeyState(msgspec.Struct):
     """One key's counters: each bucket's (level, time), and (period label, spend)."""

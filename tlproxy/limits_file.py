@@ -68,8 +68,7 @@ class SharedFileLimiter(_Counting):
         self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
     ) -> Verdict:
         if limits.unlimited:
-            await trio.lowlevel.checkpoint()
-            return self._count(Verdict(allowed=True))
+            return await self._unlimited()
 
         def change(state: KeyState) -> Verdict:
             return admit_state(state, limits, estimated_tokens=estimated_tokens, now=now)

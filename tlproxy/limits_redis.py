@@ -184,8 +184,7 @@ class RedisLimiter(_Counting):
         self, key: str, limits: KeyLimits, *, estimated_tokens: int, now: float
     ) -> Verdict:
         if limits.unlimited:
-            await trio.lowlevel.checkpoint()
-            return self._count(Verdict(allowed=True))
+            return await self._unlimited()
         reserve = limits.reserve(estimated_tokens)
         period, end = budget_window(now, limits.budget_period)
         args = [_arg(now if self.clock == "caller" else None), _arg(limits.rpm),

@@ -60,7 +60,7 @@ from .ledger_read import (
     table_exists,
     time_window,
 )
-from .ledger_rollup import Hist, decode_hist, merge_into, ttft_bin
+from .ledger_rollup import RACE_KINDS, Hist, decode_hist, merge_into, ttft_bin
 
 __all__ = [
     "DIMENSIONS",
@@ -89,6 +89,9 @@ GROUPS = {
     "all": "'all'",
 }
 
+# The race's kinds as an SQL list: ('chat', 'responses', 'embedding').
+_RACE_KINDS = "(" + ", ".join(f"'{kind}'" for kind in RACE_KINDS) + ")"
+
 # Each sum of the report (`ledger_rollup.COLUMNS`) over raw rows, in SQL both
 # databases run. A group has at least one row and these columns are NOT NULL,
 # so no SUM is NULL (COALESCE is a guard); the ELSE 0.0 keeps a sum of dollars
@@ -110,11 +113,9 @@ _RAW_SUMS = {
         "COALESCE(SUM(CASE WHEN kind = 'classifier' THEN cost_usd ELSE 0.0 END), 0.0)",
     "estimated_usd": "COALESCE(SUM(CASE WHEN estimated THEN cost_usd ELSE 0.0 END), 0.0)",
     "errors": "COALESCE(SUM(CASE WHEN winner AND status != 'ok' THEN 1 ELSE 0 END), 0)",
-    "race_attempts":
-        "COALESCE(SUM(CASE WHEN kind IN ('chat', 'responses', 'embedding') THEN 1 ELSE 0 END), 0)",
+    "race_attempts": f"COALESCE(SUM(CASE WHEN kind IN {_RACE_KINDS} THEN 1 ELSE 0 END), 0)",
     "hedges": "COALESCE(SUM(CASE WHEN hedge THEN 1 ELSE 0 END), 0)",
-    "failed_attempts": "COALESCE(SUM(CASE WHEN NOT winner "
-                       "AND kind IN ('chat', 'responses', 'embedding') "
+    "failed_attempts": f"COALESCE(SUM(CASE WHEN NOT winner AND kind IN {_RACE_KINDS} "
                        "AND status = 'error' THEN 1 ELSE 0 END), 0)",
     "ttft_rows": "COALESCE(SUM(CASE WHEN winner AND (ttft_ms IS NOT NULL OR {client} IS NOT NULL) "
                  "THEN 1 ELSE 0 END), 0)",

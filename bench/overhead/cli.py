@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.console import Console
 from bench.overhead.load import (
     run_all,
 )
+from bench.overhead.procs import write_result
 from bench.overhead.render import (
     noise_warnings,
     render_markdown,
@@ -125,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         args.nginx_bin = resolve_nginx(args.nginx, args.nginx_bin)
         result = trio.run(run_all, args, argv, console)
-        out = args.out
-        if out is None:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path(__file__).parent.parent / "results" / f"overhead-{stamp}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        out = write_result(result, args.out, "overhead")
         console.print(f"result written to {out}")
     for table in render_tables(result):
         console.print(table)

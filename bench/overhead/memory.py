@@ -42,7 +42,13 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from bench.overhead.procs import RssSampler, _status_kib, running_stack, tree_of
+from bench.overhead.procs import (
+    RssSampler,
+    _status_kib,
+    running_stack,
+    tree_of,
+    write_result,
+)
 from bench.overhead.stats import _PROMPT, MODEL, FirstContentDetector
 
 __all__ = ["main", "raise_nofile"]
@@ -365,12 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "rlimit_nofile": nofile, "proxy_workers": 1, "upstream": "fast"},
         "phases": phases,
     }
-    out = args.out
-    if out is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(__file__).parent.parent / "results" / f"memory-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    out = write_result(result, args.out, "memory")
     console.print(f"result written to {out}")
     for title, headers, rows in render(result):
         table = Table(title=title, title_justify="left")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -11,8 +12,10 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import trio
 
 from bench.overhead.stats import (
@@ -237,3 +240,13 @@ class RssSampler:
         while True:
             self.sample()
             await trio.sleep(_RSS_PERIOD)
+
+
+def write_result(result: dict[str, Any], out: Path | None, tool: str) -> Path:
+    """Write a run's result as JSON to `out`, by default ``bench/results/<tool>-<time>.json``."""
+    if out is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(__file__).parent.parent / "results" / f"{tool}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return out

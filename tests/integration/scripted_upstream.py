@@ -77,15 +77,19 @@ async def _respond(send: Any, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
 
-async def start_upstream(nursery: trio.Nursery, upstream: ScriptedUpstream) -> ProviderConfig:
-    """Serve `upstream` on a loopback port; the provider config that points at it."""
+async def serve_asgi(nursery: trio.Nursery, app: Any) -> str:
+    """Serve an ASGI app of a test on a loopback port; its address (``http://host:port``)."""
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.graceful_timeout = 0.0
-    app: Any = upstream
     addresses = await nursery.start(functools.partial(serve, app, config))
-    return ProviderConfig(kind="openai", base_url=f"{addresses[0]}/v1")
+    return str(addresses[0])
+
+
+async def start_upstream(nursery: trio.Nursery, upstream: ScriptedUpstream) -> ProviderConfig:
+    """Serve `upstream` on a loopback port; the provider config that points at it."""
+    return ProviderConfig(kind="openai", base_url=f"{await serve_asgi(nursery, upstream)}/v1")
 
 
 def chunk(model: str, delta: dict[str, Any] | None = None, *,

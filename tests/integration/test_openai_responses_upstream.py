@@ -11,7 +11,6 @@ chunks -> the client's API) run over real sockets.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,10 +20,9 @@ import msgspec
 import openai
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from tests.integration.conftest import start_proxy
+from tests.integration.scripted_upstream import serve_asgi
 from tests.openai_schema import validate
 from tlproxy.asgi import lifespan, read_body
 from tlproxy.config import Config, LedgerConfig, ModelConfig, ProviderConfig
@@ -118,13 +116,8 @@ class Upstreamed(msgspec.Struct):
 @pytest.fixture
 async def upstreamed(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Upstreamed]:
     upstream = FakeResponsesAPI()
-    hypercorn = HypercornConfig()
-    hypercorn.bind = ["127.0.0.1:0"]
-    hypercorn.accesslog = None
-    hypercorn.graceful_timeout = 0.0
-    app: Any = upstream
-    addresses = await nursery.start(functools.partial(serve, app, hypercorn))
-    provider = ProviderConfig(kind="openai", base_url=f"{addresses[0]}/v1", api_key="sk-test",
+    address = await serve_asgi(nursery, upstream)
+    provider = ProviderConfig(kind="openai", base_url=f"{address}/v1", api_key="sk-test",
                               responses_api=True)
     config = Config(providers={"openai": provider},
                     models=[ModelConfig(id=MODEL, provider="openai", tier="premium"),

@@ -10,7 +10,6 @@ and nothing waits on a timer.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import socket
@@ -21,14 +20,13 @@ import msgspec
 import openai
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
 from tests.integration.conftest import CLIENT_KEY, fast_config, start_proxy
+from tests.integration.scripted_upstream import serve_asgi
 from tlproxy.asgi import lifespan, read_body
 from tlproxy.config import ClientKey, Config, TracingConfig
 from tlproxy.server import Running
@@ -107,13 +105,7 @@ def _grpc_collector(collector: GRPCCollector) -> Iterator[str]:
 
 
 async def _start_collector(nursery: trio.Nursery, collector: Collector) -> str:
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.graceful_timeout = 0.0
-    app: Any = collector
-    addresses = await nursery.start(functools.partial(serve, app, config))
-    return str(addresses[0])
+    return await serve_asgi(nursery, collector)
 
 
 def _attributes(span: Any) -> dict[str, Any]:

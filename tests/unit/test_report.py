@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,18 @@ ROWS = [
 ]
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.db"
+async def ledger_file(path: Path, rows: Sequence[LedgerRow]) -> Path:
+    """A SQLite ledger at `path` holding `rows`, written as the proxy writes them."""
     ledger = Ledger(SQLiteWriter(path))
     async with running(ledger):
-        for row in ROWS:
+        for row in rows:
             ledger.record(row)
     return path
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    return await ledger_file(tmp_path / "ledger.db", ROWS)
 
 
 async def test_by_tier(db: Path) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_ledger import ledger_of_version, running, version_before
-from tests.unit.test_report import DAY1, attempt
-from tlproxy.ledger import Ledger, SQLiteWriter
+from tests.unit.test_ledger import ledger_of_version, version_before
+from tests.unit.test_report import DAY1, attempt, ledger_file
 from tlproxy.report import recovery, report_main
 
 ROWS = [
@@ -30,12 +29,7 @@ ROWS = [
 
 @pytest.fixture
 async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.db"
-    ledger = Ledger(SQLiteWriter(path))
-    async with running(ledger):
-        for row in ROWS:
-            ledger.record(row)
-    return path
+    return await ledger_file(tmp_path / "ledger.db", ROWS)
 
 
 async def test_continuations_by_reason_with_their_cost(db: Path) -> None:
