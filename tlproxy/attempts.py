@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 import trio
 
+from .errors import UpstreamError
+
 __all__ = [
     "AttemptRecord",
     "Candidate",
@@ -21,6 +23,7 @@ __all__ = [
     "StreamFailure",
     "Winner",
     "WinnerChunks",
+    "deadline_error",
 ]
 
 Chunk = dict[str, Any]
@@ -106,6 +109,19 @@ class RaceFailed(Exception):
         self.records = records
         self.errors = errors
 
+    @classmethod
+    def in_tier(cls, tier: str, records: list[AttemptRecord]) -> RaceFailed:
+        """Nothing in `tier` produced a first token: every error, the tier's first
+        (a 503 ``no_eligible_model`` first when nothing in it could be tried)."""
+        errors: list[Exception] = [r.error for r in records if r.error is not None]
+        tried = sum(r.candidate.tier == tier for r in records)
+        if tried == 0:
+            errors.insert(0, UpstreamError(
+                f"No {tier} model could be tried for this request.", status=503,
+                code="no_eligible_model"))
+        message = f"all {tried} attempt(s) in tier {tier!r} failed before a first token"
+        return cls(message, tier=tier, records=records, errors=errors)
+
     def first_error(self) -> Exception:
         """The one error the client should see.
 
@@ -115,6 +131,22 @@ class RaceFailed(Exception):
         mine = [r.error for r in self.records if r.candidate.tier == self.tier and r.error]
         fatal = [e for e in mine if getattr(e, "retryable", True) is False]
         return (fatal or mine or self.errors)[0]
+
+
+def deadline_error(candidate: Candidate, code: str,
+                   stalled_for: float | None = None) -> UpstreamError:
+    """An attempt ran out of time: `code` says which bound it missed
+    (``first_token_timeout``, ``stall_timeout`` after `stalled_for` seconds of
+    silence, or ``total_timeout``)."""
+    if code == "first_token_timeout":
+        message = (f"{candidate.key} sent no first token within "
+                   f"{candidate.first_token_deadline:g} s.")
+    elif code == "stall_timeout":
+        message = f"{candidate.key} sent nothing for {stalled_for:g} s after its first token."
+    else:
+        message = (f"{candidate.key} did not complete its answer within "
+                   f"{candidate.answer_deadline:g} s.")
+    return UpstreamError(message, status=504, code=code)
 
 
 class _Failure:
@@ -131,11 +163,12 @@ StreamFailure = _Failure
 class WinnerChunks:
     """`Winner.chunks`: the winner's channel, re-raising the stream's error."""
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Chunk | _Failure]) -> None:
+    def __init__(self, receive: trio.MemoryReceiveChannel[Chunk | _Failure] | None) -> None:
+        """None: nothing follows the first chunks (an answer that came whole)."""
         self._receive = receive
         # What `buffered` met after the chunks it returned: the stream's end
         # (None inside) or its failure, handed out by the next `__anext__`.
-        self._held: list[_Failure | None] = []
+        self._held: list[_Failure | None] = [] if receive is not None else [None]
 
     def __aiter__(self) -> WinnerChunks:
         return self
@@ -147,6 +180,7 @@ class WinnerChunks:
             if held is None:
                 raise StopAsyncIteration
             raise held.error
+        assert self._receive is not None  # else `_held` says the stream ended
         try:
             item = await self._receive.receive()
         except trio.EndOfChannel:
@@ -169,6 +203,7 @@ class WinnerChunks:
         """
         out: list[Chunk] = []
         while not self._held:
+            assert self._receive is not None
             try:
                 item = self._receive.receive_nowait()
             except trio.WouldBlock:

@@ -54,6 +54,7 @@ from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
 from .tracecontext import attempt_started, span_key
+from .turns import in_turn
 
 # The reply's values (`reply.py`) are named here too: they are what `Engine.chat` yields.
 __all__ = [
@@ -235,18 +236,31 @@ class Engine:
             if speculate or tier == booking.tier
         }
 
+        async def answer(candidate: Candidate) -> Chunk:
+            model = models[candidate.key]
+            attempt_started(trace, span_key(candidate))  # its upstream request joins the trace
+            return await self.providers[model.provider].chat(body, model=model.upstream_id)
+
         @contextlib.asynccontextmanager
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:
+            if not stream:
+                yield _single(await answer(candidate))
+                return
             model = models[candidate.key]
-            provider = self.providers[model.provider]
-            attempt_started(trace, span_key(candidate))  # its upstream request joins the trace
-            if stream:
-                async with provider.stream_chat(body, model=model.upstream_id) as chunks:
-                    yield chunks
-            else:
-                yield _single(await provider.chat(body, model=model.upstream_id))
+            attempt_started(trace, span_key(candidate))
+            async with self.providers[model.provider].stream_chat(
+                    body, model=model.upstream_id) as chunks:
+                yield chunks
 
         try:
+            if not stream and not slow:
+                # Decided at once and answered whole: tried in turn, no race.
+                winner = await in_turn(
+                    tier=booking.tier, candidates=candidates.get(booking.tier, ()),
+                    call=answer, max_attempts=policy.max_attempts, on_record=on_record)
+                yield Route(models[winner.candidate.key], booking.tier, booking.rule,
+                            attempts=len(winner.records)), winner
+                return
             async with race(
                 candidates=candidates,
                 decide=decide if slow else booking.tier,

@@ -92,6 +92,7 @@ from .attempts import (
     StreamFailure,
     Winner,
     WinnerChunks,
+    deadline_error,
 )
 from .errors import UpstreamError, lone_errors
 
@@ -240,7 +241,7 @@ class _Race:
         self._start_due([tier])
         if any(a.live for a in self.attempts if a.tier == tier):
             return False
-        self.failure = self._failed_race(tier)
+        self.failure = RaceFailed.in_tier(tier, self.records)
         return True
 
     def _start_due(self, tiers: list[str]) -> None:
@@ -357,16 +358,6 @@ class _Race:
             if self.on_record is not None:
                 self.on_record(attempt.record)
 
-    def _failed_race(self, tier: str) -> RaceFailed:
-        errors = [r.error for r in self.records if r.error is not None]
-        tried = sum(r.candidate.tier == tier for r in self.records)
-        if tried == 0:
-            errors.insert(0, UpstreamError(
-                f"No {tier} model could be tried for this request.", status=503,
-                code="no_eligible_model"))
-        message = f"all {tried} attempt(s) in tier {tier!r} failed before a first token"
-        return RaceFailed(message, tier=tier, records=self.records, errors=errors)
-
     def close(self) -> None:
         """After the nursery: whatever is still open was cut short by the caller."""
         for attempt in self.attempts:
@@ -421,16 +412,10 @@ class _Race:
                 return exc, "failed"
         if scope.cancelled_caught:
             if attempt.record.first_token_at is None and first_at <= attempt.answer_deadline_at:
-                return UpstreamError(
-                    f"{candidate.key} sent no first token within {first:g} s.", status=504,
-                    code="first_token_timeout"), "deadline"
+                return deadline_error(candidate, "first_token_timeout"), "deadline"
             if attempt.stalled_for is not None:
-                return UpstreamError(
-                    f"{candidate.key} sent nothing for {attempt.stalled_for:g} s after its "
-                    "first token.", status=504, code="stall_timeout"), "deadline"
-            return UpstreamError(
-                f"{candidate.key} did not complete its answer within {whole:g} s.",
-                status=504, code="total_timeout"), "deadline"
+                return deadline_error(candidate, "stall_timeout", attempt.stalled_for), "deadline"
+            return deadline_error(candidate, "total_timeout"), "deadline"
         if attempt.record.first_token_at is None:
             return UpstreamError(
                 f"{candidate.key} ended its stream without a token.", status=502), "failed"
