@@ -328,6 +328,25 @@ async def test_rows_round_trip(tmp_path: Path) -> None:
                      ) == original
 
 
+@pytest.mark.parametrize("rows_per_statement", [1, 3, 10, 1000])
+async def test_a_batch_is_written_whole_whatever_the_parameter_limit(
+        tmp_path: Path, rows_per_statement: int) -> None:
+    # A batch goes in as few multi-row statements as the limit allows: one row
+    # per statement, several, exactly the batch, or far more than it.
+    path = tmp_path / "l.db"
+    originals = [row(i, tier="premium" if i % 2 else "economy") for i in range(10)]
+    writer = SQLiteWriter(path)
+    await writer.migrate()
+    assert writer._max_params >= 999  # the connection's own limit, read when it opened
+    writer._max_params = rows_per_statement * len(LedgerRow.__struct_fields__)
+    await writer.write(originals)
+    await writer.aclose()
+    stored = db_rows(path, f"SELECT {', '.join(LedgerRow.__struct_fields__)} FROM ledger "
+                           "ORDER BY id")
+    assert [LedgerRow(**dict(zip(LedgerRow.__struct_fields__, r, strict=True)))
+            for r in stored] == originals
+
+
 def version_before(column: str) -> int:
     """The last schema version without `column`."""
     return next(version for version, steps in enumerate(MIGRATIONS)
