@@ -92,6 +92,10 @@ class Winner(msgspec.Struct, frozen=True):
     first_chunks: list[Chunk]  # up to and including the first token, in order
     chunks: WinnerChunks  # the rest; raises what the stream raised
     records: list[AttemptRecord]  # every attempt, live
+    # The race's nursery, for work that must end with it (a stream's
+    # continuation): leaving the race cancels it. None for an answer that came
+    # whole (`turns.in_turn`).
+    nursery: trio.Nursery | None = None
 
 
 class RaceFailed(Exception):

@@ -44,7 +44,7 @@ from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
 from .continuation import Delivered, continue_body, form_for
-from .errors import ProxyError, UpstreamError, lone_errors
+from .errors import ProxyError, UpstreamError
 from .metrics import Metrics
 from .providers.base import Chunk, Provider
 from .race import AttemptRecord, Candidate, RaceFailed, StreamFailure, Winner, WinnerChunks, race
@@ -133,8 +133,7 @@ class Engine:
                 tab.shadow.parts.append(message.get("content") or "")
             yield Answer(route, answer)
             return
-        async with (self._race(call, tab, plan, stream=True) as (route, winner),
-                    _nursery() as nursery):
+        async with self._race(call, tab, plan, stream=True) as (route, winner):
             tab.shadow = shadow = self.accounting.plan_shadow(call.key, route.rule, route.tier)
             trace = tab.trace
 
@@ -156,13 +155,15 @@ class Engine:
                 log.info("request %s: %s after the first token: %s", call.id, reason, result)
 
             record = next(r for r in winner.records if r.outcome == "won")
-            resume = self._resumer(call, tab, plan, route, winner, nursery)
+            resume = self._resumer(call, tab, plan, route, winner)
             # Tool calls are held whole only where a cut one can be retried.
             tools = bool(call.body.get("tools") or call.body.get("functions"))
             chunks = ResumableChunks(
                 winner.first_chunks, winner.chunks, body=call.body,
                 hold_tools=tools and resume is not None, resume=resume,
                 first_usage=lambda: record.usage, on_outcome=outcome)
+            # Taken over: not held for the rest of the stream (a few KiB each).
+            winner.first_chunks.clear()
             yield Stream(route, Batches(chunks.first, chunks, tap=tap, on_error=failed))
 
     def finish(self, call: ChatCall | EmbeddingCall, tab: Tab, route: Route | None, *,
@@ -281,9 +282,8 @@ class Engine:
         finally:
             booking.close()
 
-    def _resumer(self, call: ChatCall, tab: Tab, plan: Plan, route: Route, winner: Winner,
-                 nursery: trio.Nursery) -> Callable[[str, Delivered, UpstreamError],
-                                                    ChunkSource | None] | None:
+    def _resumer(self, call: ChatCall, tab: Tab, plan: Plan, route: Route, winner: Winner
+                 ) -> Callable[[str, Delivered, UpstreamError], ChunkSource | None] | None:
         """How a stream of this request is continued after its winner fails
         (None: it is not: off for the tier, the key's policy or the request)."""
         policy = self.router.policy_for(call.key)
@@ -309,8 +309,10 @@ class Engine:
                 self._candidate(m, route.tier, policy, stream=True), continues=reason)
                 for m in ranked if m.id in bodies]
             send, receive = trio.open_memory_channel[Chunk | StreamFailure](_CONTINUATION_BUFFER)
-            nursery.start_soon(self._continue, tab, route, candidates, bodies, budget,
-                               error, send, tried, spent)
+            # In the race's nursery: leaving the stream cancels the continuation.
+            assert winner.nursery is not None
+            winner.nursery.start_soon(self._continue, tab, route, candidates, bodies,
+                                      budget, error, send, tried, spent)
             return WinnerChunks(receive)
 
         return resume
@@ -566,18 +568,6 @@ class _Booking:
 # Chunks of a continuation that may wait for the consumer: a bounded buffer,
 # as the race's (the producer waits when it is full).
 _CONTINUATION_BUFFER = 64
-
-
-@contextlib.asynccontextmanager
-async def _nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery for a stream's continuation; leaving it cancels what is in it, and
-    the body's own exception leaves as itself, not in a group."""
-    with lone_errors():
-        async with trio.open_nursery() as nursery:
-            try:
-                yield nursery
-            finally:
-                nursery.cancel_scope.cancel()
 
 
 _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseException | None], None]

@@ -225,6 +225,7 @@ class _Race:
             first_chunks=self.winner.first_chunks,
             chunks=WinnerChunks(self.winner.receive),
             records=self.records,
+            nursery=self.nursery,
         )
 
     def _step(self) -> bool:
