@@ -13,6 +13,12 @@ Method
   the writer sustains when it is the bottleneck, batching included.
 * Separately, the cost of one ``record`` call on the request path: ``--rows`` calls into a
   queue large enough to hold them, with no writer running, timed as a whole.
+* ``--contended SECONDS``: the writer's CPU per row while the event loop is busy, as in a
+  proxy under load. A task keeps the loop busy with Python work (yielding to trio between
+  slices of about 0.1 ms) for that long, once while rows are recorded at ``--rate`` rows per
+  second and once without; the difference in the process's CPU time, divided by the rows, is
+  what each row cost (the writer's thread and its contention for the GIL with the loop). The
+  pair is measured ``--repeat`` times; the median is reported.
 * Each ``--batch-size`` is measured ``--repeat`` times; the median run is reported, with the
   process's CPU time (both threads): rows per CPU-second moves less than rows per second when
   other processes compete for the cores.
@@ -102,10 +108,59 @@ async def record_cost(rows: list[LedgerRow]) -> float:
     return cost
 
 
+async def _busy(until: float) -> None:
+    """Python work on the event loop until `until` (perf_counter), yielding between slices."""
+    value = 0
+    while time.perf_counter() < until:
+        for _ in range(100):
+            value += len(str(value))
+        await trio.lowlevel.checkpoint()
+
+
+async def contended_once(rows: list[LedgerRow], path: Path | None, *, seconds: float,
+                         rate: float) -> float:
+    """CPU seconds of this process over `seconds` of a busy loop, recording `rows` at `rate`
+    rows per second into a ledger at `path` (None: no ledger, nothing recorded)."""
+    ledger = Ledger(SQLiteWriter(path)) if path is not None else None
+    async with trio.open_nursery() as nursery:
+        if ledger is not None:
+            await nursery.start(ledger.run)
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        nursery.start_soon(_busy, started + seconds)
+        if ledger is not None:
+            for index, row in enumerate(rows):
+                await trio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+                ledger.record(row)
+        await trio.sleep(max(0.0, started + seconds - time.perf_counter()))
+        if ledger is not None:
+            await ledger.aclose()
+            assert ledger.statistics().written == len(rows)
+        return time.process_time() - cpu_started
+
+
+async def contended(rows: list[LedgerRow], tmp: str, *, seconds: float, rate: float,
+                    repeat: int) -> dict[str, Any]:
+    count = min(len(rows), int(seconds * rate * 0.9))  # all recorded well within the window
+    costs = []
+    for attempt in range(repeat):
+        with_ledger = await contended_once(rows[:count], Path(tmp) / f"busy-{attempt}.db",
+                                           seconds=seconds, rate=rate)
+        without = await contended_once([], None, seconds=seconds, rate=rate)
+        costs.append((with_ledger - without) / count * 1e6)
+    return {"rows": count, "seconds": seconds, "rate": rate,
+            "us_per_row": [round(c, 1) for c in costs],
+            "median_us_per_row": round(statistics.median(costs), 1)}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = make_rows(args.rows)
     results = []
+    busy = None
     with tempfile.TemporaryDirectory(prefix="tlproxy-ledger-", dir=args.dir) as tmp:
+        if args.contended:
+            busy = await contended(rows, tmp, seconds=args.contended, rate=args.rate,
+                                   repeat=args.repeat)
         for batch_size in args.batch_size:
             runs = []
             for attempt in range(args.repeat):
@@ -122,11 +177,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "platform": platform.platform()},
         "record_ns": round(await record_cost(rows)),
         "sustained": results,
+        "contended": busy,
     }
 
 
 def print_result(result: dict[str, Any]) -> None:
     print(f"record(): {result['record_ns']} ns per call on the request path")
+    busy = result.get("contended")
+    if busy:
+        print(f"with a busy event loop: {busy['median_us_per_row']} us of CPU per row "
+              f"(median; runs {busy['us_per_row']}; {busy['rows']} rows at {busy['rate']:g}/s "
+              f"over {busy['seconds']:g} s)")
     print(f"{'batch':>6} {'rows':>8} {'seconds':>8} {'rows/s':>9} {'rows/cpu-s':>10} "
           f"{'batches':>8} {'mean batch':>10} {'overflowed':>10}")
     for r in result["sustained"]:
@@ -146,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=64,
                         help="rows recorded between two yields to trio (64)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per batch size (3)")
+    parser.add_argument("--contended", type=float, default=0.0, metavar="SECONDS",
+                        help="also measure the CPU per row with a busy event loop, for this "
+                             "many seconds per run (0: not)")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="rows per second recorded during --contended (1000)")
     parser.add_argument("--dir", help="where the ledger file goes (default: the temp dir)")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
