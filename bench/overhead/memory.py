@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inter-token-ms", type=float, default=1000.0,
                         help="the upstream's delay between tokens, long so streams stay open")
     parser.add_argument("--tokens", type=int, default=600, help="tokens per stream")
+    parser.add_argument("--target", choices=("proxy", "bare"), default="proxy",
+                        help="proxy (default), or the bare proxy hop of bench.overhead.floors "
+                             "(hypercorn-trio and httpcore2 alone): the floor")
     parser.add_argument("--ledger", action=argparse.BooleanOptionalAction, default=True,
                         help="the proxy writes its ledger (default, as in production)")
     parser.add_argument("--out", type=Path,
@@ -301,7 +304,8 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     # The fast upstream, one proxy worker, nothing else (the names running_stack reads).
     stack_args = argparse.Namespace(
         upstream="fast", tokens=args.tokens, inter_token_ms=args.inter_token_ms,
-        ledger=args.ledger, proxy_workers=1, floors=False, nginx_bin=None)
+        ledger=args.ledger, proxy_workers=1, floors=args.target != "proxy", nginx_bin=None)
+    target = args.target
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tlproxy-memory-") as tmp:
         for phase, count in (("streams", args.streams), ("idle", args.idle)):
@@ -312,15 +316,15 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             # The pool to the upstream must hold one connection per open stream.
             async with running_stack(stack_args, 0.0, workdir,
                                      max_connections=max(1000, args.streams)) as stack:
-                rss = RssSampler(tree_of(stack.pids["proxy"]))
-                console.print(f"{phase}: {count} against the proxy at {stack.urls['proxy']} "
-                              f"(pid {stack.pids['proxy']}) ...")
+                rss = RssSampler(tree_of(stack.pids[target]))
+                console.print(f"{phase}: {count} against the {target} at {stack.urls[target]} "
+                              f"(pid {stack.pids[target]}) ...")
                 with trio.fail_after(600.0 + 2 * args.hold):
                     if phase == "streams":
-                        out[phase] = await streams_phase(stack.urls["proxy"], rss, count,
+                        out[phase] = await streams_phase(stack.urls[target], rss, count,
                                                          args.hold)
                     else:
-                        out[phase] = await idle_phase(stack.urls["proxy"], rss, count,
+                        out[phase] = await idle_phase(stack.urls[target], rss, count,
                                                       args.hold, args.parallel)
     return out
 
@@ -328,10 +332,11 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, headers, rows) per phase that ran."""
     grids = []
+    who = "bare hop" if result["settings"].get("target") == "bare" else "proxy worker"
     if (s := result["phases"].get("streams")) is not None:
         rss = s["rss_kib"]
         grids.append((
-            "One proxy worker with streams open at once (KiB)",
+            f"One {who} with streams open at once (KiB)",
             ["streams", "opened", "errors", "RSS before", "RSS all open", "RSS peak (sampled)",
              "VmHWM"],
             [[str(s["streams"]), str(s["opened"]), str(s["errors"]), str(rss["before"]),
@@ -339,7 +344,7 @@ def render(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     if (i := result["phases"].get("idle")) is not None:
         rss = i["rss_kib"]
         grids.append((
-            "One proxy worker holding idle keep-alive connections (KiB)",
+            f"One {who} holding idle keep-alive connections (KiB)",
             ["connections", "held", "first request", "fresh connection", "second request",
              "errors", "RSS before", "RSS held idle", "RSS peak (sampled)", "VmHWM"],
             [[str(i["connections"]), str(i["held"]), _counts(i["first_request"]),
