@@ -53,7 +53,7 @@ from .resume import ChunkSource, ResumableChunks
 from .router import Plan, Route, Router
 from .shapes import first_choice_text, token_kind, total_tokens
 from .stats import StatsBook
-from .tracecontext import attempt_started, span_key
+from .tracecontext import attempt_context, attempt_started, span_key
 from .turns import in_turn
 
 # The reply's values (`reply.py`) are named here too: they are what `Engine.chat` yields.
@@ -239,8 +239,10 @@ class Engine:
 
         async def answer(candidate: Candidate) -> Chunk:
             model = models[candidate.key]
-            attempt_started(trace, span_key(candidate))  # its upstream request joins the trace
-            return await self.providers[model.provider].chat(body, model=model.upstream_id)
+            # Its upstream request joins the trace (in the request's own task when tried
+            # in turn: hence a context given back afterwards).
+            with attempt_context(trace, span_key(candidate)):
+                return await self.providers[model.provider].chat(body, model=model.upstream_id)
 
         @contextlib.asynccontextmanager
         async def open_stream(candidate: Candidate) -> AsyncIterator[AsyncIterator[Chunk]]:

@@ -25,20 +25,25 @@ How the ``traceparent`` reaches the upstream request: through
 `UPSTREAM_HEADERS`, a context variable the transport adds to every request
 it sends. Trio gives each task its own copy of the context, and each race
 attempt is a task of its own, so an attempt's value never leaks into another
-attempt or another request; the adapters need not know tracing exists.
+attempt or another request; a JSON attempt tried in the request's own task
+(`turns.in_turn`) sets it for its call only (`attempt_context`). The adapters
+need not know tracing exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .race import AttemptRecord, Candidate
 
-__all__ = ["UPSTREAM_HEADERS", "Parent", "Timeline", "attempt_started", "format_traceparent",
+__all__ = ["UPSTREAM_HEADERS", "Parent", "Timeline", "attempt_context", "attempt_started",
+           "format_traceparent",
            "parse_traceparent", "span_key"]
 
 # Extra headers (lower-case name, value, as bytes) for the upstream requests of
@@ -163,6 +168,24 @@ def span_key(candidate: Candidate) -> str:
     continues a broken answer, its model's continuation (a model may have raced for
     the answer and then be asked to finish it: two attempts, two spans)."""
     return candidate.key if candidate.continues is None else f"{candidate.key}/continuation"
+
+
+@contextlib.contextmanager
+def attempt_context(timeline: Timeline | None, key: str) -> Iterator[None]:
+    """Within the block, the current task's upstream requests carry attempt `key`'s context.
+
+    For an attempt that runs in the request's own task (`turns.in_turn`): the
+    request's context is given back when the attempt ends, so the next attempt,
+    and what the request starts afterwards (a shadow call), do not carry it.
+    """
+    if timeline is None:
+        yield
+        return
+    token = UPSTREAM_HEADERS.set(timeline.upstream_headers(key))
+    try:
+        yield
+    finally:
+        UPSTREAM_HEADERS.reset(token)
 
 
 def attempt_started(timeline: Timeline | None, key: str) -> None:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.unit.test_engine import QUESTION, Client, FakeUpstream, answer_stream
+from tests.unit.test_engine import QUESTION, USAGE, Client, FakeUpstream, answer_stream
 from tests.unit.test_engine import config as engine_config
 from tests.unit.test_ledger import MemoryWriter
 from tlproxy.accounting import Accounting, Tab
@@ -57,6 +57,10 @@ class TracedUpstream(FakeUpstream):
     def __init__(self, scripts: dict[str, list[Any]], **options: Any) -> None:
         super().__init__(scripts, **options)
         self.headers: dict[str, dict[bytes, bytes]] = {}
+
+    async def chat(self, body: JSON, *, model: str) -> JSON:
+        self.headers[model] = dict(UPSTREAM_HEADERS.get())
+        return await super().chat(body, model=model)
 
     @contextlib.asynccontextmanager
     async def stream_chat(self, body: JSON, *, model: str) -> AsyncIterator[AsyncIterator[Chunk]]:
@@ -271,6 +275,32 @@ async def test_a_failed_attempt_is_an_error_span_and_the_fallback_wins(
         ("tlproxy.decision", 0.0), ("tlproxy.first_token", 0.75)]
     # Without a client's traceparent, the request span starts a trace.
     assert server.parent is None
+
+
+async def test_json_attempts_tried_in_turn_each_carry_their_own_span_upstream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Decided at once, answered whole: the attempts run one after another in the
+    # request's own task, so each must set its context and give it back.
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Fine"},
+                          "finish_reason": "stop"}], "usage": USAGE}
+    upstream = TracedUpstream({
+        "e1": [0.25, UpstreamError("upstream overloaded", status=503, code="overloaded")],
+        "e2": [0.5, whole],
+    })
+    traced = Traced(upstream)
+    await traced.chat(Client(), model="economy", messages=QUESTION)
+    spans = traced.spans()
+    for key in ("e1", "e2"):
+        sent = parse_traceparent(upstream.headers[key][b"traceparent"].decode())
+        assert sent is not None
+        assert (sent.trace_id, sent.span_id) == (spans[f"chat {key}"].context.trace_id,
+                                                 spans[f"chat {key}"].context.span_id)
+    assert _times(spans["chat e1"]) == (0.0, 0.25)
+    assert _times(spans["chat e2"]) == (0.25, 0.75)
+    # The request's task carries no attempt's context once it is over.
+    assert UPSTREAM_HEADERS.get() == ()
 
 
 async def test_an_unsampled_request_records_nothing_and_says_so_upstream(
