@@ -576,7 +576,8 @@ _EmbedAccount = Callable[[ModelConfig, float, dict[str, Any] | None, BaseExcepti
 
 
 class _single:
-    """A JSON answer as a one-item stream, so JSON requests run the same race.
+    """A JSON answer as a one-item stream, for the race of a JSON request that waits on
+    a slow decision (one decided at once is tried in turn, `turns.py`).
 
     A class, not an async generator: nothing to finalize if the race drops it.
     """
