@@ -397,9 +397,10 @@ class App:
         chat, raw = decode_chat_request(body)
         self._check_sizes(chat)
         headers = request.text_headers()
-        request.call = call = ChatCall(
-            id=request.id, arrived=request.arrived, key=request.key, headers=headers,
-            chat=chat, body=raw, facts=ChatFacts.of(raw, headers))
+        request.call = call = ChatCall.of(
+            chat, id=request.id, arrived=request.arrived, key=request.key, headers=headers,
+            body=raw, facts=ChatFacts.of(raw, headers))
+        del body, chat  # the request's bytes and typed copy: not held while it streams
         request.tab = tab = Tab(request.id, request.key, request.arrived)
         tab.trace = request.trace
         await serve_chat(request, self.engine, call, tab, slots=self.streams,

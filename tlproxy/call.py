@@ -72,20 +72,22 @@ class ChatCall(msgspec.Struct, frozen=True, kw_only=True):
     arrived: float
     key: ClientKey | None
     headers: Mapping[str, str]
-    chat: ChatRequest
     # The body as decoded plain objects: what goes upstream, untouched.
     body: dict[str, Any]
     facts: ChatFacts
+    stream: bool
+    # Whether the client asked for the usage chunk of a stream.
+    include_usage: bool
 
-    @property
-    def stream(self) -> bool:
-        return bool(self.chat.stream)
-
-    @property
-    def include_usage(self) -> bool:
-        """Whether the client asked for the usage chunk of a stream."""
-        options = self.chat.stream_options
-        return bool(options and options.include_usage)
+    @classmethod
+    def of(cls, chat: ChatRequest, *, id: str, arrived: float, key: ClientKey | None,
+           headers: Mapping[str, str], body: dict[str, Any], facts: ChatFacts) -> ChatCall:
+        """The call of a validated request. Only what is read later is kept of the typed
+        request, not the request itself: a long prompt is held once (`body`) for as
+        long as its answer streams, not twice."""
+        options = chat.stream_options
+        return cls(id=id, arrived=arrived, key=key, headers=headers, body=body, facts=facts,
+                   stream=bool(chat.stream), include_usage=bool(options and options.include_usage))
 
 
 class EmbeddingCall(msgspec.Struct, frozen=True, kw_only=True):

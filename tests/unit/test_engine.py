@@ -211,8 +211,8 @@ class Harness:
                           client.receive, client.send)
         raw = msgspec.json.encode({"model": "auto", **body})
         chat, decoded = decode_chat_request(raw)
-        call = ChatCall(id=request.id, arrived=request.arrived, key=None, headers=headers or {},
-                        chat=chat, body=decoded, facts=ChatFacts.of(decoded))
+        call = ChatCall.of(chat, id=request.id, arrived=request.arrived, key=None,
+                           headers=headers or {}, body=decoded, facts=ChatFacts.of(decoded))
         tab = Tab(request.id, None, request.arrived)
         try:
             await serve_chat(request, self.engine, call, tab,

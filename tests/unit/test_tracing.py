@@ -101,8 +101,8 @@ class Traced:
                           client.receive, client.send)
         raw = msgspec.json.encode({"model": "auto", **body})
         chat, decoded = decode_chat_request(raw)
-        call = ChatCall(id=request.id, arrived=request.arrived, key=None, headers={},
-                        chat=chat, body=decoded, facts=ChatFacts.of(decoded))
+        call = ChatCall.of(chat, id=request.id, arrived=request.arrived, key=None, headers={},
+                           body=decoded, facts=ChatFacts.of(decoded))
         tab = Tab(request.id, None, request.arrived)
         tab.trace = self.timeline = timeline = self.tracing.begin(request.arrived, traceparent)
         engine = self.engine

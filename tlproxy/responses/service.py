@@ -75,9 +75,9 @@ class Responses:
         facts = ChatFacts.of(turn.signals_body, headers)
         if wanted.max_output_tokens is not None:
             facts = msgspec.structs.replace(facts, output_param="max_output_tokens")
-        request.call = call = ChatCall(
-            id=request.id, arrived=request.arrived, key=request.key, headers=headers,
-            chat=turn.typed, body=turn.chat, facts=facts)
+        request.call = call = ChatCall.of(
+            turn.typed, id=request.id, arrived=request.arrived, key=request.key,
+            headers=headers, body=turn.chat, facts=facts)
         request.tab = tab = Tab(request.id, request.key, request.arrived)
         tab.kind = "responses"
         tab.trace = request.trace
