@@ -27,6 +27,7 @@ from .catalog import default_config
 from .config import ClientKey, Config, ConfigError, SimModelProfile
 from .config_load import load_config
 from .errors import leaves
+from .logsink import LineSink
 from .metrics import JSONFormatter
 
 if TYPE_CHECKING:
@@ -535,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    handler = logging.StreamHandler()
+    # Lines are written by a thread of their own: a stuck stderr never stops the loop.
+    handler = LineSink()
     if os.environ.get("TLPROXY_LOG_FORMAT", "json") == "json":
         handler.setFormatter(JSONFormatter())
     else:

@@ -20,10 +20,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, config: Path, *, workers: int = 1, cwd: Path | None = None) -> None:
+    def __init__(self, config: Path, *, workers: int = 1, cwd: Path | None = None,
+                 log_level: str = "WARNING") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, TLPROXY_LOG_LEVEL="WARNING")
+        # Its stdout and stderr are pipes this side reads only at the end.
+        env = dict(os.environ, TLPROXY_LOG_LEVEL=log_level)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tlproxy.cli", "serve", "--config", str(config),
              "--port", str(self.port), "--workers", str(workers)],
@@ -51,7 +53,9 @@ class ServerProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=timeout):
                     pass
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the connection was still in the listener's backlog when the
+                # listener closed. Either way nothing listens on the port now.
                 return
             time.sleep(0.02)
         raise TimeoutError("server still accepts connections")

@@ -102,3 +102,29 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> 
     finally:
         process.terminate()
         process.communicate(timeout=60.0)
+
+
+def test_a_log_reader_that_stops_reading_never_stops_the_proxy(tmp_path: Path) -> None:
+    # Every answered request logs an access line to stderr, a pipe nobody reads
+    # until the end: its buffer (64 KiB) fills after a few hundred lines. Were the
+    # event loop writing them, it would block on the full pipe, and with it every
+    # request; the lines wait in the sink instead, and none is lost.
+    config = tmp_path / "tlproxy.toml"
+    config.write_text(CONFIG)
+    server = ServerProcess(config, workers=1, log_level="INFO")
+    requests = 1500
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            for n in range(requests):
+                answer = client.post("/v1/chat/completions", json={
+                    "model": "economy", "messages": [{"role": "user", "content": f"q{n}"}]})
+                assert answer.status_code == 200
+        server.terminate()
+        _, err = server.process.communicate(timeout=60)
+    finally:
+        server.kill()
+    access = [line for line in err.splitlines() if '"path":"/v1/chat/completions"' in line]
+    assert len(access) == requests
+    assert "were dropped" not in err
+
