@@ -10,15 +10,17 @@ request.
 
 What `LineSink` does instead: each record is formatted where it is logged
 (the JSON line: a few microseconds) and appended to a bounded buffer; a
-thread wakes every `interval` (50 ms), takes whatever is buffered and writes
-it in one piece. The event loop never waits on the stream. When the buffer
+thread woken by the first line of a burst gathers for `interval` (50 ms),
+takes whatever is buffered and writes it in one piece, and sleeps until the
+next line (an idle proxy wakes no thread). The event loop never waits on the
+stream. When the buffer
 is full because the stream has been stuck for long, the oldest lines give
 way and are counted, and once the stream takes writes again a line says how
-many were lost. A thread that wakes on a timer rather than on every line
-needs the GIL twenty times a second, not once per request (a thread woken
-per item competes with a busy event loop for the GIL at every item: see the
-ledger's writer). `flush` writes what is buffered in the caller's thread;
-`logging.shutdown` calls it at exit, so a clean exit loses nothing.
+many were lost. The thread needs the GIL at most twice per `interval`, not
+once per request (a thread woken per item competes with a busy event loop
+for the GIL at every item: see the ledger's writer). `flush` writes what is
+buffered in the caller's thread; `logging.shutdown` calls it at exit, so a
+clean exit loses nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class LineSink(logging.Handler):
         self._dropped = 0
         self._writing = threading.Lock()  # one writer at a time: the thread, or `flush`
         self._stop = threading.Event()
+        self._pending = threading.Event()  # set by the first line into an empty buffer
         # Started by the first line: a handler that is never used costs no thread.
         self._thread: threading.Thread | None = None
 
@@ -63,7 +66,9 @@ class LineSink(logging.Handler):
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tlproxy-log", daemon=True)
             self._thread.start()
-        if len(self._lines) >= self._capacity:
+        if not self._lines:
+            self._pending.set()
+        elif len(self._lines) >= self._capacity:
             self._lines.popleft()
             self._dropped += 1
         self._lines.append(line)
@@ -78,13 +83,19 @@ class LineSink(logging.Handler):
 
     def close(self) -> None:
         self._stop.set()
+        self._pending.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         self.flush()
         super().close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._pending.wait()
+            if self._stop.wait(self._interval):  # gather a burst's lines; or closing
+                return
+            # Cleared before the buffer is taken: a line that comes later sets it again.
+            self._pending.clear()
             with self._writing:
                 self._write()
 

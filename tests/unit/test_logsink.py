@@ -67,6 +67,35 @@ def test_a_stuck_stream_never_blocks_the_caller_and_what_gave_way_is_said() -> N
     sink.close()
 
 
+class NotifyingStream(io.StringIO):
+    """A stream that says when it was written to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = threading.Event()
+
+    def write(self, text: str) -> int:
+        count = super().write(text)
+        self.written.set()
+        return count
+
+
+def test_the_thread_writes_a_burst_of_its_own_accord() -> None:
+    stream = NotifyingStream()
+    sink = LineSink(stream, interval=0.01)
+    sink.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(3):
+        sink.handle(record(f"burst {n}"))
+    while stream.getvalue().count("\n") < 3:  # no flush is called: the thread writes them
+        assert stream.written.wait(timeout=30)  # a hang guard
+        stream.written.clear()
+    assert stream.getvalue() == "burst 0\nburst 1\nburst 2\n"
+    sink.handle(record("later"))  # the next line wakes it again
+    assert stream.written.wait(timeout=30)
+    assert stream.getvalue().endswith("later\n")
+    sink.close()
+
+
 def test_close_writes_what_is_left_and_stops_the_thread() -> None:
     stream = io.StringIO()
     sink = sink_on(stream)
