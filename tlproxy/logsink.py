@@ -13,10 +13,9 @@ What `LineSink` does instead: each record is formatted where it is logged
 thread woken by the first line of a burst gathers for `interval` (50 ms),
 takes whatever is buffered and writes it in one piece, and sleeps until the
 next line (an idle proxy wakes no thread). The event loop never waits on the
-stream. When the buffer
-is full because the stream has been stuck for long, the oldest lines give
-way and are counted, and once the stream takes writes again a line says how
-many were lost. The thread needs the GIL at most twice per `interval`, not
+stream. When the buffer is full because the stream has been stuck for long,
+the oldest lines give way and are counted, and once the stream takes writes
+again a line says how many were lost. The thread needs the GIL at most twice per `interval`, not
 once per request (a thread woken per item competes with a busy event loop
 for the GIL at every item: see the ledger's writer). `flush` writes what is
 buffered in the caller's thread; `logging.shutdown` calls it at exit, so a
@@ -38,7 +37,8 @@ class LineSink(logging.Handler):
     """A logging handler that never blocks its caller on the stream.
 
     `stream` defaults to `sys.stderr` as it is when a line is written;
-    `capacity` lines wait at most; `interval` is how often the thread writes.
+    `capacity` lines wait at most; `interval` is how long the thread gathers
+    a burst's lines before it writes them.
     """
 
     def __init__(self, stream: TextIO | None = None, *, interval: float = 0.05,
