@@ -47,8 +47,9 @@ class LineSink(logging.Handler):
         self._stream = stream
         self._interval = interval
         self._capacity = max(1, capacity)
-        # The lines waiting and those given way: both under the handler's lock,
-        # which `emit` runs under.
+        # The lines waiting and those given way, under a lock of their own: not the
+        # handler's, which `logging.shutdown` holds while it flushes and closes.
+        self._buffer = threading.Lock()
         self._lines: deque[str] = deque()
         self._dropped = 0
         self._writing = threading.Lock()  # one writer at a time: the thread, or `flush`
@@ -66,12 +67,13 @@ class LineSink(logging.Handler):
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tlproxy-log", daemon=True)
             self._thread.start()
-        if not self._lines:
-            self._pending.set()
-        elif len(self._lines) >= self._capacity:
-            self._lines.popleft()
-            self._dropped += 1
-        self._lines.append(line)
+        with self._buffer:
+            if not self._lines:
+                self._pending.set()
+            elif len(self._lines) >= self._capacity:
+                self._lines.popleft()
+                self._dropped += 1
+            self._lines.append(line)
 
     def flush(self) -> None:
         """Write what is buffered now, unless a write is stuck (then give up after 1 s)."""
@@ -100,12 +102,9 @@ class LineSink(logging.Handler):
                 self._write()
 
     def _write(self) -> None:
-        self.acquire()  # the lock `emit` runs under: taken only to swap the buffer out
-        try:
+        with self._buffer:
             lines, self._lines = list(self._lines), deque()
             dropped, self._dropped = self._dropped, 0
-        finally:
-            self.release()
         if dropped:
             notice = logging.LogRecord(
                 "tlproxy.log", logging.WARNING, __file__, 0,

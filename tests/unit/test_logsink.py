@@ -96,6 +96,24 @@ def test_the_thread_writes_a_burst_of_its_own_accord() -> None:
     sink.close()
 
 
+def test_the_writer_needs_no_lock_that_logging_shutdown_holds() -> None:
+    # logging.shutdown holds each handler's lock while it flushes and closes it; a
+    # writer that needed that lock too would wait it out, and lines would be lost.
+    stream = io.StringIO()
+    sink = sink_on(stream)
+    sink.handle(record("at exit"))
+    sink.acquire()
+    try:
+        writer = threading.Thread(target=sink.flush)  # the writer's turn, as its thread has it
+        writer.start()
+        writer.join(timeout=30)
+        assert not writer.is_alive()
+        assert stream.getvalue() == "INFO at exit\n"
+    finally:
+        sink.release()
+    sink.close()
+
+
 def test_close_writes_what_is_left_and_stops_the_thread() -> None:
     stream = io.StringIO()
     sink = sink_on(stream)
