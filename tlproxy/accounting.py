@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .limits import KeyLimits
     from .tracecontext import Timeline
 
-__all__ = ["Accounting", "ShadowAnswer", "ShadowPlan", "Tab", "refused_upstream"]
+__all__ = ["Accounting", "Booking", "ShadowAnswer", "ShadowPlan", "Tab", "refused_upstream"]
 
 _STATUS = {"won": "ok", "lost": "cancelled", "outside-tier": "cancelled", "failed": "error",
            "deadline": "error", "cancelled": "cancelled"}
@@ -319,3 +319,45 @@ class Accounting:
                            key_limit=config.max_concurrency if config and key and key.shadow
                            else None,
                            prompt=prompt)
+
+
+class Booking:
+    """The tier and rule a request's attempts are booked against in the ledger.
+
+    While slow signals are pending, the race runs on a provisional decision,
+    and an attempt may end (fail, miss its deadline) before the real one is
+    made. Its row waits for it: the row's rule is the decided rule, marked
+    ``speculative:`` when the attempt's tier is not the decided tier, whether
+    the attempt ended before the decision or after. When no decision is ever
+    made (the admission refused the request, the client left), every attempt
+    was speculative: its rule is the provisional one, marked so.
+    """
+
+    __slots__ = ("decided", "held", "rule", "tier")
+
+    def __init__(self, tier: str, rule: str, *, decided: bool) -> None:
+        self.tier = tier
+        self.rule = rule
+        self.decided = decided
+        self.held: list[Callable[[str | None, str], None]] = []
+
+    def book(self, write: Callable[[str | None, str], None]) -> None:
+        """Book an attempt with `write(decided tier, rule)`: now, or once decided."""
+        if self.decided:
+            write(self.tier, self.rule)
+        else:
+            self.held.append(write)
+
+    def decide(self, tier: str, rule: str) -> str:
+        self.tier, self.rule, self.decided = tier, rule, True
+        self._flush(tier)
+        return tier
+
+    def close(self) -> None:
+        """The race is over; book what is still held (no decision: speculative)."""
+        self._flush(self.tier if self.decided else None)
+
+    def _flush(self, tier: str | None) -> None:
+        held, self.held = self.held, []
+        for write in held:
+            write(tier, self.rule)

@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 import trio
 
-from .accounting import Accounting, ShadowAnswer, Tab
+from .accounting import Accounting, Booking, ShadowAnswer, Tab
 from .call import ChatCall, EmbeddingCall
 from .classifier import TaskClassifier, decode_embedding
 from .config import Config, ModelConfig, Policy
@@ -195,7 +195,7 @@ class Engine:
         speculate = policy.speculate and len(plan.possible_tiers) > 1
         admit = self.admit if self.gated is None or self.gated(call) else None
         slow = plan.policy is not None or admit is not None
-        booking = _Booking(plan.tier, plan.rule, decided=not slow)
+        booking = Booking(plan.tier, plan.rule, decided=not slow)
         trace = tab.trace
         if trace is not None and not slow:
             trace.decided(trio.current_time(), plan.tier, plan.rule)
@@ -403,7 +403,7 @@ class Engine:
                 stall if stall is not None else stats.stall_deadline("reasoning")))
 
     def _on_record(self, record: AttemptRecord, stream: bool) -> None:
-        """An attempt's statistics and metrics (its ledger row is `_Booking`'s)."""
+        """An attempt's statistics and metrics (its ledger row is `accounting.Booking`'s)."""
         stats = self.stats[record.candidate.key]
         start = "hedge" if record.hedge else "fallback" if record.fallback else "initial"
         self.metrics.child(self.metrics.race, record.outcome, start).inc()
@@ -523,48 +523,6 @@ class Engine:
             return route, answer
         assert last is not None
         raise last
-
-
-class _Booking:
-    """The tier and rule a request's attempts are booked against in the ledger.
-
-    While slow signals are pending, the race runs on a provisional decision,
-    and an attempt may end (fail, miss its deadline) before the real one is
-    made. Its row waits for it: the row's rule is the decided rule, marked
-    ``speculative:`` when the attempt's tier is not the decided tier, whether
-    the attempt ended before the decision or after. When no decision is ever
-    made (the admission refused the request, the client left), every attempt
-    was speculative: its rule is the provisional one, marked so.
-    """
-
-    __slots__ = ("decided", "held", "rule", "tier")
-
-    def __init__(self, tier: str, rule: str, *, decided: bool) -> None:
-        self.tier = tier
-        self.rule = rule
-        self.decided = decided
-        self.held: list[Callable[[str | None, str], None]] = []
-
-    def book(self, write: Callable[[str | None, str], None]) -> None:
-        """Book an attempt with `write(decided tier, rule)`: now, or once decided."""
-        if self.decided:
-            write(self.tier, self.rule)
-        else:
-            self.held.append(write)
-
-    def decide(self, tier: str, rule: str) -> str:
-        self.tier, self.rule, self.decided = tier, rule, True
-        self._flush(tier)
-        return tier
-
-    def close(self) -> None:
-        """The race is over; book what is still held (no decision: speculative)."""
-        self._flush(self.tier if self.decided else None)
-
-    def _flush(self, tier: str | None) -> None:
-        held, self.held = self.held, []
-        for write in held:
-            write(tier, self.rule)
 
 
 # Chunks of a continuation that may wait for the consumer: a bounded buffer,

@@ -170,18 +170,22 @@ def span_key(candidate: Candidate) -> str:
     return candidate.key if candidate.continues is None else f"{candidate.key}/continuation"
 
 
-@contextlib.contextmanager
-def attempt_context(timeline: Timeline | None, key: str) -> Iterator[None]:
+def attempt_context(timeline: Timeline | None, key: str) -> contextlib.AbstractContextManager[None]:
     """Within the block, the current task's upstream requests carry attempt `key`'s context.
 
     For an attempt that runs in the request's own task (`turns.in_turn`): the
     request's context is given back when the attempt ends, so the next attempt,
     and what the request starts afterwards (a shadow call), do not carry it.
+    Without a trace, nothing to set: a do-nothing block (every JSON request).
     """
     if timeline is None:
-        yield
-        return
-    token = UPSTREAM_HEADERS.set(timeline.upstream_headers(key))
+        return contextlib.nullcontext()
+    return _upstream_headers(timeline.upstream_headers(key))
+
+
+@contextlib.contextmanager
+def _upstream_headers(headers: tuple[tuple[bytes, bytes], ...]) -> Iterator[None]:
+    token = UPSTREAM_HEADERS.set(headers)
     try:
         yield
     finally:

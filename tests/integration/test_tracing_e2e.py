@@ -55,12 +55,7 @@ class Collector:
         self.teams.update(v.decode() for k, v in scope["headers"] if k == b"x-team")
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
-        for resource_spans in request.resource_spans:
-            for attribute in resource_spans.resource.attributes:
-                if attribute.key == "service.name":
-                    self.services.add(attribute.value.string_value)
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(scope_spans.spans)
+        _take(self, request)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-protobuf")]})
         await send({"type": "http.response.body",
@@ -78,13 +73,18 @@ class GRPCCollector:
     def Export(self, request: ExportTraceServiceRequest,  # the gRPC method's name
                context: Any) -> ExportTraceServiceResponse:
         self.teams.update(v for k, v in context.invocation_metadata() if k == "x-team")
-        for resource_spans in request.resource_spans:
-            for attribute in resource_spans.resource.attributes:
-                if attribute.key == "service.name":
-                    self.services.add(attribute.value.string_value)
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(scope_spans.spans)
+        _take(self, request)
         return ExportTraceServiceResponse()
+
+
+def _take(collector: Collector | GRPCCollector, request: ExportTraceServiceRequest) -> None:
+    """An export's spans, and the service names of their resources, into `collector`."""
+    for resource_spans in request.resource_spans:
+        for attribute in resource_spans.resource.attributes:
+            if attribute.key == "service.name":
+                collector.services.add(attribute.value.string_value)
+        for scope_spans in resource_spans.scope_spans:
+            collector.spans.extend(scope_spans.spans)
 
 
 @contextlib.contextmanager
